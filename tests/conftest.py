@@ -1,0 +1,28 @@
+"""Shared test settings: deterministic, bounded Hypothesis runs and the `gpu` marker."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# CI: derandomized and bounded so the suite is deterministic and fast. `HYPOTHESIS_PROFILE=thorough` explores more.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
