@@ -1,0 +1,104 @@
+"""`minitx ...` subcommands. Thin: parse flags, build the recipe's config dataclass, call the recipe.
+
+Each recipe module exposes a flat config dataclass; `add_config_arguments` maps its fields one to one onto
+`--flag-name` options, so the CLI never grows an 80-argument constructor of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+import typing
+from typing import Any, Sequence
+
+# subcommand -> ("module:ConfigClass", "module:function", help). Imported lazily so `minitx --help` is instant
+# and a CPU-only install never imports Triton.
+COMMANDS: dict[str, tuple[str | None, str, str]] = {
+    "pretrain": ("minitx.pretrain:PretrainConfig", "minitx.pretrain:run_pretraining",
+                 "masked-language-model pretraining (built-in corpus or --text files)"),
+    "fill-mask": (None, "minitx.pretrain:fill_mask_main", "top-k predictions for each [MASK] in a text"),
+    "finetune": ("minitx.finetune:FinetuneConfig", "minitx.finetune:run_finetuning",
+                 "fine-tune a pretrained checkpoint for classification (full, lora, adapter, bitfit)"),
+    "classify": (None, "minitx.finetune:classify_main", "classify texts with a fine-tuned checkpoint"),
+    "bench": (None, "minitx.bench:bench_main", "benchmarks: `minitx bench attention|training ...`"),
+}
+
+
+def _resolve(spec: str) -> Any:
+    module_name, attr = spec.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _field_type(field: dataclasses.Field, hints: dict[str, Any]) -> tuple[Any, bool]:
+    """(scalar type, is_list) for a dataclass field, from its resolved annotation."""
+    tp = hints[field.name]
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (list, tuple, Sequence) or (origin is typing.Union and args and typing.get_origin(args[0]) in (list, tuple)):
+        inner = typing.get_args(args[0] if origin is typing.Union else tp)
+        return (inner[0] if inner else str), True
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        return (args[0] if args else str), False
+    return tp, False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One `--field-name` option per dataclass field; the field's default and its `help` metadata carry over."""
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+        help_text = field.metadata.get("help", "")
+        scalar, is_list = _field_type(field, hints)
+        if scalar is bool and not is_list:
+            parser.add_argument(flag, dest=field.name, default=default, action=argparse.BooleanOptionalAction,
+                                help=help_text)
+            continue
+        kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=f"{help_text} (default: {default})")
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        if is_list:
+            kwargs["nargs"] = "+"
+        parser.add_argument(flag, type=scalar if scalar in (int, float, str) else str, **kwargs)
+
+
+def config_from_args(config_cls: type, args: argparse.Namespace) -> Any:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
+    return config_cls(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minitx", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, _, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}; expected one of {', '.join(COMMANDS)}")
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    config_spec, func_spec, help_text = COMMANDS[name]
+    func = _resolve(func_spec)
+    if config_spec is None:
+        # The subcommand parses its own flags (it has positional arguments or sub-subcommands).
+        return int(func(rest, prog=f"minitx {name}") or 0)
+    config_cls = _resolve(config_spec)
+    sub_parser = argparse.ArgumentParser(prog=f"minitx {name}", description=help_text)
+    add_config_arguments(sub_parser, config_cls)
+    args = sub_parser.parse_args(rest)
+    func(config_from_args(config_cls, args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
