@@ -1,0 +1,94 @@
+"""Matplotlib figures shared by lessons, benchmarks and the CLI.
+
+Every function returns the `Figure` and, given `path`, saves it there (PNG), so a lesson can show it and a test
+can check that it was written. The Agg backend is used when no display is present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+if not os.environ.get("DISPLAY"):
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def output_dir(default: str = "lessons/output") -> Path:
+    """Where lessons and demos write figures: `$MINITX_OUTPUT_DIR`, else `default`; created if missing."""
+    path = Path(os.environ.get("MINITX_OUTPUT_DIR", default))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _finish(fig: plt.Figure, path: str | os.PathLike | None) -> plt.Figure:
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def attention_map(weights: torch.Tensor, queries: Sequence[str] | None = None, keys: Sequence[str] | None = None,
+                  title: str = "attention weights", path: str | os.PathLike | None = None) -> plt.Figure:
+    """Heatmap of one (N, M) weight matrix, or a row of heads for (H, N, M)."""
+    w = weights.detach().float().cpu()
+    if w.dim() == 2:
+        w = w.unsqueeze(0)  # (N, M) -> (1, N, M)
+    if w.dim() != 3:
+        raise ValueError(f"weights: expected shape (N, M) or (H, N, M), got {tuple(weights.shape)}")
+    n_heads = w.shape[0]
+    fig, axes = plt.subplots(1, n_heads, figsize=(3.2 * n_heads + 0.6, 3.4), squeeze=False)
+    for h, ax in enumerate(axes[0]):
+        im = ax.imshow(w[h].numpy(), cmap="viridis", vmin=0.0, vmax=float(w.max()))
+        ax.set_title(title if n_heads == 1 else f"{title}, head {h}", fontsize=9)
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+        if keys is not None:
+            ax.set_xticks(range(len(keys)), keys, rotation=90, fontsize=7)
+        if queries is not None:
+            ax.set_yticks(range(len(queries)), queries, fontsize=7)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    return _finish(fig, path)
+
+
+def heatmap(values: torch.Tensor, xlabel: str, ylabel: str, title: str,
+            path: str | os.PathLike | None = None, cmap: str = "RdBu") -> plt.Figure:
+    """A plain 2-D heatmap (positional encodings, similarity matrices)."""
+    v = values.detach().float().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    im = ax.imshow(v, aspect="auto", cmap=cmap)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    return _finish(fig, path)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics JSONL file, one dict per line."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def loss_curve(records: Sequence[dict], keys: Sequence[str] = ("loss",), title: str = "training",
+               path: str | os.PathLike | None = None, x_key: str = "step") -> plt.Figure:
+    """One line per metric key against `x_key`, from metric records (e.g. `read_metrics(...)`)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for key, ax in zip(keys, axes[0]):
+        for split in sorted({r.get("split", "train") for r in records}):
+            pts = [(r[x_key], r[key]) for r in records if key in r and r.get("split", "train") == split]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="." if len(pts) < 40 else None, label=split)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(key)
+        ax.set_title(f"{title}: {key}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _finish(fig, path)
