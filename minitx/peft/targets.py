@@ -1,0 +1,86 @@
+"""Which modules a PEFT method touches: name patterns, and freezing everything else.
+
+A pattern is either a plain string, matched as PEFT does (the module's full name equals it or ends with
+"." + it, so "q_proj" finds "encoder.layers.0.attention.q_proj"), or a regular expression that must
+`re.fullmatch` the full name, given as a compiled `re.Pattern` or as a string "re:<regex>".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+from torch import nn
+
+Pattern = str | re.Pattern
+
+
+def parse_targets(patterns, arg: str) -> list[Pattern]:
+    """Normalise one pattern or an iterable of them; "re:..." strings become compiled patterns."""
+    if isinstance(patterns, (str, re.Pattern)):
+        patterns = [patterns]
+    try:
+        patterns = list(patterns)
+    except TypeError:
+        raise TypeError(f"{arg}: expected a name, a regex or a sequence of them, got {type(patterns).__name__}")
+    out: list[Pattern] = []
+    for p in patterns:
+        if isinstance(p, re.Pattern):
+            out.append(p)
+        elif isinstance(p, str) and p.startswith("re:"):
+            out.append(re.compile(p[3:]))
+        elif isinstance(p, str) and p:
+            out.append(p)
+        else:
+            raise TypeError(f"{arg}: expected non-empty str or re.Pattern entries, got {p!r}")
+    return out
+
+
+def matches(name: str, pattern: Pattern) -> bool:
+    if isinstance(pattern, re.Pattern):
+        return pattern.fullmatch(name) is not None
+    return name == pattern or name.endswith("." + pattern)
+
+
+def _show(pattern: Pattern) -> str:
+    return f"re:{pattern.pattern}" if isinstance(pattern, re.Pattern) else pattern
+
+
+def plain_linears(model: nn.Module) -> list[str]:
+    """Full names of the `nn.Linear` modules not already inside a PEFT wrapper (whose base is a Linear too)."""
+    from minitx.peft.adapters import AdapterLinear
+    from minitx.peft.lora import LoRALinear
+
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, (LoRALinear, AdapterLinear))]
+    return [n for n, m in model.named_modules()
+            if type(m) is nn.Linear and n and not any(n.startswith(w + ".") or w == "" for w in wrapped)]
+
+
+def find_linear_targets(model: nn.Module, patterns: list[Pattern], arg: str) -> list[str]:
+    """The Linear names matched by any pattern; a pattern that matches none is a ValueError naming it."""
+    linears = plain_linears(model)
+    for p in patterns:
+        if not any(matches(n, p) for n in linears):
+            shown = ", ".join(linears[:8]) + (" ..." if len(linears) > 8 else "")
+            raise ValueError(f"{arg}: pattern {_show(p)!r} matches no nn.Linear in the model; "
+                             f"Linear modules available: [{shown}]")
+    return [n for n in linears if any(matches(n, p) for p in patterns)]
+
+
+def freeze_except(model: nn.Module, trainable_modules: Iterable[Pattern],
+                  keep: Callable[[str], bool]) -> None:
+    """requires_grad only for parameters `keep(name)` accepts and those of modules matching `trainable_modules`."""
+    patterns = parse_targets(trainable_modules, "trainable_modules") if trainable_modules else []
+    kept_modules = [n for n, _ in model.named_modules() if any(matches(n, p) for p in patterns)]
+    for p in patterns:
+        if not any(matches(n, p) for n in kept_modules):
+            raise ValueError(f"trainable_modules: pattern {_show(p)!r} matches no module in the model")
+    for name, param in model.named_parameters():
+        in_kept = any(name.startswith(m + ".") for m in kept_modules)
+        param.requires_grad_(keep(name) or in_kept)
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted `name` (e.g. "layers.0.q_proj") with `module`."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
