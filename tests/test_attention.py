@@ -1,0 +1,229 @@
+"""minitx.attention: the front door, its backends, and MultiHeadAttention (docs/math/multi_head_attention.md)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minitx import attention as A
+from minitx.attention import MultiHeadAttention, attention, available_backends, get_backend, register_backend
+
+F64 = torch.float64
+
+
+def _qkv(b, h, n, m, d, seed=0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    shapes = ((b, h, n, d), (b, h, m, d), (b, h, m, d))
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def _out_and_grads(backend, q, k, v, **kw):
+    out = attention(q, k, v, backend=backend, **kw)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)  # a non-uniform upstream grad
+    grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    return (out,) + grads
+
+
+@settings(max_examples=20)
+@given(b=st.integers(1, 2), h=st.integers(1, 3), n=st.integers(1, 6), m=st.integers(1, 6), d=st.integers(1, 5),
+       mask_kind=st.sampled_from(["none", "bool", "float", "padding", "bool+padding", "float+padding"]),
+       is_causal=st.booleans(), seed=st.integers(0, 1000))
+def test_math_and_sdpa_backends_agree_on_values_and_gradients(b, h, n, m, d, mask_kind, is_causal, seed):
+    """(mha.2) by minitx.functional and by PyTorch SDPA, including cross-attention (N != M) and empty rows."""
+    q, k, v = _qkv(b, h, n, m, d, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    kw = {"is_causal": is_causal}
+    if "bool" in mask_kind:
+        kw["attn_mask"] = torch.rand(b, 1, n, m, generator=g) > 0.4  # may leave rows with no allowed key
+    if "float" in mask_kind:
+        kw["attn_mask"] = torch.randn(1, h, n, m, generator=g, dtype=F64)
+    if "padding" in mask_kind:
+        kw["key_padding_mask"] = torch.rand(b, m, generator=g) > 0.3
+    math_res = _out_and_grads("math", q, k, v, **kw)
+    sdpa_res = _out_and_grads("sdpa", q, k, v, **kw)
+    for name, a, s in zip(("out", "dq", "dk", "dv"), math_res, sdpa_res):
+        assert torch.isfinite(s).all(), f"sdpa {name} is not finite"
+        torch.testing.assert_close(a, s, rtol=1e-9, atol=1e-9, msg=f"{name} differs")
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_fully_masked_rows_give_zeros_and_zero_gradients(backend):
+    q, k, v = _qkv(2, 2, 4, 5, 3)
+    mask = torch.ones(2, 2, 4, 5, dtype=torch.bool)
+    mask[0, 1, 2] = False  # query 2 of head 1 in batch 0 may see nothing
+    out, dq, dk, dv = _out_and_grads(backend, q, k, v, attn_mask=mask)
+    assert torch.equal(out[0, 1, 2], torch.zeros(3, dtype=F64))
+    assert torch.equal(dq[0, 1, 2], torch.zeros(3, dtype=F64))
+    assert out[0, 1, 1].abs().sum() > 0 and dq[0, 1, 1].abs().sum() > 0  # the others are untouched
+    # all keys padded in batch 1: no gradient reaches its keys or values at all
+    _, _, dk, dv = _out_and_grads(backend, q, k, v, key_padding_mask=torch.tensor([[True] * 5, [False] * 5]))
+    assert torch.equal(dk[1], torch.zeros_like(dk[1])) and torch.equal(dv[1], torch.zeros_like(dv[1]))
+
+
+def _copy_from_torch(mha: MultiHeadAttention, ref: torch.nn.MultiheadAttention) -> None:
+    w_q, w_k, w_v = ref.in_proj_weight.detach().chunk(3)
+    b_q, b_k, b_v = ref.in_proj_bias.detach().chunk(3)
+    with torch.no_grad():
+        for lin, w, b in ((mha.q_proj, w_q, b_q), (mha.k_proj, w_k, b_k), (mha.v_proj, w_v, b_v),
+                          (mha.out_proj, ref.out_proj.weight, ref.out_proj.bias)):
+            lin.weight.copy_(w)
+            lin.bias.copy_(b)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_mha_equals_torch_multihead_attention_self_attention_with_padding(backend):
+    """(mha.1)-(mha.3) against torch.nn.MultiheadAttention given the same weights (torch masks: True = blocked)."""
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(12, 3, batch_first=True).double().eval()
+    mha = MultiHeadAttention(12, 3, backend=backend).double().eval()
+    _copy_from_torch(mha, ref)
+    x = torch.randn(2, 6, 12, dtype=F64)
+    real = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    expected, expected_w = ref(x, x, x, key_padding_mask=real == 0, average_attn_weights=False)
+    torch.testing.assert_close(mha(x, attention_mask=real), expected)
+    out, weights = mha(x, attention_mask=real, return_weights=True)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(weights, expected_w)
+
+
+def test_mha_equals_torch_multihead_attention_cross_attention_with_allowed_mask():
+    torch.manual_seed(1)
+    ref = torch.nn.MultiheadAttention(8, 2, batch_first=True).double().eval()
+    mha = MultiHeadAttention(8, 2).double().eval()
+    _copy_from_torch(mha, ref)
+    x, ctx = torch.randn(2, 3, 8, dtype=F64), torch.randn(2, 7, 8, dtype=F64)
+    allowed = torch.rand(2, 2, 3, 7, generator=torch.Generator().manual_seed(0)) > 0.3
+    allowed[..., 0] = True  # torch gives NaN for rows with no key; keep every row non-empty for the comparison
+    expected, _ = ref(x, ctx, ctx, attn_mask=~allowed.reshape(4, 3, 7))  # (B, H, N, M) -> (B*H, N, M)
+    torch.testing.assert_close(mha(x, context=ctx, attention_mask=allowed), expected)
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 10_000), backend=st.sampled_from(["math", "sdpa"]))
+def test_self_attention_without_positions_is_permutation_equivariant(seed, backend):
+    torch.manual_seed(seed)
+    mha = MultiHeadAttention(8, 2, backend=backend).double()
+    x = torch.randn(2, 5, 8, dtype=F64)
+    perm = torch.randperm(5)
+    torch.testing.assert_close(mha(x[:, perm]), mha(x)[:, perm])
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_causal_output_does_not_see_the_future(backend):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, backend=backend).double()
+    x = torch.randn(1, 6, 8, dtype=F64)
+    for i in range(6):
+        changed = x.clone()
+        changed[:, i + 1:] = torch.randn(1, 5 - i, 8, dtype=F64) * 3
+        a, b = mha(x, is_causal=True), mha(changed, is_causal=True)
+        torch.testing.assert_close(a[:, : i + 1], b[:, : i + 1])
+        if i < 5:  # and without the causal mask the change is visible, so the test can fail
+            assert not torch.allclose(mha(x)[:, : i + 1], mha(changed)[:, : i + 1])
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_padding_contents_do_not_change_real_tokens(backend):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 4, backend=backend).double()
+    x = torch.randn(2, 5, 8, dtype=F64)
+    real = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    garbage = x.clone()
+    garbage[0, 3:] = torch.randn(2, 8, dtype=F64) * 10
+    a, b = mha(x, attention_mask=real), mha(garbage, attention_mask=real)
+    torch.testing.assert_close(a[0, :3], b[0, :3])
+    torch.testing.assert_close(a[1], b[1])
+    assert not torch.allclose(mha(x)[0, :3], mha(garbage)[0, :3])  # unmasked, the padding would leak
+
+
+def test_return_weights_rows_sum_to_one_or_zero_and_match_the_output():
+    """Weights are softmax rows (mha.2): sum 1, or 0 where nothing is allowed; any backend returns them."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, backend="sdpa").double().eval()
+    x = torch.randn(2, 4, 8, dtype=F64)
+    allowed = torch.ones(2, 2, 4, 4, dtype=torch.bool)
+    allowed[1, 0, 3] = False
+    out, w = mha(x, attention_mask=allowed, return_weights=True)
+    expected_sums = torch.ones(2, 2, 4, dtype=F64)
+    expected_sums[1, 0, 3] = 0.0
+    torch.testing.assert_close(w.sum(-1), expected_sums)
+    assert (w >= 0).all()
+    torch.testing.assert_close(out, mha(x, attention_mask=allowed))  # same answer as the sdpa path
+
+
+def test_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, dropout=0.5).double()
+    plain = MultiHeadAttention(8, 2).double()
+    plain.load_state_dict(mha.state_dict())
+    x = torch.randn(2, 5, 8, dtype=F64)
+    mha.eval()
+    torch.testing.assert_close(mha(x), plain(x))
+    mha.train()
+    assert not torch.allclose(mha(x), plain(x))
+
+
+def test_backend_can_be_switched_after_construction():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2).double()
+    x = torch.randn(2, 5, 8, dtype=F64)
+    before = mha(x, is_causal=True)
+    mha.backend = "sdpa"
+    torch.testing.assert_close(mha(x, is_causal=True), before)
+    with pytest.raises(ValueError, match="backend"):
+        mha.backend = "nope"
+
+
+def test_registered_backend_is_dispatched_to_with_the_masks():
+    seen = {}
+
+    def spy(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=False, dropout_p=0.0, scale=None):
+        seen.update(key_padding_mask=key_padding_mask, is_causal=is_causal)
+        return get_backend("math")(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                                   is_causal=is_causal, dropout_p=dropout_p, scale=scale)
+
+    register_backend("spy", spy)
+    try:
+        assert "spy" in available_backends()
+        mha = MultiHeadAttention(8, 2, backend="spy")
+        mha(torch.randn(1, 3, 8), attention_mask=torch.tensor([[1, 1, 0]]), is_causal=True)
+        assert seen["key_padding_mask"].tolist() == [[True, True, False]] and seen["is_causal"] is True
+    finally:
+        A._BACKENDS.pop("spy")
+
+
+def test_lazy_backend_failing_to_import_says_what_is_needed(monkeypatch):
+    monkeypatch.setitem(A._LAZY_BACKENDS, "flashy", ("minitx.kernels.does_not_exist", "attention_backend"))
+    q, k, v = _qkv(1, 1, 2, 2, 2)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        attention(q, k, v, backend="flashy")
+
+
+def test_bad_input_errors_name_the_argument():
+    with pytest.raises(ValueError, match="d_model"):
+        MultiHeadAttention(10, 3)
+    with pytest.raises(ValueError, match="backend"):
+        MultiHeadAttention(8, 2, backend="nope")
+    mha = MultiHeadAttention(8, 2)
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match="attention_mask"):
+        mha(x, attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="attention_mask"):
+        mha(x, attention_mask=torch.ones(2, 3, 5, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="attention_mask"):
+        mha(x, attention_mask=torch.ones(2, 1, 5, 5))
+    with pytest.raises(ValueError, match="x"):
+        mha(torch.randn(2, 5, 6))
+    with pytest.raises(TypeError, match="context"):
+        mha(x, context=torch.randn(2, 5, 8, dtype=F64))
+    q, k, v = _qkv(1, 2, 3, 4, 5, dtype=torch.float32)
+    with pytest.raises(ValueError, match="backend"):
+        attention(q, k, v, backend="nope")
+    with pytest.raises(ValueError, match="k"):
+        attention(q, k[..., :4], v)
+    with pytest.raises(TypeError, match="v"):
+        attention(q, k, v.double())
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        attention(q, k, v, key_padding_mask=torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="attn_mask"):
+        attention(q, k, v, attn_mask=torch.ones(4, 3, dtype=torch.bool))  # (M, N): transposed
