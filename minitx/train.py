@@ -1,0 +1,349 @@
+"""The one training loop every recipe runs on (MLM pretraining, classification fine-tuning, lessons).
+
+A recipe hands over three things and the loop does the rest:
+
+- `batch_fn(step, micro_step, rank, world_size) -> batch` — a pure function of its arguments, so a resumed run
+  sees exactly the batches it would have seen and each DDP rank reads its own shard;
+- `loss_fn(model, batch) -> (loss, metrics)` — `model` may be wrapped in DistributedDataParallel, so call it
+  rather than reach into its attributes; metrics are floats or scalar tensors;
+- `eval_fn(model) -> dict` (optional) — gets the bare model, in eval mode, under `torch.no_grad()`.
+
+Steps are numbered 1..max_steps: step t is the t-th optimizer update, `lr_at(t)` is the rate it uses, metrics
+logged as step t describe it, and a checkpoint at step t holds the state after it. The math is in
+docs/math/optimization.md, labels (opt.1)..(opt.9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from minitx import distributed as D
+from minitx.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
+
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+# Fields that may change between a run and its resumption: they steer logging and I/O, not the math.
+RESUMABLE_OVERRIDES = frozenset({"resume", "progress", "log_every", "eval_every", "checkpoint_every", "out_dir",
+                                 "device"})
+
+
+def _f(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    lr: float = _f(1e-3, "peak learning rate η, reached at the end of warmup (opt.5)")
+    weight_decay: float = _f(0.01, "decoupled weight decay λ on matrices; never on biases or norm weights (opt.2)")
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW β1 β2: decay rates of the gradient moments (opt.1)")
+    eps: float = _f(1e-8, "AdamW ε added to the root second moment (opt.1)")
+    warmup_steps: int = _f(0, "steps of linear warmup from 0 to lr (opt.5)")
+    max_steps: int = _f(1000, "optimizer steps in the whole run")
+    schedule: str = _f("linear", "decay after warmup (opt.6, opt.7)", choices=SCHEDULES)
+    min_lr_ratio: float = _f(0.0, "final lr as a fraction of lr, for linear and cosine decay")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (opt.8); 0 turns clipping off")
+    grad_accum_steps: int = _f(1, "micro-batches per optimizer step; gradients are averaged over them (opt.9)")
+    precision: str = _f("fp32", "fp32, or autocast to bf16 (CUDA or CPU) / fp16 (CUDA, with GradScaler)",
+                        choices=PRECISIONS)
+    seed: int = _f(0, "seed for torch, random and numpy, and for every step's dropout")
+    log_every: int = _f(10, "write a train record to metrics.jsonl every this many steps")
+    eval_every: int = _f(0, "run eval_fn every this many steps (0: only at the end)")
+    checkpoint_every: int = _f(0, "save checkpoint.pt every this many steps (0: only at the end)")
+    out_dir: str = _f("runs/train", "directory for metrics.jsonl and checkpoint.pt ('' writes nothing)")
+    resume: bool = _f(False, "continue from out_dir/checkpoint.pt if it exists")
+    progress: bool = _f(True, "show a tqdm progress bar (rank 0 only)")
+    device: str = _f("auto", "'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda:0', ...")
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        checks = {
+            "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "eps": self.eps > 0,
+            "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "warmup_steps": self.warmup_steps >= 0, "max_steps": self.max_steps >= 1,
+            "schedule": self.schedule in SCHEDULES, "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "grad_clip": self.grad_clip >= 0, "grad_accum_steps": self.grad_accum_steps >= 1,
+            "precision": self.precision in PRECISIONS, "log_every": self.log_every >= 1,
+            "eval_every": self.eval_every >= 0, "checkpoint_every": self.checkpoint_every >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                help_text = next(f.metadata["help"] for f in dataclasses.fields(self) if f.name == name)
+                raise ValueError(f"{name}: got {getattr(self, name)!r}, which is out of range ({help_text})")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became inf/NaN; the run stops and the last good checkpoint is left as it was."""
+
+
+@dataclass
+class TrainResult:
+    step: int                                               # last completed optimizer step
+    metrics: dict[str, float]                               # the last train record
+    eval_metrics: dict[str, float]                          # the last eval record ({} without eval_fn)
+    history: list[dict[str, Any]]                           # every record written to metrics.jsonl
+    paths: dict[str, Path]                                  # out_dir, metrics, checkpoint (if written)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of optimizer step `step` (1-based): warmup (opt.5), then linear (opt.6) or cosine (opt.7)
+    decay from `lr` to `min_lr_ratio * lr` at `max_steps`. Pure: the schedule's whole state is the step."""
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f"step: expected an int >= 0, got {step!r}")
+    peak, warmup, total = config.lr, config.warmup_steps, config.max_steps
+    if step <= warmup and warmup > 0:
+        return peak * step / warmup
+    if config.schedule == "constant":
+        return peak
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    r = config.min_lr_ratio
+    if config.schedule == "linear":
+        return peak * (1.0 - (1.0 - r) * progress)
+    return peak * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay (opt.2) on every trainable tensor with 2+ dimensions (linear weights, embedding
+    tables), none on 1-D ones (biases, LayerNorm scales and shifts, the embeddings' LayerNorm). Frozen
+    parameters (requires_grad=False, as under LoRA or BitFit) are left out entirely."""
+    decay, no_decay = {}, {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay)[name] = p
+    if not decay and not no_decay:
+        raise ValueError("model: expected at least one parameter with requires_grad=True, found none")
+    groups = [{"params": list(d.values()), "param_names": list(d), "weight_decay": wd}
+              for d, wd in ((decay, weight_decay), (no_decay, 0.0)) if d]
+    return groups
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator a recipe might draw from: torch (CPU and CUDA), Python's random, numpy."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def step_seed(seed: int, step: int, micro_step: int, rank: int) -> int:
+    """The torch seed for one micro-step's dropout: a pure function of where we are, so a resumed run draws
+    exactly the masks the uninterrupted run drew, and ranks draw different ones."""
+    return (((seed * 1_000_003 + step) * 1_009 + micro_step) * 65_537 + rank) % (2**63 - 1)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Tensors inside dicts, lists and tuples (any nesting) moved to `device`; everything else as is."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: move_to(v, device) for k, v in batch.items()})
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def count_tokens(batch: Any) -> int:
+    """Tokens in a batch for throughput: elements of `input_ids` if present, else the batch size of its first
+    tensor (so a batch of feature vectors counts examples)."""
+    if isinstance(batch, Mapping) and isinstance(batch.get("input_ids"), torch.Tensor):
+        return batch["input_ids"].numel()
+    leaves = list(batch.values()) if isinstance(batch, Mapping) else batch
+    if isinstance(leaves, torch.Tensor):
+        return leaves.shape[0] if leaves.ndim else 1
+    for leaf in leaves if isinstance(leaves, (list, tuple)) else []:
+        if isinstance(leaf, torch.Tensor):
+            return leaf.shape[0] if leaf.ndim else 1
+    return 0
+
+
+def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Metric values as Python floats (tensors via .item()), so they can be averaged and written as JSON."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise ValueError(f"metrics[{k!r}]: expected a scalar, got a tensor of shape {tuple(v.shape)}")
+            v = v.item()
+        if not isinstance(v, (int, float, bool)):
+            raise TypeError(f"metrics[{k!r}]: expected a float or scalar tensor, got {type(v).__name__}")
+        out[k] = float(v)
+    return out
+
+
+def train(model: nn.Module, batch_fn: Callable[[int, int, int, int], Any],
+          loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]], config: TrainConfig,
+          eval_fn: Callable[[nn.Module], Mapping[str, Any]] | None = None,
+          extra_state: Mapping[str, Any] | None = None) -> TrainResult:
+    """Train `model` for `config.max_steps` optimizer steps; see the module docstring for the contract.
+
+    Under torchrun (WORLD_SIZE > 1) this joins the process group, wraps the model in DistributedDataParallel
+    and leaves the group at the end; rank 0 alone writes metrics, checkpoints and the progress bar.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    device = D.resolve_device(config.device, D.world_info().local_rank)
+    if config.precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision: fp16 needs a CUDA device (GradScaler), got device {device}; use bf16 or fp32")
+    created_group = D.init_distributed(device)
+    try:
+        return _Run(model, batch_fn, loss_fn, config, eval_fn, extra_state, device).run()
+    finally:
+        if created_group:
+            torch.distributed.destroy_process_group()
+
+
+class _Run:
+    """One training run's state; each method is one part of the loop."""
+
+    def __init__(self, model, batch_fn, loss_fn, config, eval_fn, extra_state, device):
+        self.batch_fn, self.loss_fn, self.eval_fn, self.cfg = batch_fn, loss_fn, eval_fn, config
+        self.extra_state, self.device, self.world = extra_state, device, D.world_info()
+        self.main = self.world.rank == 0
+        seed_everything(config.seed)
+        self.model = model.to(device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                                           betas=config.betas, eps=config.eps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.out_dir = Path(config.out_dir) if config.out_dir else None
+        self.ckpt_path = self.out_dir / "checkpoint.pt" if self.out_dir else None
+        self.metrics_path = self.out_dir / "metrics.jsonl" if self.out_dir else None
+        self.history: list[dict[str, Any]] = []
+        self.start = self._maybe_resume() + 1
+        # DDP broadcasts rank 0's weights at construction, so every rank starts from the same model.
+        self.ddp = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+                    if D.is_distributed() else None)
+        self.forward_model = self.ddp if self.ddp is not None else model
+
+    def _maybe_resume(self) -> int:
+        """Load out_dir/checkpoint.pt when resuming; the step it holds (0 for a fresh start)."""
+        if not self.cfg.resume:
+            if self.main and self.metrics_path and self.metrics_path.exists():
+                self.metrics_path.unlink()  # a fresh run starts a fresh log
+            return 0
+        if self.ckpt_path is None or not self.ckpt_path.exists():
+            warnings.warn(f"resume: no checkpoint at {self.ckpt_path}; starting from step 1")
+            return 0
+        payload = load_checkpoint(self.ckpt_path, self.model, self.optimizer, self.scaler,
+                                  config=dataclasses.asdict(self.cfg), ignore_config_fields=RESUMABLE_OVERRIDES,
+                                  restore_rng=True)
+        step = int(payload["step"])
+        self._trim_metrics(step)
+        return step
+
+    def _trim_metrics(self, step: int) -> None:
+        """Keep the log records up to the checkpoint's step; later ones belong to the run that died."""
+        if self.metrics_path is None or not self.metrics_path.exists():
+            return
+        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        self.history = [r for r in records if r["step"] <= step]
+        D.barrier()  # every rank has read the log before rank 0 rewrites it
+        if self.main:
+            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+
+    def run(self) -> TrainResult:
+        cfg, last, last_eval = self.cfg, {}, {}
+        bar = tqdm(total=cfg.max_steps, initial=self.start - 1, disable=not (cfg.progress and self.main),
+                   desc="train", dynamic_ncols=True)
+        for step in range(self.start, cfg.max_steps + 1):
+            record = self._step(step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            last = record
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                self._write(record)
+            if self.eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0)
+                                             or step == cfg.max_steps):
+                last_eval = self._evaluate(step)
+            if self.ckpt_path is not None and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                                               or step == cfg.max_steps):
+                self._save(step)
+        bar.close()
+        paths = {k: v for k, v in (("out_dir", self.out_dir), ("metrics", self.metrics_path),
+                                   ("checkpoint", self.ckpt_path)) if v is not None and v.exists()}
+        return TrainResult(cfg.max_steps, last, last_eval, self.history, paths)
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def _step(self, step: int) -> dict[str, float]:
+        """One optimizer step over `grad_accum_steps` micro-batches (opt.9); its train record."""
+        cfg, accum, began = self.cfg, self.cfg.grad_accum_steps, time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        tokens = 0
+        for micro in range(accum):
+            torch.manual_seed(step_seed(cfg.seed, step, micro, self.world.rank))
+            batch = move_to(self.batch_fn(step, micro, self.world.rank, self.world.world_size), self.device)
+            # Only the last micro-step all-reduces gradients; earlier ones just accumulate locally.
+            sync = self.ddp is None or micro == accum - 1
+            with nullcontext() if sync else self.ddp.no_sync():
+                with self._autocast():
+                    loss, metrics = self.loss_fn(self.forward_model, batch)
+                self.scaler.scale(loss / accum).backward()  # 1/accum: the mean over micro-batches (opt.9)
+            for k, v in {**to_floats(metrics), "loss": float(loss.detach())}.items():
+                sums[k] = sums.get(k, 0.0) + v / accum
+            tokens += count_tokens(batch)
+        record = D.average_over_ranks(sums, self.device)
+        if not math.isfinite(record["loss"]):
+            raise NonFiniteLossError(f"step {step}: loss is {record['loss']}; stopping (the last good "
+                                     f"checkpoint, if any, is left untouched)")
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))  # pre-clip norm (opt.8)
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            # Under fp16 an overflow is routine: GradScaler skips the step and lowers the scale instead.
+            raise NonFiniteLossError(f"step {step}: gradient norm is {grad_norm} (loss {record['loss']:.6g}); "
+                                     f"stopping (the last good checkpoint, if any, is left untouched)")
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        elapsed = time.perf_counter() - began
+        tokens_per_s = D.sum_over_ranks(tokens, self.device) / max(elapsed, 1e-9)
+        return {"step": step, "split": "train", "loss": record.pop("loss"), "lr": lr, "grad_norm": grad_norm,
+                "tokens_per_s": tokens_per_s, **record}
+
+    def _write(self, record: Mapping[str, Any]) -> None:
+        self.history.append(dict(record))
+        if self.main and self.metrics_path is not None:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _evaluate(self, step: int) -> dict[str, Any]:
+        """eval_fn on the bare model, rank 0 only (the others wait at the barrier)."""
+        record: dict[str, Any] = {}
+        if self.main:
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                record = {"step": step, "split": "eval", **to_floats(self.eval_fn(self.model))}
+            self.model.train()
+            self._write(record)
+        D.barrier()
+        return record
+
+    def _save(self, step: int) -> None:
+        if self.main:
+            save_checkpoint(self.ckpt_path, model=self.model, step=step, optimizer=self.optimizer,
+                            scheduler={"step": step, "schedule": self.cfg.schedule}, scaler=self.scaler,
+                            config=dataclasses.asdict(self.cfg), extra_state=self.extra_state)
+        D.barrier()  # nobody races ahead (or exits) while rank 0 is still writing
