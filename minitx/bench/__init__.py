@@ -1,0 +1,20 @@
+"""Benchmarks kernel engineers can trust: correctness-gated, warmed-up, synchronised, median + IQR, with the
+environment recorded next to every number.
+
+- `timing`: clocks (CUDA events on a GPU, perf_counter on the CPU), warm-up, median/IQR;
+- `flops`: FLOP counts under the FlashAttention convention, arithmetic intensity and the roofline;
+- `impls`: the attention implementations by name (`minitx:<backend>`, `sdpa:<kernel>`);
+- `attention`: the sweep, its float64 correctness gate and its records;
+- `report`: environment, JSON, `results_table`, plots;
+- `cli`: `minitx bench attention|training` (`bench_main`).
+"""
+
+from minitx.bench.attention import AttentionBenchConfig, run_sweep
+from minitx.bench.cli import bench_main
+from minitx.bench.flops import arithmetic_intensity, attention_flops, roofline, tflops_per_second
+from minitx.bench.report import plot_tflops, results_document, results_table, write_json
+from minitx.bench.timing import TimingStats, summarize, time_fn, time_host
+
+__all__ = ["AttentionBenchConfig", "run_sweep", "bench_main", "arithmetic_intensity", "attention_flops",
+           "roofline", "tflops_per_second", "plot_tflops", "results_document", "results_table", "write_json",
+           "TimingStats", "summarize", "time_fn", "time_host"]

@@ -1,0 +1,94 @@
+"""`minitx bench attention|training [flags]`: flags map one to one onto `AttentionBenchConfig`'s fields."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from minitx.bench.attention import DTYPES, MASKS, AttentionBenchConfig, run_sweep
+from minitx.bench.impls import DEFAULT_IMPLS
+from minitx.bench.report import plot_tflops, results_document, results_table, write_json
+
+# A GPU sweep as in the FlashAttention papers; the CPU one is scaled down so it finishes in seconds.
+GPU_DEFAULTS = dict(seq_lens=[512, 1024, 2048, 4096, 8192, 16384], head_dims=[64, 128], dtypes=["bf16", "fp16"],
+                    tokens=16384, model_dim=2048, repeats=30, warmup=5)
+CPU_DEFAULTS = dict(seq_lens=[128, 256, 512], head_dims=[64], dtypes=["fp32"], tokens=1024, model_dim=256,
+                    repeats=10, warmup=3)
+
+
+def _attention_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("attention", help="sweep attention kernels: time, TFLOP/s, peak memory, correctness",
+                       description="Sweep attention implementations over N, head dim, mask and dtype. Unset "
+                                   "flags take GPU defaults on CUDA (N 512..16384, D 64 128, bf16 fp16, "
+                                   "B*N=16k, H*D=2048) and small ones on the CPU.")
+    p.add_argument("--seq-lens", type=int, nargs="+", help="sequence lengths N")
+    p.add_argument("--head-dims", type=int, nargs="+", help="head dims D")
+    p.add_argument("--masks", nargs="+", choices=MASKS, help="attention masks (default: both)")
+    p.add_argument("--causal", dest="masks", action="store_const", const=["causal"], help="only causal")
+    p.add_argument("--no-causal", dest="masks", action="store_const", const=["full"], help="only full")
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="dtypes")
+    p.add_argument("--impls", nargs="+", help=f"implementations (default: {' '.join(DEFAULT_IMPLS)})")
+    p.add_argument("--tokens", type=int, help="tokens per batch B*N (B = tokens // N, at least 1)")
+    p.add_argument("--model-dim", type=int, help="model width H*D (H = model_dim // D)")
+    p.add_argument("--repeats", type=int, help="timed repeats per pass (median and IQR over these)")
+    p.add_argument("--warmup", type=int, help="untimed warm-up calls per pass")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: PyTorch's choice)")
+    p.add_argument("--out", type=Path, help="write the results JSON here")
+    p.add_argument("--plot", type=Path, help="write the TFLOP/s plot (PNG) here")
+    p.add_argument("--table", type=Path, help="write the markdown table here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> AttentionBenchConfig:
+    defaults = GPU_DEFAULTS if torch.device(args.device).type == "cuda" else CPU_DEFAULTS
+    values = {name: getattr(args, name) if getattr(args, name) is not None else default
+              for name, default in defaults.items()}
+    return AttentionBenchConfig(**values, masks=args.masks or list(MASKS),
+                                impls=args.impls or list(DEFAULT_IMPLS), device=args.device, seed=args.seed,
+                                threads=args.threads)
+
+
+def attention_main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise SystemExit(f"minitx bench attention: {exc}") from None
+    start = time.perf_counter()
+    records = run_sweep(config, progress=None if args.quiet else lambda line: print(line, flush=True))
+    document = results_document(records, config.to_dict(), config.device)
+    table = results_table(document)
+    print(table)
+    if args.out:
+        print(f"results: {write_json(document, args.out)}")
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table, encoding="utf-8")
+        print(f"table: {args.table}")
+    if args.plot:
+        plot_tflops(document, args.plot)
+        print(f"plot: {args.plot}")
+    print(f"{len(records)} records in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def bench_main(argv: list[str] | None = None, prog: str = "minitx bench") -> int:
+    """Entry point of `minitx bench`: sub-commands `attention` and `training` (not yet implemented)."""
+    parser = argparse.ArgumentParser(prog=prog, description="benchmarks")
+    sub = parser.add_subparsers(dest="which", metavar="{attention,training}", required=True)
+    _attention_parser(sub)
+    sub.add_parser("training", help="training throughput (not yet implemented)", add_help=False)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if args.which == "training":
+        raise SystemExit(f"{prog} training: not yet implemented (the training-throughput benchmark is a "
+                         "separate issue); `minitx bench attention` is available")
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return attention_main(args)

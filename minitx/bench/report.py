@@ -1,0 +1,156 @@
+"""Benchmark results as data: the environment they were measured in, JSON, a markdown table and plots.
+
+The JSON file is the source of truth; the table and figures are derived from it, so a README table can always
+be regenerated from the numbers and never drifts from them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+SCHEMA = "minitx.bench.attention/1"
+_PASS_LABEL = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward + backward"}
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device | str) -> dict:
+    """Everything a reader needs to reproduce or discount a number: versions, hardware, git commit."""
+    device = torch.device(device)
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    env = dict(python=platform.python_version(), torch=torch.__version__, triton=triton_version,
+               platform=platform.platform(), cpu=_cpu_model(), cpu_count=os.cpu_count(),
+               torch_threads=torch.get_num_threads(), device=device.type,
+               # other processes on the machine skew timings: the 1-minute load average is the hint to look
+               load_average_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, device_name=_cpu_model(),
+               cuda=torch.version.cuda, cudnn=None, driver=None, compute_capability=None,
+               git_commit=_run(["git", "rev-parse", "HEAD"]),
+               git_dirty=bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])))
+    if device.type == "cuda":
+        env.update(device_name=torch.cuda.get_device_name(device), cudnn=torch.backends.cudnn.version(),
+                   compute_capability=".".join(map(str, torch.cuda.get_device_capability(device))),
+                   driver=_run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]))
+    return env
+
+
+def results_document(records: list[dict], config: dict, device: torch.device | str) -> dict:
+    return dict(schema=SCHEMA, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                environment=environment(device), config=config, results=records)
+
+
+def write_json(document: dict, path: str | os.PathLike) -> Path:
+    """Write strictly valid JSON (allow_nan=False: a NaN or inf in the results is a bug, not a number)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def load(document: dict | str | os.PathLike) -> dict:
+    """A results document given as a dict, or a path to its JSON file."""
+    if isinstance(document, dict):
+        return document
+    return json.loads(Path(document).read_text(encoding="utf-8"))
+
+
+def _ms(stats: dict) -> str:
+    return f"{stats['median_ms']:.3f} ± {stats['iqr_ms'] / 2:.3f}"
+
+
+def results_table(document: dict | str | os.PathLike) -> str:
+    """Markdown table of a results document: one row per timed record, then the skipped and failed ones.
+
+    Times are "median ± IQR/2" in ms; TFLOP/s are from the median under the FlashAttention FLOP convention.
+    """
+    doc = load(document)
+    env = doc["environment"]
+    lines = [f"Device: {env['device_name']} ({env['device']}), torch {env['torch']}, "
+             f"commit {(env.get('git_commit') or 'unknown')[:10]}, {doc['created']}.", "",
+             "| impl | dtype | mask | D | N | B x H | fwd ms | bwd ms | fwd+bwd ms | fwd TFLOP/s | bwd TFLOP/s "
+             "| fwd+bwd TFLOP/s | peak MiB | max rel err |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    records = doc["results"]
+    for r in (r for r in records if r["status"] == "ok"):
+        t, f = r["timings_ms"], r["tflops"]
+        mem = "–" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
+        lines.append(f"| {r['impl']} | {r['dtype']} | {r['mask']} | {r['head_dim']} | {r['seq_len']} | "
+                     f"{r['batch']} x {r['heads']} | {_ms(t['fwd'])} | {_ms(t['bwd'])} | {_ms(t['fwd_bwd'])} | "
+                     f"{f['fwd']:.3g} | {f['bwd']:.3g} | {f['fwd_bwd']:.3g} | {mem} | "
+                     f"{max(r['errors'].values()):.1e} |")
+    not_timed = [r for r in records if r["status"] != "ok"]
+    if not_timed:
+        lines += ["", "Not timed:", ""]
+        seen = set()
+        for r in not_timed:
+            key = (r["impl"], r["status"], r["reason"])
+            if key not in seen:  # one line per distinct reason, not one per configuration
+                seen.add(key)
+                where = sorted({(x["dtype"], x["mask"], x["head_dim"], x["seq_len"]) for x in not_timed
+                                if (x["impl"], x["status"], x["reason"]) == key})
+                lines.append(f"- **{r['impl']}** {r['status']} ({len(where)} config(s)): {r['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | None = None,
+                pass_: str = "fwd_bwd"):
+    """TFLOP/s against N (log x), one panel per (mask, head dim), one line per (implementation, dtype);
+    error bars span the TFLOP/s at the p75 and p25 times."""
+    from minitx.plots import plt  # importing minitx.plots selects a headless backend when needed
+
+    doc = load(document)
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    masks = sorted({r["mask"] for r in doc["results"]}, reverse=True)
+    dims = sorted({r["head_dim"] for r in doc["results"]})
+    fig, axes = plt.subplots(len(masks), len(dims), figsize=(4.6 * len(dims), 3.4 * len(masks)),
+                             squeeze=False, sharey=True)
+    for (i, mask), (j, d) in ((a, b) for a in enumerate(masks) for b in enumerate(dims)):
+        ax = axes[i][j]
+        for impl, dtype in sorted({(r["impl"], r["dtype"]) for r in ok}):
+            pts = sorted((r["seq_len"], r) for r in ok
+                         if (r["impl"], r["dtype"], r["mask"], r["head_dim"]) == (impl, dtype, mask, d))
+            if not pts:
+                continue
+            ns = [n for n, _ in pts]
+            mid = [r["tflops"][pass_] for _, r in pts]
+            lo = [m - r["flops"][pass_] / (r["timings_ms"][pass_]["p75_ms"] * 1e9) for m, (_, r) in zip(mid, pts)]
+            hi = [r["flops"][pass_] / (r["timings_ms"][pass_]["p25_ms"] * 1e9) - m for m, (_, r) in zip(mid, pts)]
+            ax.errorbar(ns, mid, yerr=[lo, hi], marker="o", capsize=3, label=f"{impl} {dtype}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length N")
+        ax.set_ylabel(f"{_PASS_LABEL[pass_]} TFLOP/s")
+        ax.set_title(f"{mask}, head dim {d}", fontsize=10)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"attention {_PASS_LABEL[pass_]} on {doc['environment']['device_name']}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
