@@ -1,0 +1,131 @@
+"""minitx.blocks: LayerNorm, FeedForward, EncoderBlock (docs/math/residual_blocks.md)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minitx.blocks import EncoderBlock, FeedForward, LayerNorm
+
+F64 = torch.float64
+
+
+def _copy_from_torch_layer(block: EncoderBlock, ref: torch.nn.TransformerEncoderLayer) -> None:
+    """Map torch's names onto ours: in_proj -> q/k/v_proj, linear1/2 -> fc_in/out, norm1/2 -> the two norms."""
+    w_q, w_k, w_v = ref.self_attn.in_proj_weight.detach().chunk(3)
+    b_q, b_k, b_v = ref.self_attn.in_proj_bias.detach().chunk(3)
+    a, ff = block.attention, block.feed_forward
+    pairs = [(a.q_proj, w_q, b_q), (a.k_proj, w_k, b_k), (a.v_proj, w_v, b_v),
+             (a.out_proj, ref.self_attn.out_proj.weight, ref.self_attn.out_proj.bias),
+             (ff.fc_in, ref.linear1.weight, ref.linear1.bias), (ff.fc_out, ref.linear2.weight, ref.linear2.bias),
+             (block.attention_norm, ref.norm1.weight, ref.norm1.bias), (block.ffn_norm, ref.norm2.weight, ref.norm2.bias)]
+    with torch.no_grad():
+        for mod, w, b in pairs:
+            mod.weight.copy_(w)
+            mod.bias.copy_(b)
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_encoder_block_equals_torch_transformer_encoder_layer(norm_first, backend):
+    """(block.1)-(block.2) post-LN and (block.3)-(block.4) pre-LN against PyTorch's own layer, with padding."""
+    torch.manual_seed(0)
+    ref = torch.nn.TransformerEncoderLayer(16, 4, 40, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=norm_first, layer_norm_eps=1e-6).double().eval()
+    ref.self_attn.in_proj_bias.data.normal_()  # torch starts biases and LN at 0/1; make them matter
+    ref.norm1.weight.data.normal_()
+    ref.norm2.bias.data.normal_()
+    block = EncoderBlock(16, 4, 40, dropout=0.0, norm_first=norm_first, layer_norm_eps=1e-6,
+                         backend=backend).double().eval()
+    _copy_from_torch_layer(block, ref)
+    x = torch.randn(2, 7, 16, dtype=F64, requires_grad=True)
+    real = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    expected = ref(x, src_key_padding_mask=real == 0)
+    out = block(x, attention_mask=real)
+    torch.testing.assert_close(out[real.bool()], expected[real.bool()])  # torch's fast path zeroes pad rows
+    g_ref, = torch.autograd.grad(expected[real.bool()].sum(), x)
+    g, = torch.autograd.grad(out[real.bool()].sum(), x)
+    torch.testing.assert_close(g, g_ref)
+
+
+@settings(max_examples=15)
+@given(shape=st.sampled_from([(3, 5), (2, 4, 7), (1,)]), eps=st.sampled_from([1e-5, 1e-12, 0.1]),
+       seed=st.integers(0, 1000))
+def test_layer_norm_module_equals_torch(shape, eps, seed):
+    """(block.5): gamma * (x - mean) / sqrt(var + eps) + beta over the last dim."""
+    g = torch.Generator().manual_seed(seed)
+    ln = LayerNorm(shape[-1], eps=eps).double()
+    with torch.no_grad():
+        ln.weight.copy_(torch.randn(shape[-1], generator=g))
+        ln.bias.copy_(torch.randn(shape[-1], generator=g))
+    x = torch.randn(shape, generator=g, dtype=F64) * 3 + 1
+    expected = torch.nn.functional.layer_norm(x, shape[-1:], ln.weight, ln.bias, eps)
+    torch.testing.assert_close(ln(x), expected)
+
+
+def test_feed_forward_is_linear_gelu_linear():
+    """(block.6) with the exact erf GELU."""
+    torch.manual_seed(0)
+    ff = FeedForward(6, 11).double()
+    x = torch.randn(2, 3, 6, dtype=F64)
+    expected = ff.fc_out(torch.nn.functional.gelu(ff.fc_in(x), approximate="none"))
+    torch.testing.assert_close(ff(x), expected)
+    assert ff.fc_in.weight.shape == (11, 6) and ff.fc_out.weight.shape == (6, 11)
+
+
+def test_pre_ln_residual_stream_is_an_identity_path():
+    """(block.7): with the branches silenced, pre-LN passes x through exactly (so gradients reach the bottom
+    of a deep stack unscaled); post-LN still renormalises it at every layer."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=F64) * 4 + 2
+    for norm_first in (True, False):
+        block = EncoderBlock(8, 2, 16, dropout=0.0, norm_first=norm_first).double()
+        with torch.no_grad():
+            for lin in (block.attention.out_proj, block.feed_forward.fc_out):
+                lin.weight.zero_()
+                lin.bias.zero_()
+        out = block(x)
+        if norm_first:
+            torch.testing.assert_close(out, x)
+        else:
+            ln = torch.nn.functional.layer_norm
+            torch.testing.assert_close(out, ln(ln(x, (8,), eps=1e-5), (8,), eps=1e-5))  # one LN per sublayer
+            assert not torch.allclose(out, x)
+
+
+def test_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    block = EncoderBlock(8, 2, 16, dropout=0.3).double()
+    plain = EncoderBlock(8, 2, 16, dropout=0.0).double()
+    plain.load_state_dict(block.state_dict())
+    x = torch.randn(2, 5, 8, dtype=F64)
+    block.eval()
+    plain.eval()
+    torch.testing.assert_close(block(x), plain(x))
+    block.train()
+    assert not torch.allclose(block(x), plain(x))
+    assert block.attention.dropout == 0.3
+    assert EncoderBlock(8, 2, 16, dropout=0.3, attention_dropout=0.0).attention.dropout == 0.0
+
+
+def test_block_returns_attention_weights():
+    torch.manual_seed(0)
+    block = EncoderBlock(8, 2, 16, dropout=0.0).eval()
+    x = torch.randn(1, 4, 8)
+    out, w = block(x, is_causal=True, return_weights=True)
+    torch.testing.assert_close(out, block(x, is_causal=True))
+    assert torch.equal(w[0, 0] > 0, torch.ones(4, 4, dtype=torch.bool).tril())  # causal: no weight on the future
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, 2, 4))
+
+
+def test_bad_input_errors_name_the_argument():
+    with pytest.raises(ValueError, match="d_model"):
+        EncoderBlock(10, 3, 16)
+    with pytest.raises(ValueError, match="dropout"):
+        EncoderBlock(8, 2, 16, dropout=1.5)
+    with pytest.raises(ValueError, match="attention_dropout"):
+        EncoderBlock(8, 2, 16, attention_dropout=-0.1)
+    with pytest.raises(ValueError, match="x"):
+        LayerNorm(8)(torch.randn(2, 6))
+    with pytest.raises(ValueError, match="backend"):
+        EncoderBlock(8, 2, 16, backend="nope")
