@@ -28,22 +28,6 @@ DEFAULT_IMPLS = ("minitx:math", "minitx:flash") + tuple(f"sdpa:{k}" for k in SDP
 GPU_ONLY = {"minitx:flash"}
 
 
-def _minitx_backend(name: str) -> Callable:
-    """minitx's backend `name`; before `minitx.attention` exists, "math" falls back to the functional op."""
-    try:
-        attention = importlib.import_module("minitx.attention")
-    except ImportError as exc:
-        if name != "math":
-            raise
-        functional = importlib.import_module("minitx.functional")
-
-        def math_backend(q, k, v, *, is_causal=False, scale=None, **_):
-            return functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
-        math_backend.__doc__ = f"fallback: minitx.attention not importable ({exc})"
-        return math_backend
-    return attention.get_backend(name)
-
-
 def _sdpa(kernel: str) -> AttentionFn:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -68,7 +52,7 @@ def resolve(name: str, device: torch.device) -> tuple[AttentionFn | None, str | 
             raise ValueError(f"impls: expected an sdpa kernel in {sorted(SDPA_KERNELS)}, got {name!r}")
         return _sdpa(which), None
     try:
-        backend = _minitx_backend(which)
+        backend = importlib.import_module("minitx.attention").get_backend(which)
     except Exception as exc:  # ImportError, KeyError/ValueError for an unknown name, a kernel failing to build
         return None, f"minitx backend {which!r} unavailable: {type(exc).__name__}: {exc}"
 

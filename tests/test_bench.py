@@ -1,0 +1,304 @@
+"""The benchmark harness: FLOP convention, timer statistics, the correctness gate, JSON, table and CLI.
+
+Equation labels (bench.N) refer to docs/benchmarking.md.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minitx.bench import (AttentionBenchConfig, arithmetic_intensity, attention_flops, bench_main, results_table,
+                          roofline, run_sweep, summarize, tflops_per_second, time_host)
+from minitx.bench.attention import reference, shape_for
+from minitx.bench.timing import percentile
+
+TINY = dict(seq_lens=[16, 32], head_dims=[8], dtypes=["fp32"], tokens=64, model_dim=16, repeats=3, warmup=1)
+
+
+# ---------------------------------------------------------------- FLOPs and roofline
+
+def test_attention_flops_follow_the_flashattention_convention():
+    # (bench.1): 4 * B * H * N^2 * D = 4 * 2 * 3 * 16 * 5 = 1920; causal halves it.
+    assert attention_flops(2, 3, 4, 5) == 1920
+    assert attention_flops(2, 3, 4, 5, causal=True) == 960
+    # (bench.2), (bench.3): backward 2.5x, forward + backward 3.5x.
+    assert attention_flops(2, 3, 4, 5, pass_="bwd") == 4800
+    assert attention_flops(2, 3, 4, 5, pass_="fwd_bwd") == 6720
+    assert attention_flops(2, 3, 4, 5, causal=True, pass_="fwd_bwd") == 3360
+    # The papers' headline shape: B*N = 16k tokens, H*D = 2048, N = 2048, D = 64 -> 8 x 32 heads:
+    # 2^2 * 2^3 * 2^5 * 2^22 * 2^6 = 2^38 FLOPs.
+    assert attention_flops(8, 32, 2048, 64) == 2**38
+
+
+def test_flops_reject_bad_arguments():
+    with pytest.raises(ValueError, match="pass_"):
+        attention_flops(1, 1, 1, 1, pass_="both")
+    with pytest.raises(ValueError, match="seq_len"):
+        attention_flops(1, 1, 0, 1)
+    with pytest.raises(ValueError, match="milliseconds"):
+        tflops_per_second(1.0, 0.0)
+
+
+def test_tflops_and_roofline_by_hand():
+    assert tflops_per_second(3e12, 1500.0) == pytest.approx(2.0)  # 3 TFLOP in 1.5 s
+    # (bench.4): IO-aware intensity N / s = 1024 / 2 = 512 FLOP/byte, for any D.
+    assert arithmetic_intensity(1024, 64, 2) == pytest.approx(512.0)
+    assert arithmetic_intensity(1024, 128, 2) == pytest.approx(512.0)
+    # (bench.5): materialized scores, N D / (s (N + D)) = 65536 / 2176.
+    assert arithmetic_intensity(1024, 64, 2, materialize_scores=True) == pytest.approx(65536 / 2176)
+    # (bench.6): 100 TB/s-FLOP/byte ridge; below it bandwidth-bound, above compute-bound.
+    assert roofline(10.0, peak_tflops=1000.0, bandwidth_tb_s=3.0) == pytest.approx(30.0)
+    assert roofline(512.0, peak_tflops=1000.0, bandwidth_tb_s=3.0) == pytest.approx(1000.0)
+
+
+@given(n=st.integers(1, 1 << 16), d=st.sampled_from([16, 32, 64, 128, 256]), s=st.sampled_from([1, 2, 4]))
+def test_materialized_intensity_never_exceeds_d_over_s(n, d, s):
+    # (bench.5): however long the sequence, writing N x N scores caps the intensity at D / s.
+    assert arithmetic_intensity(n, d, s, materialize_scores=True) < d / s
+    assert arithmetic_intensity(n, d, s, materialize_scores=True) <= arithmetic_intensity(n, d, s)
+
+
+# ---------------------------------------------------------------- timer
+
+class FakeClock:
+    """A clock whose successive (start, end) readings are given: each timed call lasts the next duration."""
+
+    def __init__(self, durations_ms):
+        self.readings = []
+        t = 100.0
+        for d in durations_ms:
+            self.readings += [t, t + d / 1e3]
+            t += 1.0
+        self.reads = 0
+
+    def __call__(self):
+        self.reads += 1
+        return self.readings[self.reads - 1]
+
+
+def test_timer_skips_warmup_and_reports_median_and_quartiles():
+    clock, calls, setups = FakeClock([5.0, 1.0, 3.0, 2.0, 4.0]), [], []
+    samples = time_host(lambda: calls.append(1), warmup=2, repeats=5, clock=clock, setup=lambda: setups.append(1))
+    assert len(calls) == 7 and len(setups) == 7  # warm-up calls run, but only 5 are read off the clock
+    assert clock.reads == 10
+    assert samples == pytest.approx([5.0, 1.0, 3.0, 2.0, 4.0])
+    stats = summarize(samples)
+    assert (stats.median_ms, stats.p25_ms, stats.p75_ms) == pytest.approx((3.0, 2.0, 4.0))
+    assert (stats.iqr_ms, stats.min_ms, stats.max_ms) == pytest.approx((2.0, 1.0, 5.0))
+    assert stats.repeats == 5
+
+
+def test_timer_quartiles_interpolate_on_even_counts():
+    stats = summarize([4.0, 1.0, 3.0, 2.0])  # sorted 1 2 3 4: positions 0.75, 1.5, 2.25
+    assert (stats.p25_ms, stats.median_ms, stats.p75_ms) == pytest.approx((1.75, 2.5, 3.25))
+
+
+def test_timer_is_robust_to_one_outlier():
+    # The median ignores a single 1000x stall that would drag the mean up 100x.
+    stats = summarize(time_host(lambda: None, warmup=0, repeats=5, clock=FakeClock([1, 1, 1000, 1, 1])))
+    assert stats.median_ms == pytest.approx(1.0) and stats.iqr_ms == pytest.approx(0.0)
+
+
+@given(st.lists(st.floats(0.0, 1e4, allow_nan=False), min_size=1, max_size=40), st.floats(0.0, 1.0))
+def test_percentile_agrees_with_numpy(values, q):
+    assert percentile(sorted(values), q) == pytest.approx(float(np.percentile(values, 100 * q)), abs=1e-9)
+
+
+def test_timer_rejects_bad_counts():
+    with pytest.raises(ValueError, match="repeats"):
+        time_host(lambda: None, warmup=0, repeats=0)
+    with pytest.raises(ValueError, match="warmup"):
+        time_host(lambda: None, warmup=-1, repeats=1)
+
+
+# ---------------------------------------------------------------- the float64 reference and the gate
+
+@settings(max_examples=10)
+@given(n=st.integers(1, 24), d=st.integers(1, 12), causal=st.booleans(), chunked=st.booleans())
+def test_reference_matches_pytorch_sdpa_in_float64(n, d, causal, chunked):
+    gen = torch.Generator().manual_seed(n * 100 + d)
+    q, k, v, dout = (torch.randn(2, 3, n, d, generator=gen, dtype=torch.float64) for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    expected = F.scaled_dot_product_attention(*leaves, is_causal=causal, scale=0.7)
+    expected.backward(dout)
+    # a tiny budget forces one (batch, head) per chunk: chunking must not change the answer
+    out, grads = reference(q, k, v, dout, causal, 0.7, budget_bytes=1 if chunked else 2**30)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for g, leaf in zip(grads, leaves):
+        torch.testing.assert_close(g, leaf.grad, rtol=1e-10, atol=1e-12)
+
+
+def counting(fn):
+    """Wrap an implementation so a test can see how often the harness called it."""
+    def wrapped(q, k, v, causal, scale):
+        wrapped.calls += 1
+        return fn(q, k, v, causal, scale)
+    wrapped.calls = 0
+    return wrapped
+
+
+def _sdpa(q, k, v, causal, scale):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+def test_gate_records_wrong_kernels_as_failed_and_never_times_them():
+    garbage = counting(lambda q, k, v, causal, scale: torch.randn_like(q) + 0 * (q + k + v))
+    wrong_scale = counting(lambda q, k, v, causal, scale: _sdpa(q, k, v, causal, 1.1 * scale))
+    ignores_mask = counting(lambda q, k, v, causal, scale: _sdpa(q, k, v, False, scale))
+    nan = counting(lambda q, k, v, causal, scale: (q + k + v) * float("nan"))
+    good = counting(_sdpa)
+    config = AttentionBenchConfig(**TINY, masks=["causal"], impls=[])
+    extra = {"garbage": garbage, "wrong_scale": wrong_scale, "ignores_mask": ignores_mask, "nan": nan,
+             "good": good}
+    records = {r["impl"]: r for r in run_sweep(config, extra_impls=extra, progress=None) if r["seq_len"] == 32}
+    for name in ("garbage", "wrong_scale", "ignores_mask", "nan"):
+        r = records[name]
+        assert r["status"] == "failed", name
+        assert "relative error above 0.0001" in r["reason"]
+        assert r["timings_ms"] is None and r["tflops"] is None
+        assert extra[name].calls == 2, name  # once per N (16 and 32): the gate only, never timed
+    assert records["nan"]["errors"]["out"] is None  # non-finite error -> null in JSON, reason says why
+    assert records["good"]["status"] == "ok" and max(records["good"]["errors"].values()) < 1e-5
+    # per N: gate + one graph kept for backward + warm-up and repeats of fwd and of fwd+bwd (no memory pass on CPU)
+    assert good.calls == 2 * (1 + 1 + 2 * (TINY["warmup"] + TINY["repeats"]))
+
+
+def test_gate_through_a_registered_minitx_backend():
+    attention = pytest.importorskip("minitx.attention")
+    attention.register_backend("bench_test_garbage", lambda q, k, v, **kw: torch.zeros_like(q) + v.mean())
+    config = AttentionBenchConfig(**TINY, masks=["full"], impls=["minitx:bench_test_garbage", "minitx:math"])
+    records = run_sweep(config, progress=None)
+    by_impl = {r["impl"]: r for r in records if r["seq_len"] == 16}
+    assert by_impl["minitx:bench_test_garbage"]["status"] == "failed"
+    assert by_impl["minitx:bench_test_garbage"]["timings_ms"] is None
+    assert by_impl["minitx:math"]["status"] == "ok"
+
+
+def test_unavailable_implementations_are_skipped_with_a_reason():
+    config = AttentionBenchConfig(**TINY, masks=["full"], impls=["minitx:flash", "minitx:no_such_backend"])
+    records = run_sweep(config, progress=None)
+    assert all(r["status"] == "skipped" and r["timings_ms"] is None for r in records)
+    reasons = {r["impl"]: r["reason"] for r in records}
+    assert "Triton" in reasons["minitx:flash"]
+    assert "no_such_backend" in reasons["minitx:no_such_backend"]
+
+
+def test_shapes_hold_tokens_and_model_width_fixed():
+    config = AttentionBenchConfig(tokens=16384, model_dim=2048)
+    assert shape_for(config, 2048, 64) == (8, 32)
+    assert shape_for(config, 32768, 128) == (1, 16)  # at least one sequence
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="model_dim"):
+        AttentionBenchConfig(head_dims=[48], model_dim=64).validate()
+    with pytest.raises(ValueError, match="dtypes"):
+        AttentionBenchConfig(dtypes=["fp8"]).validate()
+
+
+# ---------------------------------------------------------------- CLI, JSON schema, table, plot
+
+RECORD_KEYS = {"impl", "dtype", "mask", "causal", "seq_len", "head_dim", "batch", "heads", "tolerance", "flops",
+               "status", "reason", "errors", "timings_ms", "tflops", "peak_memory_bytes", "memory_note"}
+ENV_KEYS = {"python", "torch", "triton", "platform", "cpu", "cpu_count", "torch_threads", "device", "device_name",
+            "cuda", "cudnn", "driver", "compute_capability", "git_commit", "git_dirty", "load_average_1min"}
+
+
+def _numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["attention", "--seq-lens", "16", "32", "--head-dims", "8", "--tokens", "64", "--model-dim", "16",
+            "--repeats", "3", "--warmup", "1", "--causal", "--impls", "minitx:math", "sdpa:math", "minitx:flash",
+            "--device", "cpu", "--out", str(out / "r.json"), "--plot", str(out / "r.png"),
+            "--table", str(out / "r.md"), "--quiet"]
+    assert bench_main(argv, prog="minitx bench") == 0
+    return out
+
+
+def test_cli_writes_json_png_and_table(cli_run):
+    assert (cli_run / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((cli_run / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert doc["schema"] == "minitx.bench.attention/1"
+    assert ENV_KEYS <= set(doc["environment"]) and doc["environment"]["device"] == "cpu"
+    assert doc["config"]["seq_lens"] == [16, 32] and doc["config"]["masks"] == ["causal"]
+    assert len(doc["results"]) == 2 * 3
+    assert all(set(r) == RECORD_KEYS and r["causal"] for r in doc["results"])
+    assert all(math.isfinite(x) for x in _numbers(doc))
+    assert (cli_run / "r.md").read_text() == results_table(doc)
+
+
+def test_json_figures_are_consistent(cli_run):
+    doc = json.loads((cli_run / "r.json").read_text())
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    assert {r["impl"] for r in ok} == {"minitx:math", "sdpa:math"}
+    for r in ok:
+        assert (r["batch"], r["heads"]) == (64 // r["seq_len"], 2)
+        assert r["flops"]["fwd"] == 4 * r["batch"] * r["heads"] * r["seq_len"] ** 2 * 8 / 2  # (bench.1), causal
+        for p, t in r["timings_ms"].items():
+            assert 0 < t["min_ms"] <= t["p25_ms"] <= t["median_ms"] <= t["p75_ms"] <= t["max_ms"]
+            assert t["iqr_ms"] == pytest.approx(t["p75_ms"] - t["p25_ms"]) and t["repeats"] == 3
+            assert r["tflops"][p] == pytest.approx(r["flops"][p] / (t["median_ms"] * 1e-3) / 1e12)
+        assert r["peak_memory_bytes"] is None and "CPU" in r["memory_note"]
+        assert max(r["errors"].values()) <= r["tolerance"] == 1e-4
+
+
+def test_table_is_derived_from_the_json(cli_run):
+    doc = json.loads((cli_run / "r.json").read_text())
+    table = results_table(doc)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| impl")]
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    assert len(rows) == len(ok)
+    for row, r in zip(rows, ok):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[:5] == [r["impl"], "fp32", "causal", "8", str(r["seq_len"])]
+        assert cells[6].startswith(f"{r['timings_ms']['fwd']['median_ms']:.3f} ± ")
+        assert float(cells[11]) == pytest.approx(r["tflops"]["fwd_bwd"], rel=1e-2)
+    assert "**minitx:flash** skipped (2 config(s))" in table
+    doc["results"][0]["tflops"]["fwd_bwd"] = 123.0  # the table follows the numbers it is given
+    assert "| 123 |" in results_table(doc)
+
+
+def test_cli_training_is_a_clear_stub_and_bad_flags_fail():
+    with pytest.raises(SystemExit, match="not yet implemented"):
+        bench_main(["training"], prog="minitx bench")
+    with pytest.raises(SystemExit, match="model_dim"):
+        bench_main(["attention", "--head-dims", "48", "--model-dim", "64", "--quiet"], prog="minitx bench")
+    with pytest.raises(SystemExit):
+        bench_main(["attention", "--no-such-flag"], prog="minitx bench")
+
+
+# ---------------------------------------------------------------- GPU path (not run in CI: no GPU here)
+
+@pytest.mark.gpu
+def test_gpu_sweep_times_with_events_and_measures_peak_memory(tmp_path):
+    config = AttentionBenchConfig(seq_lens=[256, 512], head_dims=[64], dtypes=["bf16", "fp16"], tokens=2048,
+                                  model_dim=256, repeats=5, warmup=2, device="cuda",
+                                  impls=["minitx:math", "minitx:flash", "sdpa:flash", "sdpa:efficient", "sdpa:math"])
+    records = run_sweep(config, progress=None)
+    ok = [r for r in records if r["status"] == "ok"]
+    assert {"minitx:math", "sdpa:math"} <= {r["impl"] for r in ok}
+    assert not [r for r in records if r["status"] == "failed"], [r["reason"] for r in records]
+    for r in ok:
+        # every kernel's forward + backward holds at least its 2-byte output (B, H, N, D) beyond the inputs
+        assert r["peak_memory_bytes"] >= r["batch"] * r["heads"] * r["seq_len"] * 64 * 2
+        assert all(t["median_ms"] > 0 for t in r["timings_ms"].values())
+    # the readable path materializes the N x N probabilities P for its backward
+    math_rows = [r for r in ok if r["impl"] == "minitx:math"]
+    assert all(r["peak_memory_bytes"] >= r["batch"] * r["heads"] * r["seq_len"] ** 2 * 2 for r in math_rows)
