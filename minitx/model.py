@@ -1,0 +1,258 @@
+"""A BERT-style encoder built from minitx's blocks: embeddings, a stack of encoder blocks, and task heads.
+
+Equations are in docs/math/bert.md: embeddings (bert.1), the encoder stack (bert.2), the MLM head with tied
+weights (bert.3, and mlm.* in docs/math/mlm.md), the pooler (bert.4) and the classification head (bert.5).
+Module names follow docs/architecture.md, so `minitx.interop` maps Hugging Face BERT weights one to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minitx.attention import available_backends
+from minitx.blocks import EncoderBlock, LayerNorm
+from minitx.functional import gelu
+from minitx.positional import LearnedPositionalEmbedding
+
+IGNORE_INDEX = -100  # label of positions that carry no loss (as in PyTorch's cross_entropy and HF)
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class BertConfig:
+    """A flat model config; every field maps one to one onto a CLI flag."""
+
+    vocab_size: int = 1000
+    d_model: int = field(default=128, metadata=_help("model width C"))
+    n_layers: int = field(default=2, metadata=_help("encoder blocks"))
+    n_heads: int = field(default=4, metadata=_help("attention heads H (d_model divisible by it)"))
+    d_ff: int = field(default=512, metadata=_help("feed-forward width"))
+    max_position: int = field(default=128, metadata=_help("longest sequence (learned positions)"))
+    type_vocab_size: int = field(default=2, metadata=_help("segment ids (sentence A/B)"))
+    dropout: float = field(default=0.1, metadata=_help("dropout on embeddings and residual branches"))
+    attention_dropout: float = field(default=0.1, metadata=_help("dropout on attention weights"))
+    layer_norm_eps: float = field(default=1e-12, metadata=_help("LayerNorm epsilon (BERT: 1e-12)"))
+    norm_first: bool = field(default=False, metadata=_help("pre-LN blocks instead of BERT's post-LN"))
+    attention_backend: str = field(default="math", metadata=_help("attention backend: math, sdpa or flash"))
+    pad_token_id: int = 0
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_position", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {getattr(self, name)}")
+        if self.attention_backend not in available_backends():
+            raise ValueError(f"attention_backend: expected one of {available_backends()}, "
+                             f"got {self.attention_backend!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "BertConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config: unknown fields {unknown}")
+        return cls(**values)
+
+
+class BertEmbeddings(nn.Module):
+    """(bert.1): LayerNorm(token + position + segment embeddings), then dropout."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.token = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.position = LearnedPositionalEmbedding(config.max_position, config.d_model)
+        self.segment = nn.Embedding(config.type_vocab_size, config.d_model)
+        self.norm = LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.max_position = config.max_position
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if input_ids.shape[1] > self.max_position:
+            raise ValueError(f"input_ids: sequence length {input_ids.shape[1]} exceeds "
+                             f"max_position={self.max_position}")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.token(input_ids) + self.segment(token_type_ids)  # (B, N, C)
+        x = self.position(x)  # adds E[:N]
+        return self.dropout(self.norm(x))
+
+
+class BertModel(nn.Module):
+    """Embeddings, then `n_layers` encoder blocks (bert.2). Returns the hidden states (B, N, C)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.blocks = nn.ModuleList(
+            EncoderBlock(config.d_model, config.n_heads, config.d_ff, dropout=config.dropout,
+                         attention_dropout=config.attention_dropout, norm_first=config.norm_first,
+                         layer_norm_eps=config.layer_norm_eps, backend=config.attention_backend)
+            for _ in range(config.n_layers))
+        # Pre-LN stacks end with a norm of their own: the residual stream is never normalized otherwise.
+        self.final_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Switch every block's attention backend (math, sdpa, flash) without touching the weights."""
+        if backend not in available_backends():
+            raise ValueError(f"backend: expected one of {available_backends()}, got {backend!r}")
+        self.config.attention_backend = backend
+        for block in self.blocks:
+            block.attention.backend = backend
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids: expected shape (B, N), got {tuple(input_ids.shape)}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (1 = real token), "
+                             f"got {tuple(attention_mask.shape)}")
+        x = self.embeddings(input_ids, token_type_ids)
+        key_mask = None if attention_mask is None else attention_mask.bool()  # (B, M), True = real token
+        for block in self.blocks:
+            x = block(x, attention_mask=key_mask)
+        return x if self.final_norm is None else self.final_norm(x)
+
+
+class MLMHead(nn.Module):
+    """(bert.3): dense -> GELU -> LayerNorm -> decoder tied to the token embedding, plus its own bias."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.norm = LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
+        """`decoder_weight` is the token embedding matrix (V, C) itself, passed in rather than stored, so the
+        tie is by construction and the state dict holds the matrix once."""
+        h = self.norm(gelu(self.dense(hidden)))
+        return F.linear(h, decoder_weight, self.bias)  # (B, N, C) @ (C, V) -> (B, N, V)
+
+
+class MaskedLMOutput(NamedTuple):
+    logits: torch.Tensor
+    loss: Optional[torch.Tensor]
+    hidden: torch.Tensor
+    next_sentence_logits: Optional[torch.Tensor] = None
+
+
+def _init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm; the padding row stays zero."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, LearnedPositionalEmbedding):
+        nn.init.normal_(module.weight, std=std)
+
+
+class Pooler(nn.Module):
+    """(bert.4): tanh(W h_[CLS] + b), BERT's sentence vector."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, N, C) -> (B, C)
+
+
+class BertForMaskedLM(nn.Module):
+    """The encoder with the MLM head; `loss` is (mlm.1): cross-entropy over positions whose label != -100.
+
+    With `next_sentence=True` it also carries BERT's next-sentence head (pooler + 2-way classifier); its loss
+    is added when `next_sentence_label` is given.
+    """
+
+    def __init__(self, config: BertConfig, next_sentence: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm_head = MLMHead(config)
+        self.pooler = Pooler(config.d_model) if next_sentence else None
+        self.next_sentence_head = nn.Linear(config.d_model, 2) if next_sentence else None
+        self.apply(lambda m: _init_bert_weights(m, config.initializer_range))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                next_sentence_label: Optional[torch.Tensor] = None) -> MaskedLMOutput:
+        hidden = self.bert(input_ids, attention_mask, token_type_ids)
+        logits = self.mlm_head(hidden, self.bert.embeddings.token.weight)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels: expected shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            # (B, N, V) -> (B*N, V): one prediction per position; -100 positions carry no loss
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        nsp_logits = None
+        if self.next_sentence_head is not None:
+            nsp_logits = self.next_sentence_head(self.pooler(hidden))  # (B, 2)
+            if next_sentence_label is not None:
+                nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
+                loss = nsp_loss if loss is None else loss + nsp_loss
+        elif next_sentence_label is not None:
+            raise ValueError("next_sentence_label: this model has no next-sentence head (next_sentence=False)")
+        return MaskedLMOutput(logits, loss, hidden, nsp_logits)
+
+
+class ClassificationOutput(NamedTuple):
+    logits: torch.Tensor
+    loss: Optional[torch.Tensor]
+
+
+class BertForSequenceClassification(nn.Module):
+    """(bert.5): logits = W Drop(pool(h)) + b, pool the pooler or the raw [CLS] vector (use_pooler=False)."""
+
+    def __init__(self, config: BertConfig, num_labels: int, use_pooler: bool = True) -> None:
+        super().__init__()
+        if num_labels < 2:
+            raise ValueError(f"num_labels: expected at least 2, got {num_labels}")
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        self.pooler = Pooler(config.d_model) if use_pooler else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.d_model, num_labels)
+        self.apply(lambda m: _init_bert_weights(m, config.initializer_range))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None) -> ClassificationOutput:
+        hidden = self.bert(input_ids, attention_mask, token_type_ids)
+        pooled = self.pooler(hidden) if self.pooler is not None else hidden[:, 0]  # (B, C)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return ClassificationOutput(logits, loss)
+
+    @classmethod
+    def from_pretrained_mlm(cls, mlm: BertForMaskedLM, num_labels: int, use_pooler: bool = True,
+                            seed: int = 0) -> "BertForSequenceClassification":
+        """A classifier whose encoder holds a copy of `mlm`'s encoder; the new head is seeded."""
+        torch.manual_seed(seed)
+        model = cls(dataclasses.replace(mlm.config), num_labels, use_pooler)
+        model.bert.load_state_dict(mlm.bert.state_dict())
+        return model
