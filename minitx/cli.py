@@ -45,24 +45,27 @@ def _field_type(field: dataclasses.Field, hints: dict[str, Any]) -> tuple[Any, b
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """One `--field-name` option per dataclass field; the field's default and its `help` metadata carry over."""
+    """One `--field-name` option per dataclass field; the field's default and its `help` metadata carry over.
+
+    Field metadata may add `aliases` (extra flags, e.g. `--from`) and `choices`.
+    """
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
-        flag = "--" + field.name.replace("_", "-")
+        flags = ["--" + field.name.replace("_", "-"), *field.metadata.get("aliases", ())]
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
         help_text = field.metadata.get("help", "")
         scalar, is_list = _field_type(field, hints)
         if scalar is bool and not is_list:
-            parser.add_argument(flag, dest=field.name, default=default, action=argparse.BooleanOptionalAction,
-                                help=help_text)
+            parser.add_argument(*flags, dest=field.name, default=default,
+                                action=argparse.BooleanOptionalAction, help=help_text)
             continue
         kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=f"{help_text} (default: {default})")
         if "choices" in field.metadata:
             kwargs["choices"] = field.metadata["choices"]
         if is_list:
             kwargs["nargs"] = "+"
-        parser.add_argument(flag, type=scalar if scalar in (int, float, str) else str, **kwargs)
+        parser.add_argument(*flags, type=scalar if scalar in (int, float, str) else str, **kwargs)
 
 
 def config_from_args(config_cls: type, args: argparse.Namespace) -> Any:
