@@ -27,9 +27,8 @@ class LoRAFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_A, lora_B, scaling: float, mask):
         x_d = x if mask is None else x * mask
         u = x_d @ lora_A.T  # (..., in) -> (..., r): the rank-r bottleneck
-        y = x @ weight.T + scaling * (u @ lora_B.T)  # (..., r) -> (..., out)   (lora.1)
-        if bias is not None:
-            y = y + bias
+        # The frozen path is exactly nn.Linear's op, so with B = 0 the output is bit-for-bit the base output.
+        y = torch.nn.functional.linear(x, weight, bias) + scaling * (u @ lora_B.T)  # (..., r) -> (..., out) (lora.1)
         ctx.save_for_backward(x, weight, lora_A, lora_B, mask, u)
         ctx.scaling = scaling
         ctx.has_bias = bias is not None
