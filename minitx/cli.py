@@ -16,6 +16,8 @@ from typing import Any, Sequence
 # subcommand -> ("module:ConfigClass", "module:function", help). Imported lazily so `minitx --help` is instant
 # and a CPU-only install never imports Triton.
 COMMANDS: dict[str, tuple[str | None, str, str]] = {
+    "demo": (None, "minitx.finetune:demo_main",
+             "the quickstart: pretrain on the built-in language, then LoRA fine-tune a classifier"),
     "pretrain": ("minitx.pretrain:PretrainConfig", "minitx.pretrain:run_pretraining",
                  "masked-language-model pretraining (built-in corpus or --text files)"),
     "fill-mask": (None, "minitx.pretrain:fill_mask_main", "top-k predictions for each [MASK] in a text"),
