@@ -1,0 +1,199 @@
+"""WordPiece tokenizer: pre-tokenization, greedy longest match, the training criterion, pairs, batches, JSON,
+round trips (corpus text and Hypothesis-drawn unicode) and a differential check against Hugging Face's
+BertTokenizer given the same vocabulary."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minitx.corpus import SyntheticLanguage
+from minitx.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, learn_vocabulary, pre_tokenize
+
+SMALL_TEXT = """The quick brown fox jumps over the lazy dog. Café au lait, s'il vous plaît!
+Tokenizers split unbelievable words into pieces; un-tokenizable ones become [UNK].
+Ελληνικά κείμενα και 日本語のテキスト (with brackets) and "quotes" — dashes, numbers 12345 & symbols #@%."""
+
+
+@pytest.fixture(scope="module")
+def corpus_tokenizer():
+    texts = SyntheticLanguage(0).texts(1500)
+    return WordPieceTokenizer.train(texts, vocab_size=2000), texts
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer():
+    return WordPieceTokenizer.train([SMALL_TEXT] * 3, vocab_size=120, min_frequency=2)
+
+
+def test_pre_tokenize_matches_bert_basic_rules():
+    assert pre_tokenize("Hello, World!") == ["hello", ",", "world", "!"]
+    assert pre_tokenize("Café  naïve\tÉTÉ") == ["cafe", "naive", "ete"]  # accents stripped after lowercasing
+    assert pre_tokenize("Café", lowercase=False) == ["Café"]
+    assert pre_tokenize("日本語abc") == ["日", "本", "語", "abc"]  # CJK characters are words of their own
+    assert pre_tokenize("a\x00b\u200bc d") == ["abc", "d"]  # NUL and format characters vanish
+    assert pre_tokenize("") == [] and pre_tokenize(" \n\t ") == []
+
+
+def test_greedy_longest_match_first():
+    tok = WordPieceTokenizer(list(SPECIAL_TOKENS) + ["a", "ab", "##b", "##c", "##bc", "x"])
+    assert tok.tokenize_word("abc") == ["ab", "##c"]  # longest prefix first, not the best segmentation
+    assert tok.tokenize_word("abbc") == ["ab", "##bc"]
+    assert tok.tokenize_word("abd") == ["[UNK]"]  # one uncovered character makes the whole word [UNK]
+    assert tok.tokenize_word("ca") == ["[UNK]"]  # "c" exists only as a continuation piece
+    short = WordPieceTokenizer(tok.vocab, max_input_chars_per_word=3)
+    assert short.tokenize_word("abbc") == ["[UNK]"] and short.tokenize_word("abc") == ["ab", "##c"]
+
+
+def test_training_uses_the_wordpiece_score_not_the_raw_count():
+    # counts: a=6, c=1, ##b=5, ##c=2; pairs: (a,##b)=4 -> 4/30, (a,##c)=2 -> 2/12, (c,##b)=1 -> 1/5.
+    counts = {"ab": 4, "ac": 2, "cb": 1}
+    alphabet = ["##b", "##c", "a", "c"]
+    assert learn_vocabulary(counts, budget=5, min_frequency=1) == alphabet + ["cb"]  # BPE would merge "ab"
+    assert learn_vocabulary(counts, budget=5, min_frequency=2) == alphabet + ["ac"]  # (c,##b) seen only once
+    assert learn_vocabulary(counts, budget=3, min_frequency=1) == alphabet[:3]
+
+
+def test_training_is_deterministic_and_order_free():
+    texts = SyntheticLanguage(1).texts(300)
+    a = WordPieceTokenizer.train(texts, vocab_size=150)
+    b = WordPieceTokenizer.train(list(reversed(texts)), vocab_size=150)
+    assert a.vocab == b.vocab and a.vocab_size == 150
+
+
+def test_corpus_words_are_single_tokens_and_corpus_text_round_trips(corpus_tokenizer):
+    tok, texts = corpus_tokenizer
+    for word in SyntheticLanguage.vocabulary():
+        assert tok.tokenize_word(word) == [word]
+    for text in texts[:200]:
+        enc = tok.encode(text)
+        assert tok.unk_id not in enc.ids
+        assert tok.decode(enc.ids) == text
+        assert enc.word_ids[1:-1] == list(range(len(text.split())))
+
+
+def test_unseen_words_split_into_pieces(small_tokenizer):
+    tok = small_tokenizer
+    for word in ("tokenize", "quickest", "unbelievably"):
+        pieces = tok.tokenize_word(word)
+        assert "[UNK]" not in pieces and len(pieces) > 1
+        assert all(p.startswith("##") for p in pieces[1:]) and not pieces[0].startswith("##")
+        assert "".join(p.removeprefix("##") for p in pieces) == word
+
+
+@settings(max_examples=25)
+@given(st.text(max_size=60))
+def test_round_trip_on_unicode_text(text):
+    # A tokenizer trained on the text itself knows all of its characters, so nothing may become [UNK]
+    # (except words longer than max_input_chars_per_word, which the strategy cannot reach).
+    tok = WordPieceTokenizer.train([text], vocab_size=64, min_frequency=1)
+    enc = tok.encode(text)
+    assert tok.unk_id not in enc.ids
+    assert tok.decode(enc.ids) == tok.normalize(text) == " ".join(pre_tokenize(text))
+
+
+@settings(max_examples=25)
+@given(st.text(max_size=60))
+def test_unencodable_words_become_one_unk_each(text):
+    tok = WordPieceTokenizer.train([SMALL_TEXT], vocab_size=100)
+    expected = [w if "[UNK]" not in tok.tokenize_word(w) else "[UNK]" for w in pre_tokenize(text)]
+    assert tok.decode(tok.encode(text).ids) == " ".join(expected)
+
+
+ALPHABET = st.sampled_from(list("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789 .,;!?()[]'\"-\t\néüÉÜ日本語κείμ"))
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(small_tokenizer):
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertTokenizer(vocab=dict(small_tokenizer.token_to_id), do_lower_case=True)
+
+
+@settings(max_examples=25)
+@given(st.text(alphabet=ALPHABET, max_size=80), st.text(alphabet=ALPHABET, min_size=1, max_size=40))
+def test_agrees_with_hugging_face_bert_tokenizer(small_tokenizer, hf_tokenizer, text, pair):
+    # HF treats an empty pair as no pair, hence min_size=1 (our encode takes pair="" as an empty segment).
+    tok, hf = small_tokenizer, hf_tokenizer
+    ours = tok.encode(text, pair=pair)
+    theirs = hf(text, pair)
+    assert ours.ids == theirs["input_ids"]
+    assert ours.type_ids == theirs["token_type_ids"]
+
+
+def test_pairs_have_segment_ids_and_word_ids(corpus_tokenizer):
+    tok, _ = corpus_tokenizer
+    enc = tok.encode("the dog is good .", pair="the cats are cruel")
+    assert enc.tokens == ["[CLS]", "the", "dog", "is", "good", ".", "[SEP]", "the", "cats", "are", "cruel", "[SEP]"]
+    assert enc.type_ids == [0] * 7 + [1] * 5
+    assert enc.special_tokens_mask == [1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+    assert enc.word_ids == [None, 0, 1, 2, 3, 4, None, 0, 1, 2, 3, None]
+
+
+def test_truncation_removes_from_the_longer_segment(corpus_tokenizer):
+    tok, _ = corpus_tokenizer
+    enc = tok.encode("the dog near the old trees is good", pair="the cat", max_length=9)
+    assert len(enc) == 9
+    assert enc.tokens == ["[CLS]", "the", "dog", "near", "the", "[SEP]", "the", "cat", "[SEP]"]
+    assert tok.encode("the dog is good", max_length=4).tokens == ["[CLS]", "the", "dog", "[SEP]"]
+    with pytest.raises(ValueError, match="max_length"):
+        tok.encode("the dog", pair="the cat", max_length=2)
+
+
+def test_encode_batch_pads_and_marks_padding_special(corpus_tokenizer):
+    tok, _ = corpus_tokenizer
+    batch = tok.encode_batch(["the dog is good .", "", "the cats"], pad_to=10)
+    lengths = [7, 2, 4]
+    assert batch["input_ids"].shape == (3, 10)
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    for i, n in enumerate(lengths):
+        assert (batch["input_ids"][i, n:] == tok.pad_id).all()
+        assert (batch["special_tokens_mask"][i, n:] == 1).all() and (batch["word_ids"][i, n:] == -1).all()
+        assert batch["input_ids"][i, 0] == tok.cls_id and batch["input_ids"][i, n - 1] == tok.sep_id
+    assert tok.decode(batch["input_ids"][1]) == ""
+
+
+def test_empty_and_special_decoding(corpus_tokenizer):
+    tok, _ = corpus_tokenizer
+    assert tok.encode("").tokens == ["[CLS]", "[SEP]"]
+    ids = tok.encode("the dog").ids
+    assert tok.decode(ids, skip_special_tokens=False) == "[CLS] the dog [SEP]"
+    with pytest.raises(ValueError, match="ids"):
+        tok.decode([tok.vocab_size])
+    with pytest.raises(TypeError, match="text"):
+        tok.encode(3)
+
+
+def test_save_load_round_trip(tmp_path, small_tokenizer):
+    path = tmp_path / "tok.json"
+    small_tokenizer.save(path)
+    loaded = WordPieceTokenizer.load(path)
+    assert loaded.vocab == small_tokenizer.vocab and loaded.lowercase == small_tokenizer.lowercase
+    assert loaded.encode(SMALL_TEXT).ids == small_tokenizer.encode(SMALL_TEXT).ids
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a valid tokenizer JSON"),
+    ("[1, 2]", "expected a tokenizer file"),
+    (json.dumps({"type": "bpe", "version": 1}), "expected a tokenizer file"),
+    (json.dumps({"type": "wordpiece", "version": 1, "vocab": "abc", "lowercase": True,
+                 "max_input_chars_per_word": 100}), "'vocab' should be a list"),
+    (json.dumps({"type": "wordpiece", "version": 1, "vocab": ["a", "b"], "lowercase": True,
+                 "max_input_chars_per_word": 100}), "malformed tokenizer"),
+    (json.dumps({"type": "wordpiece", "version": 1, "vocab": list(SPECIAL_TOKENS) + ["a", "a"],
+                 "lowercase": True, "max_input_chars_per_word": 100}), "unique"),
+])
+def test_malformed_file_is_refused(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        WordPieceTokenizer.load(path)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="vocab_size"):
+        WordPieceTokenizer.train(["a b"], vocab_size=3)
+    with pytest.raises(ValueError, match="vocab"):
+        WordPieceTokenizer(["a", "b"])
+    assert torch.is_tensor(WordPieceTokenizer(list(SPECIAL_TOKENS)).encode_batch(["x"])["input_ids"])
