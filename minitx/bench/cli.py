@@ -11,7 +11,7 @@ import torch
 
 from minitx.bench.attention import DTYPES, MASKS, AttentionBenchConfig, run_sweep
 from minitx.bench.impls import DEFAULT_IMPLS
-from minitx.bench.report import plot_tflops, results_document, results_table, write_json
+from minitx.bench.report import environment, plot_tflops, results_document, results_table, write_json
 
 # A GPU sweep as in the FlashAttention papers; the CPU one is scaled down so it finishes in seconds.
 GPU_DEFAULTS = dict(seq_lens=[512, 1024, 2048, 4096, 8192, 16384], head_dims=[64, 128], dtypes=["bf16", "fp16"],
@@ -61,9 +61,10 @@ def attention_main(args: argparse.Namespace) -> int:
         config.validate()
     except ValueError as exc:
         raise SystemExit(f"minitx bench attention: {exc}") from None
-    start = time.perf_counter()
+    start, env = time.perf_counter(), environment(config.device)
     records = run_sweep(config, progress=None if args.quiet else lambda line: print(line, flush=True))
-    document = results_document(records, config.to_dict(), config.device)
+    env["torch_threads"] = torch.get_num_threads()  # --threads took effect inside the sweep
+    document = results_document(records, config.to_dict(), config.device, env=env)
     table = results_table(document)
     print(table)
     if args.out:

@@ -59,9 +59,14 @@ def environment(device: torch.device | str) -> dict:
     return env
 
 
-def results_document(records: list[dict], config: dict, device: torch.device | str) -> dict:
+def results_document(records: list[dict], config: dict, device: torch.device | str,
+                     env: dict | None = None) -> dict:
+    """The JSON document; pass `env` captured *before* the sweep to record the load the timings ran under
+    (the 1-minute load average at the end is added as `load_average_1min_end`)."""
+    env = dict(env or environment(device))
+    env["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return dict(schema=SCHEMA, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                environment=environment(device), config=config, results=records)
+                environment=env, config=config, results=records)
 
 
 def write_json(document: dict, path: str | os.PathLike) -> Path:
@@ -83,6 +88,13 @@ def _ms(stats: dict) -> str:
     return f"{stats['median_ms']:.3f} ± {stats['iqr_ms'] / 2:.3f}"
 
 
+def _load(env: dict) -> str:
+    start, end = env.get("load_average_1min"), env.get("load_average_1min_end")
+    if start is None:
+        return "unknown"
+    return f"{start:.1f}" + (f" -> {end:.1f}" if end is not None else "")
+
+
 def results_table(document: dict | str | os.PathLike) -> str:
     """Markdown table of a results document: one row per timed record, then the skipped and failed ones.
 
@@ -91,7 +103,9 @@ def results_table(document: dict | str | os.PathLike) -> str:
     doc = load(document)
     env = doc["environment"]
     lines = [f"Device: {env['device_name']} ({env['device']}), torch {env['torch']}, "
-             f"commit {(env.get('git_commit') or 'unknown')[:10]}, {doc['created']}.", "",
+             f"{env['torch_threads']} thread(s), 1-min load average {_load(env)}, "
+             f"commit {(env.get('git_commit') or 'unknown')[:10]}, {doc['created']}. "
+             "Times: median ± IQR/2 in ms; TFLOP/s from the median, FlashAttention FLOP convention.", "",
              "| impl | dtype | mask | D | N | B x H | fwd ms | bwd ms | fwd+bwd ms | fwd TFLOP/s | bwd TFLOP/s "
              "| fwd+bwd TFLOP/s | peak MiB | max rel err |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -142,6 +156,9 @@ def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | No
             hi = [r["flops"][pass_] / (r["timings_ms"][pass_]["p25_ms"] * 1e9) - m for m, (_, r) in zip(mid, pts)]
             ax.errorbar(ns, mid, yerr=[lo, hi], marker="o", capsize=3, label=f"{impl} {dtype}")
         ax.set_xscale("log", base=2)
+        ns_all = sorted({r["seq_len"] for r in doc["results"]})
+        ax.set_xticks(ns_all, [str(n) for n in ns_all])
+        ax.minorticks_off()
         ax.set_xlabel("sequence length N")
         ax.set_ylabel(f"{_PASS_LABEL[pass_]} TFLOP/s")
         ax.set_title(f"{mask}, head dim {d}", fontsize=10)
