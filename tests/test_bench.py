@@ -52,7 +52,11 @@ def test_tflops_and_roofline_by_hand():
     assert arithmetic_intensity(1024, 128, 2) == pytest.approx(512.0)
     # (bench.5): materialized scores, N D / (s (N + D)) = 65536 / 2176.
     assert arithmetic_intensity(1024, 64, 2, materialize_scores=True) == pytest.approx(65536 / 2176)
-    # (bench.6): 100 TB/s-FLOP/byte ridge; below it bandwidth-bound, above compute-bound.
+    # (bench.7): tiles of 128 query rows re-read K and V 1024 / 128 = 8 times: 4 N^2 D / (s (2 N D + 16 N D))
+    # = 4 * 1024 / (2 * 18) = 113.8 FLOP/byte, approaching 2 B_r / s = 128 as N grows.
+    assert arithmetic_intensity(1024, 64, 2, query_block=128) == pytest.approx(4096 / 36)
+    assert arithmetic_intensity(1 << 20, 64, 2, query_block=128) == pytest.approx(128.0, rel=1e-3)
+    # (bench.6): ridge at 1000 / 3 FLOP/byte; below it bandwidth-bound, above compute-bound.
     assert roofline(10.0, peak_tflops=1000.0, bandwidth_tb_s=3.0) == pytest.approx(30.0)
     assert roofline(512.0, peak_tflops=1000.0, bandwidth_tb_s=3.0) == pytest.approx(1000.0)
 

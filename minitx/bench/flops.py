@@ -43,19 +43,29 @@ def tflops_per_second(flops: float, milliseconds: float) -> float:
 
 
 def arithmetic_intensity(seq_len: int, head_dim: int, bytes_per_element: int, *, causal: bool = False,
-                         materialize_scores: bool = False) -> float:
+                         materialize_scores: bool = False, query_block: int | None = None) -> float:
     """FLOPs per byte of memory traffic of one attention forward, per (batch, head).
 
-    IO-aware (FlashAttention) lower bound on traffic, (bench.4): read Q, K, V and write O once, 4 * N * D
-    elements, so I = 4 N^2 D / (4 N D s) = N / s -- it grows with N.
-    Standard attention that writes the N x N scores S and probabilities P to memory and reads them back,
-    (bench.5): 4 N D + 4 N^2 elements, so I = N D / (s (N + D)), which saturates at D / s however long N is.
-    Causal halves the FLOPs (and, for the materialized path, we assume the full N x N matrices still move).
+    (bench.4) IO-aware ideal: read Q, K, V and write O once, 4 N D elements: I = 4 N^2 D / (4 N D s) = N / s,
+    growing with N.
+    (bench.5) standard attention writes the N x N scores S and probabilities P and reads them back,
+    4 N D + 4 N^2 elements: I = N D / (s (N + D)), which stays below D / s however long N is.
+    (bench.7) a tiled kernel holding `query_block` = B_r query rows on chip streams K and V once per query
+    block, 2 N D + 2 N D ceil(N / B_r) elements: I -> 2 B_r / s for long N (before any L2 cache hits).
+    Causal halves the FLOPs; the tiled kernel also skips the K/V blocks above the diagonal (about half);
+    the materialized path is assumed to still move the full N x N matrices.
     """
     _check_positive(seq_len=seq_len, head_dim=head_dim, bytes_per_element=bytes_per_element)
+    if materialize_scores and query_block is not None:
+        raise ValueError("materialize_scores, query_block: expected at most one of them, got both")
     n, d, s = float(seq_len), float(head_dim), float(bytes_per_element)
     flops = 4.0 * n * n * d / (2.0 if causal else 1.0)
-    elements = 4.0 * n * d + (4.0 * n * n if materialize_scores else 0.0)
+    if query_block is not None:
+        _check_positive(query_block=query_block)
+        kv_passes = -(-seq_len // query_block) / (2.0 if causal else 1.0)
+        elements = 2.0 * n * d + 2.0 * n * d * max(1.0, kv_passes)
+    else:
+        elements = 4.0 * n * d + (4.0 * n * n if materialize_scores else 0.0)
     return flops / (elements * s)
 
 

@@ -171,3 +171,44 @@ def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | No
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     return fig
+
+
+def plot_roofline(machines: dict[str, tuple[float, float]], seq_lens, head_dim: int = 64,
+                  bytes_per_element: int = 2, query_block: int = 128, path: str | os.PathLike | None = None):
+    """Left: attention's arithmetic intensity against N (bench.4, bench.5, bench.7) with each machine's ridge
+    point peak / bandwidth. Right: the attainable TFLOP/s min(peak, I x bandwidth), (bench.6), per machine.
+
+    `machines` maps a name to (peak TFLOP/s, memory bandwidth TB/s).
+    """
+    from minitx.plots import plt
+    from minitx.bench.flops import arithmetic_intensity, roofline
+
+    ns = list(seq_lens)
+    curves = {
+        "IO-aware ideal (bench.4)": dict(),
+        f"tiled, B_r={query_block} (bench.7)": dict(query_block=query_block),
+        "materialized S, P (bench.5)": dict(materialize_scores=True),
+    }
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for label, kw in curves.items():
+        left.plot(ns, [arithmetic_intensity(n, head_dim, bytes_per_element, **kw) for n in ns], marker=".",
+                  label=label)
+    for (name, (peak, bw)), color in zip(machines.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"][3:]):
+        left.axhline(peak / bw, ls="--", color=color, label=f"{name} ridge {peak / bw:.0f}")
+        for (label, kw), ls in zip(curves.items(), ("-", "-.", ":")):
+            ys = [roofline(arithmetic_intensity(n, head_dim, bytes_per_element, **kw), peak, bw) for n in ns]
+            right.plot(ns, ys, ls=ls, color=color, label=f"{name}, {label.split(' (')[0]}")
+    for ax, ylabel in ((left, "FLOP / byte"), (right, "attainable TFLOP/s (roofline)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length N")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6.5)
+    left.set_title(f"attention forward intensity, D={head_dim}, {bytes_per_element}-byte elements", fontsize=9)
+    right.set_title("min(peak, intensity x bandwidth)", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
