@@ -377,3 +377,28 @@ def test_on_minitx_encoder_block():
     assert not torch.allclose(y1, y0, atol=1e-4)
     torch.testing.assert_close(merge_lora(block)(x), y1, rtol=1e-5, atol=1e-5)
     assert type(block.attention.q_proj) is nn.Linear
+
+
+def test_on_minitx_bert_classifier():
+    """The fine-tuning set-up: LoRA on q/v of every block, classifier trainable; fresh = original, then a
+    round trip of the adapter-only state into a fresh copy reproduces the trained model's logits."""
+    model_mod = pytest.importorskip("minitx.model")
+    torch.manual_seed(0)
+    config = model_mod.BertConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=16)
+    model = model_mod.BertForSequenceClassification(config, num_labels=3).eval()
+    pristine = copy.deepcopy(model)
+    ids = torch.randint(1, 50, (2, 7))
+    logits0 = model(ids).logits
+    names = apply_lora(model, ["q_proj", "v_proj"], r=2, alpha=4, trainable_modules=("classifier",))
+    assert len(names) == 4 and all(n.endswith(("q_proj", "v_proj")) for n in names)
+    assert torch.equal(model(ids).logits, logits0)
+    trainable, _, _ = trainable_parameters_report(model)
+    assert trainable == 4 * 2 * (16 + 16) + (16 * 3 + 3)  # (lora.7) per layer, plus the head
+    randomize_lora(model)
+    with torch.no_grad():
+        model.classifier.weight.add_(0.1)
+    fresh = copy.deepcopy(pristine)
+    apply_lora(fresh, ["q_proj", "v_proj"], r=2, alpha=4, trainable_modules=("classifier",))
+    load_lora_state_dict(fresh, lora_state_dict(model))
+    assert torch.equal(fresh(ids).logits, model(ids).logits)
+    assert not torch.allclose(fresh(ids).logits, logits0, atol=1e-4)
