@@ -174,8 +174,9 @@ def check_config(saved: Mapping[str, Any] | None, current: Mapping[str, Any], ig
     """Refuse to resume under a different config (other than the fields in `ignore`, which may change)."""
     if saved is None:
         raise CheckpointError(f"checkpoint {path} stores no config to compare with")
+    fields = sorted((set(saved) | set(current)) - set(ignore))
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
-             for k in sorted(set(saved) | set(current)) if k not in ignore and _norm(saved.get(k)) != _norm(current.get(k))]
+             for k in fields if _norm(saved.get(k)) != _norm(current.get(k))]
     if diffs:
         raise CheckpointError(f"checkpoint {path} was written with a different config: " + "; ".join(diffs))
 

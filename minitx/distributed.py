@@ -2,7 +2,7 @@
 
 `torchrun --nproc_per_node=N ...` starts N copies of the program and tells each one who it is through the
 environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Each copy holds the whole model, reads
-its own shard of every batch, and DDP averages the gradients over the copies in backward (opt.9), so every
+its own shard of every batch, and DDP averages the gradients over the copies in backward (opt.10), so every
 copy takes the same optimizer step. We never write our own all-reduce of gradients; we only average the
 *metrics* (plain numbers) so the log shows the whole batch, not rank 0's half of it.
 """

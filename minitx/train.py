@@ -10,7 +10,7 @@ A recipe hands over three things and the loop does the rest:
 
 Steps are numbered 1..max_steps: step t is the t-th optimizer update, `lr_at(t)` is the rate it uses, metrics
 logged as step t describe it, and a checkpoint at step t holds the state after it. The math is in
-docs/math/optimization.md, labels (opt.1)..(opt.9).
+docs/math/optimization.md, labels (opt.1)..(opt.10).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _f(default: Any, help: str, **extra: Any) -> Any:
 @dataclass
 class TrainConfig:
     lr: float = _f(1e-3, "peak learning rate η, reached at the end of warmup (opt.5)")
-    weight_decay: float = _f(0.01, "decoupled weight decay λ on matrices; never on biases or norm weights (opt.2)")
+    weight_decay: float = _f(0.01, "decoupled weight decay λ on matrices, not biases or norms (opt.2, opt.4)")
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW β1 β2: decay rates of the gradient moments (opt.1)")
     eps: float = _f(1e-8, "AdamW ε added to the root second moment (opt.1)")
     warmup_steps: int = _f(0, "steps of linear warmup from 0 to lr (opt.5)")
@@ -117,9 +117,9 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay (opt.2) on every trainable tensor with 2+ dimensions (linear weights, embedding
-    tables), none on 1-D ones (biases, LayerNorm scales and shifts, the embeddings' LayerNorm). Frozen
-    parameters (requires_grad=False, as under LoRA or BitFit) are left out entirely."""
+    """AdamW groups by the rule (opt.4): decay (opt.2) on every trainable tensor with 2+ dimensions (linear
+    weights, embedding tables), none on 1-D ones (biases, LayerNorm scales and shifts, the embeddings'
+    LayerNorm). Frozen parameters (requires_grad=False, as under LoRA or BitFit) are left out entirely."""
     decay, no_decay = {}, {}
     for name, p in model.named_parameters():
         if p.requires_grad:

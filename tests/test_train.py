@@ -138,6 +138,7 @@ def test_bf16_autocast_on_cpu_tracks_fp32():
 
 # ------------------------------------------------------------------------------------------ parameter groups
 def test_parameter_groups_exclude_biases_norms_and_frozen():
+    """(opt.4): 2-D and up decayed; 1-D (biases, LayerNorm) not; frozen parameters left out."""
     model = Toy()
     groups = {g["weight_decay"]: set(g["param_names"]) for g in parameter_groups(model, 0.1)}
     assert groups == {0.1: {"emb.weight", "fc.weight", "out.weight"},
