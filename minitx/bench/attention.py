@@ -230,12 +230,21 @@ def run_sweep(config: AttentionBenchConfig, extra_impls: dict[str, Callable] | N
     ones (tests use it to prove that a wrong kernel is caught).
     """
     config.validate()
-    device = torch.device(config.device)
+    threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    names = list(config.impls) + list(extra_impls or {})
+    try:
+        return _sweep(config, extra_impls or {}, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sweep(config, extra_impls, progress) -> list[dict]:
+    """The loop of `run_sweep`: one set of inputs and one float64 reference per point, shared by all impls."""
+    device = torch.device(config.device)
+    names = list(config.impls) + list(extra_impls)
     resolved = {n: impls_mod.resolve(n, device) for n in config.impls}
-    resolved.update({n: (f, None) for n, f in (extra_impls or {}).items()})
+    resolved.update({n: (f, None) for n, f in extra_impls.items()})
     points = [(dt, m, d, n) for dt in config.dtypes for m in config.masks for d in config.head_dims
               for n in config.seq_lens]
     records, total = [], len(points) * len(names)

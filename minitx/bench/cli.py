@@ -63,7 +63,6 @@ def attention_main(args: argparse.Namespace) -> int:
         raise SystemExit(f"minitx bench attention: {exc}") from None
     start, env = time.perf_counter(), environment(config.device)
     records = run_sweep(config, progress=None if args.quiet else lambda line: print(line, flush=True))
-    env["torch_threads"] = torch.get_num_threads()  # --threads took effect inside the sweep
     document = results_document(records, config.to_dict(), config.device, env=env)
     table = results_table(document)
     print(table)

@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 
 SCHEMA = "minitx.bench.attention/1"
+_SOURCE = Path(__file__).resolve().parent  # the commit of the code that ran, wherever it was run from
 _PASS_LABEL = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward + backward"}
 
 
-def _run(cmd: list[str]) -> str | None:
+def _run(cmd: list[str], cwd: str | os.PathLike | None = None) -> str | None:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True,
+                              cwd=cwd).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -50,8 +52,8 @@ def environment(device: torch.device | str) -> dict:
                # other processes on the machine skew timings: the 1-minute load average is the hint to look
                load_average_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, device_name=_cpu_model(),
                cuda=torch.version.cuda, cudnn=None, driver=None, compute_capability=None,
-               git_commit=_run(["git", "rev-parse", "HEAD"]),
-               git_dirty=bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])))
+               git_commit=_run(["git", "rev-parse", "HEAD"], cwd=_SOURCE),
+               git_dirty=bool(_run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_SOURCE)))
     if device.type == "cuda":
         env.update(device_name=torch.cuda.get_device_name(device), cudnn=torch.backends.cudnn.version(),
                    compute_capability=".".join(map(str, torch.cuda.get_device_capability(device))),
@@ -64,6 +66,7 @@ def results_document(records: list[dict], config: dict, device: torch.device | s
     """The JSON document; pass `env` captured *before* the sweep to record the load the timings ran under
     (the 1-minute load average at the end is added as `load_average_1min_end`)."""
     env = dict(env or environment(device))
+    env["torch_threads"] = config.get("threads") or env["torch_threads"]  # the sweep's own setting, if any
     env["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return dict(schema=SCHEMA, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 environment=env, config=config, results=records)
@@ -117,17 +120,15 @@ def results_table(document: dict | str | os.PathLike) -> str:
                      f"{r['batch']} x {r['heads']} | {_ms(t['fwd'])} | {_ms(t['bwd'])} | {_ms(t['fwd_bwd'])} | "
                      f"{f['fwd']:.3g} | {f['bwd']:.3g} | {f['fwd_bwd']:.3g} | {mem} | "
                      f"{max(r['errors'].values()):.1e} |")
-    not_timed = [r for r in records if r["status"] != "ok"]
-    if not_timed:
+    groups: dict[tuple, list[dict]] = {}
+    for r in (r for r in records if r["status"] != "ok"):
+        # one line per implementation and kind of reason (its text up to the first ": "), not per config
+        groups.setdefault((r["impl"], r["status"], (r["reason"] or "").split(": ")[0]), []).append(r)
+    if groups:
         lines += ["", "Not timed:", ""]
-        seen = set()
-        for r in not_timed:
-            key = (r["impl"], r["status"], r["reason"])
-            if key not in seen:  # one line per distinct reason, not one per configuration
-                seen.add(key)
-                where = sorted({(x["dtype"], x["mask"], x["head_dim"], x["seq_len"]) for x in not_timed
-                                if (x["impl"], x["status"], x["reason"]) == key})
-                lines.append(f"- **{r['impl']}** {r['status']} ({len(where)} config(s)): {r['reason']}")
+    for (impl, status, _), group in groups.items():
+        example = "e.g. " if len({r["reason"] for r in group}) > 1 else ""
+        lines.append(f"- **{impl}** {status} ({len(group)} config(s)): {example}{group[0]['reason']}")
     return "\n".join(lines) + "\n"
 
 
