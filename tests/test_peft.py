@@ -275,6 +275,9 @@ def test_pattern_matching_rules_and_errors():
     assert apply_lora(toy(), re.compile(r".*fc_(in|out)"), r=2, alpha=2) == [
         f"layers.{i}.feed_forward.{p}" for i in range(2) for p in ("fc_in", "fc_out")]
     model = toy()
+    with pytest.raises(ValueError, match="trainable_modules: pattern 'head'"):
+        apply_lora(model, "q_proj", r=2, alpha=2, trainable_modules=("head",))
+    assert not lora_layers(model)  # refused before anything was wrapped
     apply_lora(model, "q_proj", r=2, alpha=2)
     with pytest.raises(ValueError, match="'q_proj'"):  # already wrapped: no plain Linear left there
         apply_lora(model, "q_proj", r=2, alpha=2)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minitx.peft.targets import find_linear_targets, freeze_except, parse_targets, set_submodule
+from minitx.peft.targets import (find_linear_targets, find_modules, freeze_except, parse_targets,
+                                 set_submodule)
 
 
 class AdapterLinear(nn.Module):
@@ -46,17 +47,20 @@ def apply_adapters(model: nn.Module, target_modules=("out_proj", "fc_out"), bott
     layer norms and classifier Houlsby also train) require grad.
     """
     names = find_linear_targets(model, parse_targets(target_modules, "target_modules"), "target_modules")
+    kept = find_modules(model, trainable_modules, "trainable_modules")  # checked before anything is wrapped
     for name in names:
         set_submodule(model, name, AdapterLinear(model.get_submodule(name), bottleneck))
-    adapter_prefixes = tuple(f"{n}.down." for n in names) + tuple(f"{n}.up." for n in names)
-    freeze_except(model, trainable_modules, keep=lambda pname: pname.startswith(adapter_prefixes))
+    wrappers = [n for n, m in model.named_modules() if isinstance(m, AdapterLinear)]  # earlier calls' too
+    adapter_prefixes = tuple(f"{n}.{part}." for n in wrappers for part in ("down", "up"))
+    freeze_except(model, kept, keep=lambda pname: pname.startswith(adapter_prefixes))
     return names
 
 
 def apply_bitfit(model: nn.Module, trainable_modules=()) -> list[str]:
     """Leave only bias terms (every parameter named "bias", layer norms' included) and `trainable_modules`
     trainable (bitfit.1); return the names of the trainable parameters."""
-    freeze_except(model, trainable_modules, keep=lambda pname: pname.rsplit(".", 1)[-1] == "bias")
+    kept = find_modules(model, trainable_modules, "trainable_modules")
+    freeze_except(model, kept, keep=lambda pname: pname.rsplit(".", 1)[-1] == "bias")
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 

@@ -10,7 +10,8 @@ import math
 import torch
 from torch import nn
 
-from minitx.peft.targets import find_linear_targets, freeze_except, parse_targets, set_submodule
+from minitx.peft.targets import (find_linear_targets, find_modules, freeze_except, parse_targets,
+                                 set_submodule)
 
 
 class LoRAFunction(torch.autograd.Function):
@@ -65,7 +66,7 @@ class LoRALinear(nn.Module):
 
     `lora_A` (r, in_features) starts kaiming-uniform (a=sqrt(5)) as in PEFT; `lora_B` (out_features, r) starts at
     zero, so a fresh LoRALinear computes exactly `base` (lora.1 with B = 0). `merge()` folds s B A into the base
-    weight (lora.6) and the forward then uses the base alone; `unmerge()` subtracts it again.
+    weight (lora.6) and the forward then uses the base alone (so A and B get no gradient until `unmerge()`).
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False):
@@ -151,9 +152,10 @@ def apply_lora(model: nn.Module, target_modules, r: int, alpha: float, dropout: 
     """
     patterns = parse_targets(target_modules, "target_modules")
     names = find_linear_targets(model, patterns, "target_modules")
+    kept = find_modules(model, trainable_modules, "trainable_modules")  # checked before anything is wrapped
     for name in names:
         set_submodule(model, name, LoRALinear(model.get_submodule(name), r, alpha, dropout, use_rslora))
-    freeze_except(model, trainable_modules, keep=lambda pname: pname.rsplit(".", 1)[-1] in ("lora_A", "lora_B"))
+    freeze_except(model, kept, keep=lambda pname: pname.rsplit(".", 1)[-1] in ("lora_A", "lora_B"))
     return names
 
 

@@ -8,7 +8,7 @@ A pattern is either a plain string, matched as PEFT does (the module's full name
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from typing import Callable
 
 from torch import nn
 
@@ -67,17 +67,21 @@ def find_linear_targets(model: nn.Module, patterns: list[Pattern], arg: str) -> 
     return [n for n in linears if any(matches(n, p) for p in patterns)]
 
 
-def freeze_except(model: nn.Module, trainable_modules: Iterable[Pattern],
-                  keep: Callable[[str], bool]) -> None:
-    """requires_grad only for parameters `keep(name)` accepts and those of modules matching `trainable_modules`."""
-    patterns = parse_targets(trainable_modules, "trainable_modules") if trainable_modules else []
-    kept_modules = [n for n, _ in model.named_modules() if any(matches(n, p) for p in patterns)]
+def find_modules(model: nn.Module, patterns, arg: str) -> list[str]:
+    """Names of the modules (any type) matched by `patterns`; a pattern that matches none is a ValueError."""
+    patterns = parse_targets(patterns, arg) if patterns else []
+    names = [n for n, _ in model.named_modules() if n and any(matches(n, p) for p in patterns)]
     for p in patterns:
-        if not any(matches(n, p) for n in kept_modules):
-            raise ValueError(f"trainable_modules: pattern {_show(p)!r} matches no module in the model")
+        if not any(matches(n, p) for n in names):
+            raise ValueError(f"{arg}: pattern {_show(p)!r} matches no module in the model")
+    return names
+
+
+def freeze_except(model: nn.Module, kept_modules: list[str], keep: Callable[[str], bool]) -> None:
+    """requires_grad only for parameters `keep(name)` accepts and those inside the modules named `kept_modules`."""
+    prefixes = tuple(m + "." for m in kept_modules)
     for name, param in model.named_parameters():
-        in_kept = any(name.startswith(m + ".") for m in kept_modules)
-        param.requires_grad_(keep(name) or in_kept)
+        param.requires_grad_(keep(name) or name.startswith(prefixes))
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
