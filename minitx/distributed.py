@@ -4,14 +4,15 @@
 environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Each copy holds the whole model, reads
 its own shard of every batch, and DDP averages the gradients over the copies in backward (opt.10), so every
 copy takes the same optimizer step. We never write our own all-reduce of gradients; we only average the
-*metrics* (plain numbers) so the log shows the whole batch, not rank 0's half of it.
+*metrics* (plain numbers) so the log shows the whole batch, not rank 0's half of it. Also here: moving a batch
+to this rank's device, and turning metrics into the plain floats that are averaged and logged.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
@@ -85,3 +86,28 @@ def sum_over_ranks(value: float, device: torch.device) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item())
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Tensors inside dicts, lists and tuples (any nesting) moved to `device`; everything else as is."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: move_to(v, device) for k, v in batch.items()})
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Metric values as Python floats (tensors via .item()), so they can be averaged and written as JSON."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise ValueError(f"metrics[{k!r}]: expected a scalar, got a tensor of shape {tuple(v.shape)}")
+            v = v.item()
+        if not isinstance(v, (int, float, bool)):
+            raise TypeError(f"metrics[{k!r}]: expected a float or scalar tensor, got {type(v).__name__}")
+        out[k] = float(v)
+    return out

@@ -144,17 +144,6 @@ def step_seed(seed: int, step: int, micro_step: int, rank: int) -> int:
     return (((seed * 1_000_003 + step) * 1_009 + micro_step) * 65_537 + rank) % (2**63 - 1)
 
 
-def move_to(batch: Any, device: torch.device) -> Any:
-    """Tensors inside dicts, lists and tuples (any nesting) moved to `device`; everything else as is."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return type(batch)({k: move_to(v, device) for k, v in batch.items()})
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(v, device) for v in batch)
-    return batch
-
-
 def count_tokens(batch: Any) -> int:
     """Tokens in a batch for throughput: elements of `input_ids` if present, else the batch size of its first
     tensor (so a batch of feature vectors counts examples)."""
@@ -167,20 +156,6 @@ def count_tokens(batch: Any) -> int:
         if isinstance(leaf, torch.Tensor):
             return leaf.shape[0] if leaf.ndim else 1
     return 0
-
-
-def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Metric values as Python floats (tensors via .item()), so they can be averaged and written as JSON."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, torch.Tensor):
-            if v.numel() != 1:
-                raise ValueError(f"metrics[{k!r}]: expected a scalar, got a tensor of shape {tuple(v.shape)}")
-            v = v.item()
-        if not isinstance(v, (int, float, bool)):
-            raise TypeError(f"metrics[{k!r}]: expected a float or scalar tensor, got {type(v).__name__}")
-        out[k] = float(v)
-    return out
 
 
 def train(model: nn.Module, batch_fn: Callable[[int, int, int, int], Any],
@@ -291,14 +266,14 @@ class _Run:
         tokens = 0
         for micro in range(accum):
             torch.manual_seed(step_seed(cfg.seed, step, micro, self.world.rank))
-            batch = move_to(self.batch_fn(step, micro, self.world.rank, self.world.world_size), self.device)
+            batch = D.move_to(self.batch_fn(step, micro, self.world.rank, self.world.world_size), self.device)
             # Only the last micro-step all-reduces gradients; earlier ones just accumulate locally.
             sync = self.ddp is None or micro == accum - 1
             with nullcontext() if sync else self.ddp.no_sync():
                 with self._autocast():
                     loss, metrics = self.loss_fn(self.forward_model, batch)
                 self.scaler.scale(loss / accum).backward()  # 1/accum: the mean over micro-batches (opt.9)
-            for k, v in {**to_floats(metrics), "loss": float(loss.detach())}.items():
+            for k, v in {**D.to_floats(metrics), "loss": float(loss.detach())}.items():
                 sums[k] = sums.get(k, 0.0) + v / accum
             tokens += count_tokens(batch)
         record = D.average_over_ranks(sums, self.device)
@@ -335,7 +310,7 @@ class _Run:
         if self.main:
             self.model.eval()
             with torch.no_grad(), self._autocast():
-                record = {"step": step, "split": "eval", **to_floats(self.eval_fn(self.model))}
+                record = {"step": step, "split": "eval", **D.to_floats(self.eval_fn(self.model))}
             self.model.train()
             self._write(record)
         D.barrier()
