@@ -42,13 +42,14 @@ class LoRAFunction(torch.autograd.Function):
         g = grad_out.reshape(-1, grad_out.shape[-1])  # (..., out) -> (T, out)
         x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (T, in)
         u2 = u.reshape(-1, u.shape[-1])  # (..., r) -> (T, r)
-        x_d = x2 if mask is None else x2 * mask.reshape(-1, mask.shape[-1])  # (..., in) -> (T, in)
+        m2 = None if mask is None else mask.reshape(-1, mask.shape[-1])  # (..., in) -> (T, in)
+        x_d = x2 if m2 is None else x2 * m2
         gb = g @ lora_B  # (T, r): the gradient arriving at the bottleneck
         dx = dw = db = da = dbb = None
         if ctx.needs_input_grad[0]:
-            d_lora = s * (gb @ lora_A)  # (T, in)
-            if mask is not None:
-                d_lora = d_lora * mask.reshape(-1, mask.shape[-1])
+            d_lora = s * (gb @ lora_A)  # (T, in): back through A, then through the dropout mask
+            if m2 is not None:
+                d_lora = d_lora * m2
             dx = (g @ weight + d_lora).reshape(x.shape)  # (T, in) -> (..., in)   (lora.4)
         if ctx.needs_input_grad[1]:
             dw = g.T @ x2
@@ -99,7 +100,8 @@ class LoRALinear(nn.Module):
         return self.base.out_features
 
     def extra_repr(self) -> str:
-        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, dropout={self.dropout}, merged={self.merged}"
+        return (f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, dropout={self.dropout}, "
+                f"merged={self.merged}")
 
     def _dropout_mask(self, x: torch.Tensor) -> torch.Tensor | None:
         if not self.training or self.dropout == 0.0:
