@@ -1,0 +1,335 @@
+"""Masked-language-model pretraining: the recipe behind `minitx pretrain`, on top of `minitx.train`.
+
+The recipe trains (or loads) a WordPiece tokenizer, builds a BertForMaskedLM, and hands `train()` three pure
+pieces: MLM batches that are a function of (seed, step, rank) only, a loss with masked accuracy (mlm.1), and an
+evaluation on held-out text. On the built-in synthetic language the evaluation also probes every *determined*
+position (a word its context fixes: subject-verb agreement, a closing bracket, the end of a fixed phrase) masked
+alone, and reports accuracy per kind against the chance baseline of a model that ignores the cue.
+Guide: docs/pretraining.md. Batches and probes: minitx.data. Metrics and equations: docs/math/mlm.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from minitx import distributed as D
+from minitx.corpus import split_of
+from minitx.data import (IGNORE_INDEX, KINDS, SyntheticLanguage, chance_baselines, iter_text_files, mlm_batch,
+                         probe_batches, seed_for)
+from minitx.fill_mask import fill_mask, fill_mask_main, load_pretrained  # noqa: F401 (re-exported)
+from minitx.model import BertConfig, BertForMaskedLM
+from minitx.plots import loss_curve
+from minitx.tokenizer import WordPieceTokenizer
+from minitx.train import TrainConfig, TrainResult, _f, train
+
+__all__ = ["PretrainConfig", "PretrainResult", "run_pretraining", "load_pretrained", "fill_mask",
+           "fill_mask_main", "masked_lm_loss"]
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Every knob of `minitx pretrain`, flat; the TrainConfig fields come first (lr, max_steps, seed, ...)."""
+    # Defaults retuned for MLM on the built-in language: ~2 minutes on 2 CPU cores (docs/results/pretrain_default.md).
+    lr: float = _f(2e-3, "peak learning rate η, reached at the end of warmup (opt.5)")
+    warmup_steps: int = _f(60, "steps of linear warmup from 0 to lr (opt.5)")
+    max_steps: int = _f(1200, "optimizer steps in the whole run")
+    log_every: int = _f(20, "write a train record to metrics.jsonl every this many steps")
+    eval_every: int = _f(300, "evaluate on the held-out split every this many steps (0: only at the end)")
+    out_dir: str = _f("runs/pretrain", "run directory: checkpoint, tokenizer, metrics, figures, summary")
+    # Corpus
+    text: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "UTF-8 text files, one example per line, read lazily (default: the built-in synthetic language)"})
+    train_sentences: int = _f(20000, "synthetic sentences in the training set (ignored with --text)")
+    eval_sentences: int = _f(600, "held-out sentences (or lines of --text) for evaluation")
+    tokenizer_lines: int = _f(20000, "lines of --text the tokenizer is trained on (the synthetic set: all)")
+    # Tokenizer
+    vocab_size: int = _f(1000, "WordPiece vocabulary size (at most; training stops once every word is whole)")
+    tokenizer: str = _f("", "load this tokenizer.json instead of training one")
+    # Model
+    d_model: int = _f(128, "model width C")
+    n_layers: int = _f(2, "encoder blocks")
+    n_heads: int = _f(4, "attention heads H (d_model must be divisible by it)")
+    d_ff: int = _f(256, "feed-forward width")
+    dropout: float = _f(0.0, "dropout on embeddings, residual branches and attention weights")
+    attention_backend: str = _f("sdpa", "attention backend", choices=("math", "sdpa", "flash"))
+    # Batches
+    batch_size: int = _f(64, "sequences per micro-batch, per rank")
+    max_length: int = _f(48, "tokens per sequence, [CLS] and [SEP] included (longer ones are truncated)")
+    mlm_probability: float = _f(0.15, "share of tokens (or words) selected for prediction (mlm.2)")
+    whole_word: bool = _f(False, "select whole words, all their WordPiece pieces together (mlm.4)")
+    threads: int = _f(0, "torch CPU threads per process (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive = ("train_sentences", "tokenizer_lines", "d_model", "n_layers", "n_heads", "d_ff", "batch_size")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
+        if self.eval_sentences < 0 or self.threads < 0:
+            raise ValueError(f"eval_sentences, threads: expected >= 0, got {self.eval_sentences}, {self.threads}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
+        if not 0.0 < self.mlm_probability <= 1.0:
+            raise ValueError(f"mlm_probability: expected a value in (0, 1], got {self.mlm_probability}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
+        if self.max_length < 4:
+            raise ValueError(f"max_length: expected an int >= 4 ([CLS], [SEP] and some text), got {self.max_length}")
+        if self.vocab_size <= 5:
+            raise ValueError(f"vocab_size: expected an int > 5 (the special tokens), got {self.vocab_size}")
+        self.text = [self.text] if isinstance(self.text, str) else list(self.text)
+        for path in self.text:
+            if not Path(path).is_file():
+                raise ValueError(f"text: expected existing UTF-8 text files, got {str(path)!r} (no such file)")
+        if self.tokenizer and not Path(self.tokenizer).is_file():
+            raise ValueError(f"tokenizer: expected an existing tokenizer.json, got {self.tokenizer!r} (no such file)")
+
+
+@dataclass
+class PretrainResult:
+    summary: dict[str, Any]             # what summary.json holds
+    model: BertForMaskedLM              # the trained model (bare, on the CPU or the run's device)
+    tokenizer: WordPieceTokenizer
+    train: TrainResult                  # the loop's own result (history of every record, paths)
+
+
+def model_config(config: PretrainConfig, tokenizer: WordPieceTokenizer) -> BertConfig:
+    return BertConfig(vocab_size=tokenizer.vocab_size, d_model=config.d_model, n_layers=config.n_layers,
+                      n_heads=config.n_heads, d_ff=config.d_ff, max_position=config.max_length,
+                      dropout=config.dropout, attention_dropout=config.dropout,
+                      attention_backend=config.attention_backend, pad_token_id=tokenizer.pad_id)
+
+
+def _tokenizer_state(tok: WordPieceTokenizer) -> dict[str, Any]:
+    return {"vocab": list(tok.vocab), "lowercase": tok.lowercase,
+            "max_input_chars_per_word": tok.max_input_chars_per_word}
+
+
+# ----------------------------------------------------------------------------------------------- corpora
+class SyntheticCorpus:
+    """The built-in language: a fixed training set, held-out validation sentences with determined positions."""
+
+    def __init__(self, config: PretrainConfig):
+        lang = SyntheticLanguage(config.seed)
+        self.config = config
+        self.train_examples = lang.sentences(config.train_sentences, "train")
+        self.eval_examples = lang.sentences(config.eval_sentences, "validation")
+        self.probe_sentences = self.eval_examples
+
+    def tokenizer_texts(self) -> list[str]:
+        return [s.text for s in self.train_examples]
+
+    def batch_fn(self, tokenizer: WordPieceTokenizer):
+        cfg = self.config
+
+        def batch(step: int, micro: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
+            index = (step - 1) * cfg.grad_accum_steps + micro  # the micro-batch's place in the stream, from 0
+            return mlm_batch(self.train_examples, tokenizer, cfg.batch_size, index, cfg.seed, rank, world_size,
+                             cfg.max_length, cfg.mlm_probability, cfg.whole_word)
+        return batch
+
+
+class TextCorpus:
+    """User text files, one example per line, never held whole: a line belongs to the train or the held-out
+    split by a hash of its text (corpus.split_of), so the split is stable and needs no pass over the files."""
+
+    def __init__(self, config: PretrainConfig):
+        self.config = config
+        self.eval_examples = list(itertools.islice(self._lines("validation"), config.eval_sentences))
+        self.probe_sentences = []  # plain text marks no determined positions
+        if next(self._lines("train"), None) is None:
+            raise ValueError(f"text: expected at least one non-empty training line in {config.text}, found none")
+
+    def _lines(self, split: str) -> Iterator[str]:
+        return (line for line in iter_text_files(self.config.text) if split_of(line) == split)
+
+    def tokenizer_texts(self) -> Iterator[str]:
+        return itertools.islice(self._lines("train"), self.config.tokenizer_lines)
+
+    def rank_stream(self, rank: int, world_size: int, start: int) -> Iterator[list[str]]:
+        """Rank r's micro-batches from number `start` on: its lines are r, r + W, ... of the train split, the
+        files replayed in order epoch after epoch; skipping to `start` reads lines but tokenizes none."""
+        lines = itertools.chain.from_iterable(self._lines("train") for _ in itertools.count())
+        mine = itertools.islice(lines, rank, None, world_size)
+        size = self.config.batch_size
+        skipped = itertools.islice(mine, start * size, None)
+        while True:
+            yield list(itertools.islice(skipped, size))
+
+    def batch_fn(self, tokenizer: WordPieceTokenizer):
+        cfg, state = self.config, {"next": None, "stream": None}
+
+        def batch(step: int, micro: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
+            index = (step - 1) * cfg.grad_accum_steps + micro
+            if state["next"] != index:  # a resume or a jump: reopen the files at the right place
+                state["stream"] = self.rank_stream(rank, world_size, index)
+            state["next"] = index + 1
+            lines = next(state["stream"])
+            # One chunk, one epoch of mlm_batch: every line once; masks are a function of (seed, index, rank).
+            return mlm_batch(lines, tokenizer, len(lines), index, seed_for(cfg.seed, rank), 0, 1,
+                             cfg.max_length, cfg.mlm_probability, cfg.whole_word)
+        return batch
+
+
+def build_corpus(config: PretrainConfig) -> SyntheticCorpus | TextCorpus:
+    return TextCorpus(config) if config.text else SyntheticCorpus(config)
+
+
+# ----------------------------------------------------------------------------------------------- loss and eval
+def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """(mlm.1) on the batch, plus the share of selected tokens predicted right and exp(loss) (perplexity)."""
+    out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], labels=batch["labels"])
+    selected = batch["labels"] != IGNORE_INDEX
+    correct = (out.logits.detach().argmax(-1) == batch["labels"]) & selected
+    accuracy = correct.sum() / selected.sum().clamp(min=1)
+    return out.loss, {"masked_accuracy": accuracy, "perplexity": torch.exp(out.loss.detach())}
+
+
+def _eval_batches(corpus, tokenizer: WordPieceTokenizer, config: PretrainConfig) -> Iterator[dict]:
+    """The held-out MLM batches: every example once, masked by a fixed seed, so every eval sees the same."""
+    examples: Sequence = corpus.eval_examples
+    for start in range(0, len(examples), config.batch_size):
+        chunk = examples[start:start + config.batch_size]
+        yield mlm_batch(chunk, tokenizer, len(chunk), 0, seed_for(config.seed, start, 0xE7A1), 0, 1,
+                        config.max_length, config.mlm_probability, config.whole_word)
+
+
+def evaluate(model: BertForMaskedLM, corpus, tokenizer: WordPieceTokenizer,
+             config: PretrainConfig) -> dict[str, float]:
+    """Held-out loss, perplexity (mlm.6: exp of the mean over *all* predicted tokens) and masked accuracy;
+    on the synthetic language also the probe accuracy per kind of determined position, with chance."""
+    device = next(model.parameters()).device
+    nll = correct = count = 0.0
+    for batch in _eval_batches(corpus, tokenizer, config):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+        selected = batch["labels"] != IGNORE_INDEX
+        nll += float(torch.nn.functional.cross_entropy(logits[selected].float(), batch["labels"][selected],
+                                                       reduction="sum"))
+        correct += float((logits[selected].argmax(-1) == batch["labels"][selected]).sum())
+        count += float(selected.sum())
+    metrics = {}
+    if count:
+        metrics = {"loss": nll / count, "perplexity": math.exp(nll / count), "masked_accuracy": correct / count}
+    if corpus.probe_sentences:
+        metrics.update(probe_accuracy(model, corpus.probe_sentences, tokenizer, config.max_length))
+    return metrics
+
+
+@torch.no_grad()
+def probe_accuracy(model: BertForMaskedLM, sentences, tokenizer: WordPieceTokenizer,
+                   max_length: int = 128) -> dict[str, float]:
+    """Mask each determined word alone (data.probe_batches); a probe is right when every piece of the word is.
+
+    Returns probe_accuracy_<kind>, chance_<kind> and probes_<kind> per kind, and the overall probe_accuracy
+    and chance (chance averaged with the same weights as the probes, so the two are comparable)."""
+    device = next(model.parameters()).device
+    hits: dict[int, list[float]] = {}
+    for batch in probe_batches(sentences, tokenizer, max_length=max_length):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+        probed = batch["labels"] != IGNORE_INDEX
+        right = ((logits.argmax(-1) == batch["labels"]) | ~probed).all(dim=1)  # (B,): all pieces right
+        kinds = batch["determined_kind"].max(dim=1).values  # (B,): one probed word per row
+        for k, r in zip(kinds.tolist(), right.tolist()):
+            hits.setdefault(k, []).append(float(r))
+    chance, out, total = chance_baselines(), {}, 0
+    for code, values in sorted(hits.items()):
+        kind = KINDS[code - 1]
+        out[f"probe_accuracy_{kind}"] = sum(values) / len(values)
+        out[f"chance_{kind}"] = chance[kind]
+        out[f"probes_{kind}"] = float(len(values))
+        total += len(values)
+    if total:
+        out["probe_accuracy"] = sum(sum(v) for v in hits.values()) / total
+        out["chance"] = sum(chance[KINDS[c - 1]] * len(v) for c, v in hits.items()) / total
+    return out
+
+
+def run_pretraining(config: PretrainConfig) -> PretrainResult:
+    """Train a tokenizer and a BertForMaskedLM as `config` says; write the run directory (rank 0 only)."""
+    if not isinstance(config, PretrainConfig):
+        raise TypeError(f"config: expected a PretrainConfig, got {type(config).__name__}")
+    began = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    main = D.world_info().rank == 0
+    out = Path(config.out_dir) if config.out_dir else None
+    corpus = build_corpus(config)
+    tokenizer = _get_tokenizer(config, corpus, out)
+    bert_config = model_config(config, tokenizer)
+    torch.manual_seed(config.seed)  # the initial weights: the same on every rank (DDP also broadcasts rank 0's)
+    model = BertForMaskedLM(bert_config)
+    if main and out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(out / "tokenizer.json")
+        (out / "model_config.json").write_text(json.dumps(bert_config.to_dict(), indent=2) + "\n")
+    batch_fn = corpus.batch_fn(tokenizer)
+    extra = {"model_config": bert_config.to_dict(), "tokenizer": _tokenizer_state(tokenizer)}
+    result = train(model, batch_fn, masked_lm_loss, config,
+                   eval_fn=lambda m: evaluate(m, corpus, tokenizer, config), extra_state=extra)
+    summary = _summary(config, result, model, tokenizer, time.perf_counter() - began)
+    if main:
+        if out is not None:
+            loss_curve(result.history, keys=("loss", "masked_accuracy"), title="MLM pretraining",
+                       path=out / "loss_curve.png")
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(format_summary(summary))
+    return PretrainResult(summary, model, tokenizer, result)
+
+
+def _get_tokenizer(config: PretrainConfig, corpus: Any, out: Path | None) -> WordPieceTokenizer:
+    """--tokenizer if given; on resume, the run's own tokenizer.json; else train one (deterministic, so every
+    DDP rank trains the same vocabulary without talking to the others)."""
+    if config.tokenizer:
+        return WordPieceTokenizer.load(config.tokenizer)
+    if config.resume and out is not None and (out / "tokenizer.json").is_file():
+        return WordPieceTokenizer.load(out / "tokenizer.json")
+    return WordPieceTokenizer.train(corpus.tokenizer_texts(), config.vocab_size)
+
+
+def _summary(config: PretrainConfig, result: TrainResult, model: BertForMaskedLM, tokenizer: WordPieceTokenizer,
+             wall_s: float) -> dict[str, Any]:
+    ev = result.eval_metrics
+    kinds = sorted(k[len("probe_accuracy_"):] for k in ev if k.startswith("probe_accuracy_"))
+    return {
+        "steps": result.step,
+        "wall_time_s": round(wall_s, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": tokenizer.vocab_size,
+        "world_size": D.world_info().world_size,
+        "corpus": "text files" if config.text else "synthetic",
+        "train": {k: v for k, v in result.metrics.items() if k not in ("step", "split")},
+        "eval": {k: v for k, v in ev.items() if k in ("loss", "perplexity", "masked_accuracy")},
+        "determined": {"accuracy": ev.get("probe_accuracy"), "chance": ev.get("chance"),
+                       "per_kind": {k: {"accuracy": ev[f"probe_accuracy_{k}"], "chance": ev[f"chance_{k}"],
+                                        "probes": int(ev[f"probes_{k}"])} for k in kinds}} if kinds else None,
+        "config": dataclasses.asdict(config),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The final table `minitx pretrain` prints."""
+    ev, tr = summary["eval"], summary["train"]
+    rows = [("steps", f"{summary['steps']}"), ("wall time", f"{summary['wall_time_s']:.1f} s"),
+            ("parameters", f"{summary['parameters']:,}"), ("train loss", f"{tr.get('loss', float('nan')):.4f}")]
+    if ev:
+        rows += [("eval loss", f"{ev['loss']:.4f}"), ("eval perplexity", f"{ev['perplexity']:.3f}"),
+                 ("eval masked accuracy", f"{ev['masked_accuracy']:.2%}")]
+    det = summary.get("determined")
+    if det:
+        for kind, v in det["per_kind"].items():
+            rows.append((f"determined: {kind}", f"{v['accuracy']:.2%}  (chance {v['chance']:.2%}, "
+                                                f"{v['probes']} probes)"))
+        rows.append(("determined: all", f"{det['accuracy']:.2%}  (chance {det['chance']:.2%})"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(["MLM pretraining summary", "-" * (width + 30)] + [f"{k:<{width}}  {v}" for k, v in rows])
