@@ -223,16 +223,18 @@ class _Run:
 
     def _trim_metrics(self, step: int) -> None:
         """Keep the log records up to the checkpoint's step; later ones belong to the run that died."""
-        if self.metrics_path is None or not self.metrics_path.exists():
-            return
-        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        exists = self.metrics_path is not None and self.metrics_path.exists()
+        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()] \
+            if exists else []
         self.history = [r for r in records if r["step"] <= step]
-        D.barrier()  # every rank has read the log before rank 0 rewrites it
-        if self.main:
+        D.barrier()  # every rank has read the log before rank 0 rewrites it (all ranks reach this line)
+        if self.main and exists:
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     def run(self) -> TrainResult:
-        cfg, last, last_eval = self.cfg, {}, {}
+        cfg, last_eval = self.cfg, {}
+        # A run resumed after its last step trains no more; it still reports what was logged.
+        last = next((r for r in reversed(self.history) if r["split"] == "train"), {})
         bar = tqdm(total=cfg.max_steps, initial=self.start - 1, disable=not (cfg.progress and self.main),
                    desc="train", dynamic_ncols=True)
         for step in range(self.start, cfg.max_steps + 1):

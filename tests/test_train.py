@@ -318,3 +318,21 @@ def test_toy_model_learns():
     first, last = result.history[0]["loss"], result.history[-1]["loss"]
     assert last < first / 10, (first, last)
     assert result.history[-1]["acc"] == 1.0
+
+
+def test_resuming_a_finished_run_trains_nothing_and_reports_its_log(tmp_path):
+    done = train(Toy(), batch_fn, loss_fn, cfg(tmp_path, max_steps=3))
+    again = train(Toy(seed=5), batch_fn, loss_fn, cfg(tmp_path, max_steps=3, resume=True))
+    assert again.metrics == done.metrics and again.history == done.history
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda_learns_and_saves_the_scaler(tmp_path, precision):
+    """Autocast on CUDA; fp16 goes through GradScaler (unscaled before clipping, its state checkpointed)."""
+    from minitx.checkpoint import read_checkpoint
+    result = train(Toy(), batch_fn, loss_fn, cfg(tmp_path, max_steps=150, lr=2e-2, warmup_steps=10,
+                                                 schedule="cosine", grad_clip=1.0, log_every=10,
+                                                 precision=precision, device="cuda"))
+    assert result.history[-1]["loss"] < result.history[0]["loss"] / 10
+    assert (read_checkpoint(tmp_path / "checkpoint.pt")["scaler"] is not None) == (precision == "fp16")
