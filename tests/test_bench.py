@@ -204,6 +204,10 @@ def test_config_rejects_bad_values():
         AttentionBenchConfig(head_dims=[48], model_dim=64).validate()
     with pytest.raises(ValueError, match="dtypes"):
         AttentionBenchConfig(dtypes=["fp8"]).validate()
+    # a thread's CPU time misses work done on other threads: only sound single-threaded
+    with pytest.raises(ValueError, match="threads"):
+        AttentionBenchConfig(cpu_clock="thread", threads=2).validate()
+    AttentionBenchConfig(cpu_clock="thread", threads=1).validate()
 
 
 # ---------------------------------------------------------------- CLI, JSON schema, table, plot
@@ -231,6 +235,7 @@ def cli_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = ["attention", "--seq-lens", "16", "32", "--head-dims", "8", "--tokens", "64", "--model-dim", "16",
             "--repeats", "3", "--warmup", "1", "--causal", "--impls", "sdpa:math", "sdpa:flash", "minitx:flash",
+            "--threads", "1", "--cpu-clock", "thread",
             "--device", "cpu", "--out", str(out / "r.json"), "--plot", str(out / "r.png"),
             "--table", str(out / "r.md"), "--quiet"]
     assert bench_main(argv, prog="minitx bench") == 0
@@ -243,6 +248,7 @@ def test_cli_writes_json_png_and_table(cli_run):
     assert doc["schema"] == "minitx.bench.attention/1"
     assert ENV_KEYS <= set(doc["environment"]) and doc["environment"]["device"] == "cpu"
     assert doc["config"]["seq_lens"] == [16, 32] and doc["config"]["masks"] == ["causal"]
+    assert doc["config"]["cpu_clock"] == "thread" and doc["environment"]["torch_threads"] == 1
     assert len(doc["results"]) == 2 * 3
     assert all(set(r) == RECORD_KEYS and r["causal"] for r in doc["results"])
     assert all(math.isfinite(x) for x in _numbers(doc))

@@ -22,7 +22,7 @@ import torch
 
 from minitx.bench import impls as impls_mod
 from minitx.bench.flops import PASSES, attention_flops, tflops_per_second
-from minitx.bench.timing import time_fn
+from minitx.bench.timing import CPU_CLOCKS, time_fn
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Relative error bound ||out - ref|| / ||ref|| (Frobenius), for the output and each of dQ, dK, dV. A few
@@ -48,6 +48,7 @@ class AttentionBenchConfig:
     device: str = "cpu"
     seed: int = 0
     threads: int | None = None  # CPU: torch.set_num_threads for the sweep (None keeps PyTorch's choice)
+    cpu_clock: str = "wall"     # CPU: "wall" (perf_counter) or "thread" (this thread's CPU time; needs threads=1)
 
     def validate(self) -> None:
         for name in ("seq_lens", "head_dims"):
@@ -62,6 +63,11 @@ class AttentionBenchConfig:
             if self.model_dim % d:
                 raise ValueError(f"model_dim: expected a multiple of every head dim, got {self.model_dim} "
                                  f"with head dim {d}")
+        if self.cpu_clock not in CPU_CLOCKS:
+            raise ValueError(f"cpu_clock: expected one of {sorted(CPU_CLOCKS)}, got {self.cpu_clock!r}")
+        if self.cpu_clock == "thread" and self.threads != 1:
+            raise ValueError(f"threads: cpu_clock='thread' counts one thread's CPU time, so it needs threads=1, "
+                             f"got {self.threads!r}")
         for name in ("tokens", "model_dim", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
@@ -130,7 +136,7 @@ def check_correctness(fn, q, k, v, dout, ref, causal, scale) -> dict[str, float]
     return errors
 
 
-def time_passes(fn, q, k, v, dout, causal, scale, device, warmup, repeats) -> dict[str, dict]:
+def time_passes(fn, q, k, v, dout, causal, scale, device, warmup, repeats, cpu_clock="wall") -> dict[str, dict]:
     """Median/IQR timings of forward, backward alone (graph kept with retain_graph) and forward + backward."""
     def clear_grads():
         for t in (q, k, v):
@@ -141,10 +147,12 @@ def time_passes(fn, q, k, v, dout, causal, scale, device, warmup, repeats) -> di
 
     out = fn(q, k, v, causal, scale)
     timings = {
-        "fwd": time_fn(lambda: fn(q, k, v, causal, scale), device=device, warmup=warmup, repeats=repeats),
+        "fwd": time_fn(lambda: fn(q, k, v, causal, scale), device=device, warmup=warmup, repeats=repeats,
+                       cpu_clock=cpu_clock),
         "bwd": time_fn(lambda: out.backward(dout, retain_graph=True), device=device, warmup=warmup,
-                       repeats=repeats, setup=clear_grads),
-        "fwd_bwd": time_fn(fwd_bwd, device=device, warmup=warmup, repeats=repeats, setup=clear_grads),
+                       repeats=repeats, setup=clear_grads, cpu_clock=cpu_clock),
+        "fwd_bwd": time_fn(fwd_bwd, device=device, warmup=warmup, repeats=repeats, setup=clear_grads,
+                           cpu_clock=cpu_clock),
     }
     del out
     return {p: t.to_dict() for p, t in timings.items()}
@@ -212,7 +220,8 @@ def bench_point(name, fn, inputs, dout, ref, *, causal, config, dtype_name) -> d
     if record["status"] != "ok":
         return record
     try:
-        timings = time_passes(fn, *inputs, dout, causal, scale, device, config.warmup, config.repeats)
+        timings = time_passes(fn, *inputs, dout, causal, scale, device, config.warmup, config.repeats,
+                              config.cpu_clock)
         record["peak_memory_bytes"], record["memory_note"] = peak_memory(fn, *inputs, dout, causal, scale, device)
     except Exception as exc:
         record["status"], record["reason"] = "failed", f"error while timing: {type(exc).__name__}: {exc}"

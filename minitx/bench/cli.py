@@ -39,6 +39,9 @@ def _attention_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: PyTorch's choice)")
+    p.add_argument("--cpu-clock", choices=["wall", "thread"], default="wall",
+                   help="CPU timer: wall clock, or this thread's CPU time (excludes time descheduled on a shared "
+                        "machine; needs --threads 1)")
     p.add_argument("--out", type=Path, help="write the results JSON here")
     p.add_argument("--plot", type=Path, help="write the TFLOP/s plot (PNG) here")
     p.add_argument("--table", type=Path, help="write the markdown table here")
@@ -52,7 +55,7 @@ def config_from_args(args: argparse.Namespace) -> AttentionBenchConfig:
               for name, default in defaults.items()}
     return AttentionBenchConfig(**values, masks=args.masks or list(MASKS),
                                 impls=args.impls or list(DEFAULT_IMPLS), device=args.device, seed=args.seed,
-                                threads=args.threads)
+                                threads=args.threads, cpu_clock=args.cpu_clock)
 
 
 def attention_main(args: argparse.Namespace) -> int:

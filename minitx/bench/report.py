@@ -91,6 +91,12 @@ def _ms(stats: dict) -> str:
     return f"{stats['median_ms']:.3f} ± {stats['iqr_ms'] / 2:.3f}"
 
 
+def _clock(doc: dict) -> str:
+    if doc["environment"]["device"] == "cuda":
+        return "CUDA-event timing"
+    return {"wall": "wall-clock timing", "thread": "thread-CPU-time timing"}[doc["config"].get("cpu_clock", "wall")]
+
+
 def _load(env: dict) -> str:
     start, end = env.get("load_average_1min"), env.get("load_average_1min_end")
     if start is None:
@@ -106,7 +112,7 @@ def results_table(document: dict | str | os.PathLike) -> str:
     doc = load(document)
     env = doc["environment"]
     lines = [f"Device: {env['device_name']} ({env['device']}), torch {env['torch']}, "
-             f"{env['torch_threads']} thread(s), 1-min load average {_load(env)}, "
+             f"{env['torch_threads']} thread(s), {_clock(doc)}, 1-min load average {_load(env)}, "
              f"commit {(env.get('git_commit') or 'unknown')[:10]}, {doc['created']}. "
              "Times: median ± IQR/2 in ms; TFLOP/s from the median, FlashAttention FLOP convention.", "",
              "| impl | dtype | mask | D | N | B x H | fwd ms | bwd ms | fwd+bwd ms | fwd TFLOP/s | bwd TFLOP/s "
