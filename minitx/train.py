@@ -224,9 +224,8 @@ class _Run:
     def _trim_metrics(self, step: int) -> None:
         """Keep the log records up to the checkpoint's step; later ones belong to the run that died."""
         exists = self.metrics_path is not None and self.metrics_path.exists()
-        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()] \
-            if exists else []
-        self.history = [r for r in records if r["step"] <= step]
+        lines = self.metrics_path.read_text().splitlines() if exists else []
+        self.history = [r for r in map(json.loads, filter(str.strip, lines)) if r["step"] <= step]
         D.barrier()  # every rank has read the log before rank 0 rewrites it (all ranks reach this line)
         if self.main and exists:
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
