@@ -103,10 +103,9 @@ def _sdpa_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=F
     row_ok = allowed.any(dim=-1, keepdim=True)  # (..., N, 1): does the query have any key at all?
     if mask.dtype == torch.bool:
         safe_mask = mask | ~row_ok
-    else:
-        safe_mask = torch.where(row_ok, mask, torch.zeros((), dtype=mask.dtype, device=mask.device))
-    out = torch_F.scaled_dot_product_attention(q, k, v, attn_mask=safe_mask.to(q.device), dropout_p=dropout_p,
-                                               scale=scale)
+    else:  # SDPA wants a float mask in q's dtype (e.g. a float32 ALiBi bias with fp16 q)
+        safe_mask = torch.where(row_ok, mask, torch.zeros((), dtype=mask.dtype, device=mask.device)).to(q.dtype)
+    out = torch_F.scaled_dot_product_attention(q, k, v, attn_mask=safe_mask, dropout_p=dropout_p, scale=scale)
     return out * row_ok.to(out.dtype)
 
 

@@ -1,5 +1,7 @@
 """minitx.attention: the front door, its backends, and MultiHeadAttention (docs/math/multi_head_attention.md)."""
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -199,6 +201,24 @@ def test_lazy_backend_failing_to_import_says_what_is_needed(monkeypatch):
         attention(q, k, v, backend="flashy")
 
 
+def test_flash_backend_through_the_module_agrees_with_math(monkeypatch):
+    """The lazily loaded Triton backend, reached through MultiHeadAttention (interpreter on a CPU)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the kernels are defined, i.e. on first import
+    pytest.importorskip("triton")
+    fa = importlib.import_module("minitx.kernels.flash_attention")
+    if device == "cpu" and not fa.interpreting():
+        pytest.skip("triton kernels were imported without TRITON_INTERPRET=1 in this process")
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 2).to(device).eval()
+    x = torch.randn(2, 7, 16, device=device)
+    real = torch.tensor([[1] * 7, [1] * 4 + [0] * 3], device=device)
+    expected = mha(x, attention_mask=real, is_causal=True)
+    mha.backend = "flash"
+    torch.testing.assert_close(mha(x, attention_mask=real, is_causal=True), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_bad_input_errors_name_the_argument():
     with pytest.raises(ValueError, match="d_model"):
         MultiHeadAttention(10, 3)
@@ -227,3 +247,17 @@ def test_bad_input_errors_name_the_argument():
         attention(q, k, v, key_padding_mask=torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="attn_mask"):
         attention(q, k, v, attn_mask=torch.ones(4, 3, dtype=torch.bool))  # (M, N): transposed
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_alibi_bias_as_a_float_mask_in_another_dtype(backend):
+    """A float32 bias (here ALiBi's (H, N, M)) added to float64 scores, combined with padding: (mha.2)."""
+    from minitx.positional import alibi_bias
+
+    q, k, v = _qkv(2, 4, 5, 5, 3)
+    bias = alibi_bias(4, 5, 5)  # float32
+    pad = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    out = attention(q, k, v, backend=backend, attn_mask=bias, key_padding_mask=pad)
+    scores = q @ k.transpose(-2, -1) / 3 ** 0.5 + bias.double()  # (B, H, N, M)
+    scores = scores.masked_fill(~pad[:, None, None, :], float("-inf"))
+    torch.testing.assert_close(out, torch.softmax(scores, dim=-1) @ v)
