@@ -313,3 +313,18 @@ def test_gpu_sweep_times_with_events_and_measures_peak_memory(tmp_path):
     # the readable path materializes the N x N probabilities P for its backward
     math_rows = [r for r in ok if r["impl"] == "minitx:math"]
     assert all(r["peak_memory_bytes"] >= r["batch"] * r["heads"] * r["seq_len"] ** 2 * 2 for r in math_rows)
+
+
+def test_committed_cpu_results_and_readme_table_come_from_the_json():
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    results = root / "results" / "cpu_attention.json"
+    doc = json.loads(results.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert all(math.isfinite(x) for x in _numbers(doc))
+    assert all(r["status"] != "failed" for r in doc["results"])
+    assert all(max(r["errors"].values()) <= r["tolerance"] for r in doc["results"] if r["status"] == "ok")
+    table = results_table(doc)
+    assert (root / "results" / "cpu_attention.md").read_text() == table
+    readme = (root / "README.md").read_text()
+    start = readme.index("-->\n", readme.index("<!-- BEGIN cpu_attention table")) + len("-->\n")
+    assert readme[start:readme.index("<!-- END cpu_attention table")] == table
