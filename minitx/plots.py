@@ -27,7 +27,8 @@ def output_dir(default: str = "lessons/output") -> Path:
 
 
 def _finish(fig: plt.Figure, path: str | os.PathLike | None) -> plt.Figure:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
@@ -43,7 +44,8 @@ def attention_map(weights: torch.Tensor, queries: Sequence[str] | None = None, k
     if w.dim() != 3:
         raise ValueError(f"weights: expected shape (N, M) or (H, N, M), got {tuple(weights.shape)}")
     n_heads = w.shape[0]
-    fig, axes = plt.subplots(1, n_heads, figsize=(3.2 * n_heads + 0.6, 3.4), squeeze=False)
+    # constrained layout leaves room for a colorbar shared by all heads (tight_layout would overlap it)
+    fig, axes = plt.subplots(1, n_heads, figsize=(3.2 * n_heads + 0.8, 3.4), squeeze=False, layout="constrained")
     for h, ax in enumerate(axes[0]):
         im = ax.imshow(w[h].numpy(), cmap="viridis", vmin=0.0, vmax=float(w.max()))
         ax.set_title(title if n_heads == 1 else f"{title}, head {h}", fontsize=9)
