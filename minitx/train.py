@@ -24,7 +24,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -48,6 +48,10 @@ def _f(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass
 class TrainConfig:
+    # Fields a resumed run may change (a subclass may add its own I/O fields); the rest must match (ClassVar:
+    # not a field, so not a CLI flag).
+    resumable_fields: ClassVar[frozenset[str]] = RESUMABLE_OVERRIDES
+
     lr: float = _f(1e-3, "peak learning rate η, reached at the end of warmup (opt.5)")
     weight_decay: float = _f(0.01, "decoupled weight decay λ on matrices, not biases or norms (opt.2, opt.4)")
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW β1 β2: decay rates of the gradient moments (opt.1)")
@@ -215,7 +219,8 @@ class _Run:
             warnings.warn(f"resume: no checkpoint at {self.ckpt_path}; starting from step 1")
             return 0
         payload = load_checkpoint(self.ckpt_path, self.model, self.optimizer, self.scaler,
-                                  config=dataclasses.asdict(self.cfg), ignore_config_fields=RESUMABLE_OVERRIDES,
+                                  config=dataclasses.asdict(self.cfg),
+                                  ignore_config_fields=self.cfg.resumable_fields,
                                   restore_rng=True)
         step = int(payload["step"])
         self._trim_metrics(step)

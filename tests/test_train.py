@@ -336,3 +336,17 @@ def test_mixed_precision_on_cuda_learns_and_saves_the_scaler(tmp_path, precision
                                                  precision=precision, device="cuda"))
     assert result.history[-1]["loss"] < result.history[0]["loss"] / 10
     assert (read_checkpoint(tmp_path / "checkpoint.pt")["scaler"] is not None) == (precision == "fp16")
+
+
+def test_a_recipe_config_may_extend_the_resumable_fields(tmp_path):
+    import dataclasses as dc
+
+    @dc.dataclass
+    class RecipeConfig(TrainConfig):
+        resumable_fields = TrainConfig.resumable_fields | {"report_name"}
+        report_name: str = dc.field(default="a", metadata={"help": "an I/O-only field"})
+
+    base = dict(lr=1e-2, max_steps=2, out_dir=str(tmp_path), progress=False, log_every=1)
+    train(Toy(), batch_fn, loss_fn, RecipeConfig(**base))
+    resumed = train(Toy(), batch_fn, loss_fn, RecipeConfig(**base, resume=True, report_name="b"))
+    assert resumed.step == 2 and [r["step"] for r in resumed.history] == [1, 2]
