@@ -94,3 +94,22 @@ def loss_curve(records: Sequence[dict], keys: Sequence[str] = ("loss",), title: 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _finish(fig, path)
+
+
+# --- accuracy_vs_chance (pretraining recipe, lesson 06) ---
+def accuracy_vs_chance(per_kind: dict[str, tuple[float, float]], title: str = "accuracy vs chance",
+                       path: str | os.PathLike | None = None) -> plt.Figure:
+    """Grouped bars: {kind: (accuracy, chance)}, e.g. MLM probe accuracy per kind of determined position."""
+    kinds = list(per_kind)
+    xs = range(len(kinds))
+    fig, ax = plt.subplots(figsize=(1.4 * len(kinds) + 2.4, 3.2))
+    ax.bar([x - 0.2 for x in xs], [per_kind[k][0] for k in kinds], width=0.4, label="model")
+    ax.bar([x + 0.2 for x in xs], [per_kind[k][1] for k in kinds], width=0.4, label="chance", color="0.7")
+    for x, k in zip(xs, kinds):
+        ax.text(x - 0.2, per_kind[k][0] + 0.01, f"{per_kind[k][0]:.0%}", ha="center", fontsize=8)
+    ax.set_xticks(list(xs), kinds)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never covers a bar
+    return _finish(fig, path)
