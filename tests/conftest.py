@@ -18,6 +18,10 @@ settings.register_profile(
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Test tensors are tiny: one intra-op thread avoids thread start-up and contention costs that dominate them
+# (and keeps two pytest-xdist workers from oversubscribing a 2-core machine).
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
