@@ -99,7 +99,7 @@ seq_lens = [32, 64] if FAST else [128, 256, 512]
 config = AttentionBenchConfig(seq_lens=seq_lens, head_dims=[32 if FAST else 64], masks=["full", "causal"],
                               dtypes=["fp32"], impls=["minitx:math", "sdpa:math", "sdpa:flash", "minitx:flash"],
                               tokens=256 if FAST else 1024, model_dim=64 if FAST else 256,
-                              repeats=5 if FAST else 15, warmup=2 if FAST else 3,
+                              repeats=3 if FAST else 15, warmup=1 if FAST else 3,
                               threads=1)  # on a shared CPU, idle OpenMP threads spin and stall each other
 records = run_sweep(config, extra_impls={"forgot_the_scale": forgot_the_scale})
 

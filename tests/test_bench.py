@@ -208,6 +208,9 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="threads"):
         AttentionBenchConfig(cpu_clock="thread", threads=2).validate()
     AttentionBenchConfig(cpu_clock="thread", threads=1).validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device"):
+            AttentionBenchConfig(device="cuda").validate()
 
 
 # ---------------------------------------------------------------- CLI, JSON schema, table, plot

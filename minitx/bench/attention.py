@@ -63,6 +63,8 @@ class AttentionBenchConfig:
             if self.model_dim % d:
                 raise ValueError(f"model_dim: expected a multiple of every head dim, got {self.model_dim} "
                                  f"with head dim {d}")
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: expected an available device, got {self.device!r} but CUDA is not available")
         if self.cpu_clock not in CPU_CLOCKS:
             raise ValueError(f"cpu_clock: expected one of {sorted(CPU_CLOCKS)}, got {self.cpu_clock!r}")
         if self.cpu_clock == "thread" and self.threads != 1:
@@ -223,8 +225,11 @@ def bench_point(name, fn, inputs, dout, ref, *, causal, config, dtype_name) -> d
         timings = time_passes(fn, *inputs, dout, causal, scale, device, config.warmup, config.repeats,
                               config.cpu_clock)
         record["peak_memory_bytes"], record["memory_note"] = peak_memory(fn, *inputs, dout, causal, scale, device)
-    except Exception as exc:
-        record["status"], record["reason"] = "failed", f"error while timing: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # e.g. out of memory at a long N: skipped; anything else: failed
+        record["status"] = "skipped" if _unsupported(exc) else "failed"
+        record["reason"] = f"error while timing: {type(exc).__name__}: {str(exc).strip()[:300]}"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         return record
     record["timings_ms"] = timings
     record["tflops"] = {p: tflops_per_second(record["flops"][p], timings[p]["median_ms"]) for p in PASSES}
