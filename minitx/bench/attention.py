@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
+from einops import rearrange
 
 from minitx.bench import impls as impls_mod
 from minitx.bench.flops import PASSES, attention_flops, tflops_per_second
@@ -92,11 +93,14 @@ def make_inputs(batch, heads, seq_len, head_dim, dtype, device, seed):
 
 
 def reference(q, k, v, dout, causal: bool, scale: float, budget_bytes: int = 2**30):
-    """Output and (dQ, dK, dV) in float64, computed from the *same* rounded inputs, head by head in chunks
-    so that an N x N float64 score matrix never exceeds `budget_bytes`. Plain softmax(QK^T * scale) V."""
+    """Output and (dQ, dK, dV) of plain softmax(Q K^T * scale) V in float64, from the *same* rounded inputs.
+
+    Computed over chunks of (batch, head) pairs so that a chunk's four N x N float64 matrices (S, P and their
+    gradients) stay within `budget_bytes` -- at least one head per chunk -- and N = 16k fits on one GPU.
+    """
     b, h, n, d = q.shape
     # (B, H, N, D) -> (B*H, N, D): heads are independent, so chunk over them
-    flat = [t.detach().reshape(b * h, n, d).double() for t in (q, k, v, dout)]
+    flat = [rearrange(t.detach().double(), "b h n d -> (b h) n d") for t in (q, k, v, dout)]
     chunk = max(1, budget_bytes // (4 * n * n * 8))
     outs, grads = [], [[], [], []]
     allowed = torch.ones(n, n, dtype=torch.bool, device=q.device).tril() if causal else None
@@ -110,8 +114,8 @@ def reference(q, k, v, dout, causal: bool, scale: float, budget_bytes: int = 2**
         outs.append(out.detach())
         for g, t in zip(grads, (qc, kc, vc)):
             g.append(t.grad)
-    # (B*H, N, D) -> (B, H, N, D)
-    unflat = lambda parts: torch.cat(parts).reshape(b, h, n, d)  # noqa: E731
+    def unflat(parts):  # (B*H, N, D) -> (B, H, N, D)
+        return rearrange(torch.cat(parts), "(b h) n d -> b h n d", b=b, h=h)
     return unflat(outs), tuple(unflat(g) for g in grads)
 
 
