@@ -113,3 +113,37 @@ def accuracy_vs_chance(per_kind: dict[str, tuple[float, float]], title: str = "a
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never covers a bar
     return _finish(fig, path)
+
+
+# --- flash attention tiling (owner: flash attention kernel, docs/math/flash_attention.md (flash.12)) ---
+def flash_tiling(n: int, m: int, block_n: int, block_m: int, causal: bool = True,
+                 title: str | None = None, path: str | os.PathLike | None = None) -> plt.Figure:
+    """The tiles of the (N, M) score matrix one FlashAttention forward visits.
+
+    Dark: computed with no mask needed; light: straddles the causal diagonal or the end of a sequence, masked
+    element by element; white: never loaded, because it lies wholly above the causal diagonal (flash.12).
+    """
+    from matplotlib.patches import Rectangle
+
+    fig, ax = plt.subplots(figsize=(5.2, 5.2 * n / max(m, 1) + 0.6))
+    for n0 in range(0, n, block_n):
+        key_end = min(m, n0 + block_n) if causal else m  # (flash.12): the loop bound of this program
+        for m0 in range(0, m, block_m):
+            visited = m0 < key_end
+            needs_mask = (n0 + block_n > n or m0 + block_m > m
+                          or (causal and m0 + block_m - 1 > n0))  # some (i, j) in the tile has j > i
+            color = "white" if not visited else ("#9ecae1" if needs_mask else "#3182bd")
+            ax.add_patch(Rectangle((m0, n0), min(block_m, m - m0), min(block_n, n - n0),
+                                   facecolor=color, edgecolor="black", linewidth=0.8))
+    for color, label in (("#3182bd", "computed"), ("#9ecae1", "computed, masked"), ("white", "skipped")):
+        ax.add_patch(Rectangle((0, 0), 0, 0, facecolor=color, edgecolor="black", label=label))
+    if causal:
+        ax.plot([0, min(n, m)], [0, min(n, m)], color="crimson", linewidth=1.5, label="j = i")
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.95)
+    ax.set_xlim(0, m)
+    ax.set_ylim(n, 0)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"key j (tiles of {block_m})")
+    ax.set_ylabel(f"query i (tiles of {block_n}); one program per row of tiles")
+    ax.set_title(title or f"FlashAttention tiles, N={n}, M={m}" + (", causal" if causal else ""), fontsize=10)
+    return _finish(fig, path)

@@ -111,8 +111,9 @@ class FlashAttentionFunction(torch.autograd.Function):
                 H, N, M, D, scale * math.log2(math.e), **flags)
         ctx.save_for_backward(q, k, v, out, lse, mask)
         ctx.causal, ctx.scale = causal, scale
-        ctx.mark_non_differentiable(lse)
-        return out, lse
+        lse_natural = lse * math.log(2.0)  # the kernels keep L in base 2 (flash.9); users get natural log
+        ctx.mark_non_differentiable(lse_natural)
+        return out, lse_natural
 
     @staticmethod
     def backward(ctx, dout, _dlse):

@@ -10,15 +10,12 @@ Conventions shared by all four kernels:
   - a score that may not be attended (past M, padded key, above the causal diagonal) is set to -inf before
     the exponential, so its probability is exactly 0;
   - exponentials are `exp2`: the scores are multiplied by `scale * log2(e)` once (flash.9), and the saved
-    logsumexp is in natural-log units (flash.5), converted with log2(e) where it is used.
+    logsumexp stays in those base-2 units (L2 = L log2(e)), so the backward's recomputed probabilities
+    exp2(s2 - L2) go through no extra rounding; the front door converts it to natural log for users.
 """
 
 import triton
 import triton.language as tl
-
-LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e))  (flash.9)
-LN2 = tl.constexpr(0.6931471805599453)    # ln(2): log(x) = log2(x) * ln(2)
-
 
 @triton.jit
 def _allowed(rows, cols, N, M, mask_row_ptr, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr):
@@ -50,7 +47,7 @@ def _fwd_kernel(Q, K, V, O, LSE, MASK,
                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """O = softmax(scale Q K^T) V for one tile of BLOCK_N query rows, by the online softmax (flash.3, flash.4).
 
-    Also stores the row logsumexp L = m + log(l) (flash.5), the only statistic the backward needs.
+    Also stores the row logsumexp L2 = m + log2(l) (flash.5, in base 2), the only statistic the backward needs.
     """
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
@@ -86,7 +83,7 @@ def _fwd_kernel(Q, K, V, O, LSE, MASK,
     out = acc / l_safe[:, None]
     tl.store(O + b * sob + h * soh + rows[:, None] * son + dims[None, :] * sod, out.to(O.dtype.element_ty),
              mask=row_ok[:, None] & dim_ok[None, :])
-    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)  # (flash.5), natural log
+    lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))  # (flash.5), base-2 units
     tl.store(LSE + bh * N + rows, lse, mask=row_ok)
 
 
@@ -106,12 +103,12 @@ def _bwd_preprocess_kernel(O, DO, DELTA, sob, soh, son, sod, sdb, sdh, sdn, sdd,
 
 
 @triton.jit
-def _recompute_p(q, k, rows, cols, lse_log2, N, M, mask_row, qk_scale,
+def _recompute_p(q, k, rows, cols, lse2, N, M, mask_row, qk_scale,
                  HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """P = exp(scale q k^T - L) from the saved logsumexp, without any running statistics (flash.13)."""
+    """P = exp2(scale log2(e) q k^T - L2) from the saved logsumexp, without any running statistics (flash.13)."""
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     s = tl.where(_allowed(rows, cols, N, M, mask_row, HAS_MASK, CAUSAL), s, float("-inf"))
-    return tl.math.exp2(s - lse_log2[:, None])
+    return tl.math.exp2(s - lse2[:, None])
 
 
 @triton.jit
@@ -144,7 +141,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK,
         q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + dims[None, :] * sqd, mask=q_ok, other=0.0)
         do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdn + dims[None, :] * sdd, mask=q_ok, other=0.0)
         lse = tl.load(LSE + bh * N + rows, mask=rows < N, other=0.0)
-        lse = tl.where(lse == float("-inf"), 0.0, lse) * LOG2E  # empty rows: every p is 0 anyway (flash.11)
+        lse = tl.where(lse == float("-inf"), 0.0, lse)  # empty rows: every p is 0 anyway (flash.11)
         delta = tl.load(DELTA + bh * N + rows, mask=rows < N, other=0.0)
         p = _recompute_p(q, k, rows, cols, lse, N, M, mask_row, qk_scale, HAS_MASK, CAUSAL, DOT_PRECISION)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
@@ -171,7 +168,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK,
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + dims[None, :] * sqd, mask=q_ok, other=0.0)
     do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdn + dims[None, :] * sdd, mask=q_ok, other=0.0)
     lse = tl.load(LSE + bh * N + rows, mask=rows < N, other=0.0)
-    lse = tl.where(lse == float("-inf"), 0.0, lse) * LOG2E
+    lse = tl.where(lse == float("-inf"), 0.0, lse)
     delta = tl.load(DELTA + bh * N + rows, mask=rows < N, other=0.0)
     mask_row = MASK + b * M
 
