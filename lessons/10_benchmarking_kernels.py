@@ -155,6 +155,7 @@ for name, (peak, bw) in machines.items():
 plot_roofline(machines, ns, head_dim=64, bytes_per_element=2, query_block=128, path=OUT / "lesson10_roofline.png")
 
 # %% [markdown]
-# Standard attention cannot use more than about a fifth of an A100's peak, or a ninth of an H100's, at any length, because it spends its time
-# moving $N\times N$ matrices. That is the whole case for FlashAttention -- and the measured TFLOP/s of
+# Standard attention cannot use more than about a fifth of an A100's peak, or a ninth of an H100's, at any
+# length, because it spends its time moving $N\times N$ matrices. That is the whole case for FlashAttention --
+# and the measured TFLOP/s of
 # `minitx bench attention` on a GPU (`benchmarks/README.md`) say how much of it a kernel actually collects.
