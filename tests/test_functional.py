@@ -181,6 +181,19 @@ def test_layer_norm_uses_biased_variance_and_eps_inside_root():
     _close((y ** 2).mean(-1), (var / (var + 0.75)).reshape(1))
 
 
+@pytest.mark.parametrize("shape", [(4,), (1, 4), (3, 1), (1, 1, 4), (2, 1, 4), (1,)])
+def test_sum_to_shape_undoes_broadcasting(shape):
+    """(ln.7)-(ln.8), (attn.12): a broadcast parameter's gradient is the sum over every added or stretched dim.
+    (Autograd would also fix up a gradient of the wrong shape, so the end-to-end tests cannot see this helper.)"""
+    grad = torch.arange(2 * 3 * 4, **F64).reshape(2, 3, 4)
+    p = torch.zeros(shape, **F64, requires_grad=True)
+    (expected,) = torch.autograd.grad((p * 1).expand(2, 3, 4), p, grad)  # autograd's own reduction
+    reduced = mf._sum_to_shape(grad, torch.Size(shape))
+    assert reduced.shape == torch.Size(shape)
+    _close(reduced, expected)
+    _close(reduced.sum(), grad.sum())  # nothing lost, nothing counted twice
+
+
 # --------------------------------------------------------------------------------------------------- gelu
 
 @given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=3), seed=st.integers(0, 2**16),
