@@ -14,6 +14,7 @@ leaves slightly off zero. It is a few fp32 ulps of the terms involved, so a wron
 """
 
 import math
+import re
 import os
 
 import pytest
@@ -223,3 +224,79 @@ def test_non_contiguous_inputs_give_the_same_bits():
     out.backward(dout.transpose(1, 2).contiguous().transpose(1, 2))
     got = [out, lse, *(x.grad for x in leaves)]
     assert all(torch.equal(a, b.detach().double().cpu()) for a, b in zip(contiguous, got))
+
+
+def small(dtype=torch.float32, n=5, m=7, d=16):
+    q, k, v, _, _ = make_inputs(1, 2, n, m, d)
+    return [t.to(dtype=dtype, device=DEVICE) for t in (q, k, v)]
+
+
+@pytest.mark.parametrize("mutate, error, words", [
+    (lambda q, k, v: (q.double(), k.double(), v.double()), TypeError, "float32, float16 or bfloat16"),
+    (lambda q, k, v: (q, k.half(), v), TypeError, "one dtype"),
+    (lambda q, k, v: (q[0], k[0], v[0]), ValueError, "(B, H, N or M, D)"),
+    (lambda q, k, v: (q, k, v[:, :, :3]), ValueError, "same shape"),
+    (lambda q, k, v: (q[..., :8], k, v), ValueError, "q (B, H, N, D) and k (B, H, M, D)"),
+    (lambda q, k, v: (q[:, :, :0], k, v), ValueError, "non-empty"),
+    (lambda q, k, v: (torch.cat([q] * 9, -1), torch.cat([k] * 9, -1), torch.cat([v] * 9, -1)), ValueError, "1..128"),
+    (lambda q, k, v: (q.numpy(), k, v), TypeError, "torch.Tensor"),
+])
+def test_unsupported_input_is_refused_with_what_is_supported(mutate, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        flash_attention(*mutate(*small()))
+
+
+def test_bad_mask_scale_and_causal_are_refused():
+    q, k, v = small()
+    with pytest.raises(ValueError, match=re.escape("(B, M) = (1, 7)")):
+        flash_attention(q, k, v, attention_mask=torch.ones(1, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="scale"):
+        flash_attention(q, k, v, scale=float("nan"))
+    with pytest.raises(TypeError, match="causal"):
+        flash_attention(q, k, v, causal="yes")
+
+
+@pytest.mark.skipif(not fa.interpreting(), reason="checks the interpreter's limits")
+def test_interpreter_refuses_bf16_and_says_to_use_a_gpu():
+    with pytest.raises(TypeError, match="bfloat16 needs a CUDA GPU"):
+        flash_attention(*small(torch.bfloat16))
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        flash_attention(*[t.cpu() for t in small()])
+
+
+def test_backend_refuses_general_masks_and_dropout_but_takes_key_padding():
+    q, k, v = small()
+    with pytest.raises(ValueError, match="Use backend 'math' or 'sdpa'"):
+        attention_backend(q, k, v, attn_mask=torch.ones(5, 7, dtype=torch.bool, device=DEVICE).tril())
+    with pytest.raises(ValueError, match="dropout"):
+        attention_backend(q, k, v, dropout_p=0.1)
+    pad = torch.tensor([[True, True, False, True, True, False, True]], device=DEVICE)
+    expected = flash_attention(q, k, v, attention_mask=pad)
+    # the same padding as a key padding mask, or as a (B, 1, 1, M) boolean attention mask
+    assert torch.equal(attention_backend(q, k, v, key_padding_mask=pad), expected)
+    assert torch.equal(attention_backend(q, k, v, attn_mask=pad[:, None, None, :]), expected)
+
+
+def test_registry_flash_backend_agrees_with_math():
+    """Through minitx.attention: MultiHeadAttention(backend="flash") == backend="math", padding and causal."""
+    attention = pytest.importorskip("minitx.attention", reason="minitx.attention (the backend registry) missing")
+    if "flash" not in attention.available_backends():
+        pytest.skip("minitx.attention has no 'flash' backend registered yet")
+    torch.manual_seed(0)
+    mha = attention.MultiHeadAttention(d_model=32, n_heads=2, backend="math").to(DEVICE)  # head dim 16
+    x = torch.randn(2, 19, 32, device=DEVICE)
+    mask = torch.ones(2, 19, dtype=torch.long, device=DEVICE)
+    mask[1, 11:] = 0  # HF style: 1 = real token
+    for is_causal in (False, True):
+        expected = mha(x, attention_mask=mask, is_causal=is_causal)
+        mha.backend = "flash"
+        got = mha(x, attention_mask=mask, is_causal=is_causal)
+        mha.backend = "math"
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    q, k, v = small(n=9, m=4)  # N != M: the front door with is_causal aligns top-left in both backends
+    torch.testing.assert_close(attention.attention(q, k, v, backend="flash", is_causal=True),
+                               attention.attention(q, k, v, backend="math", is_causal=True), rtol=1e-5, atol=1e-5)
