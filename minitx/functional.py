@@ -206,7 +206,9 @@ class _Attention(torch.autograd.Function):
         grad_s = _softmax_backward(probs, grad_p, dim=-1)                    # (attn.10) softmax Jacobian
         grad_q = torch.matmul(grad_s, k) * ctx.scale                         # (attn.11) dQ = scale dS K
         grad_k = torch.matmul(grad_s.transpose(-2, -1), q) * ctx.scale       # (attn.11) dK = scale dS^T Q
-        grad_bias = None if ctx.bias_shape is None else _sum_to_shape(grad_s, ctx.bias_shape)  # (attn.12)
+        grad_bias = None
+        if ctx.needs_input_grad[3]:                                          # a float mask that requires grad
+            grad_bias = _sum_to_shape(grad_s, ctx.bias_shape)                # (attn.12) dB = dS, unbroadcast
         return (_sum_to_shape(grad_q, q.shape), _sum_to_shape(grad_k, k.shape),
                 _sum_to_shape(grad_v, v.shape), grad_bias, None, None, None)
 
