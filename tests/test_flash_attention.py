@@ -102,13 +102,15 @@ def flash(q, k, v, causal=False, scale=None, mask=None):
 
 
 def exact_inputs(q, k, v, dout, dtype):
-    """The float64 reference sees the same rounded inputs as the two computations it judges."""
-    return [t.to(dtype).double() for t in (q, k, v, dout)]
+    """The float64 reference sees the same rounded inputs as the two computations it judges (on DEVICE)."""
+    return [t.to(dtype).to(device=DEVICE, dtype=torch.float64) for t in (q, k, v, dout)]
 
 
 def assert_as_accurate_as_plain_torch(q, k, v, dout, dtype, **kw):
     """(flash.4), (flash.5), (flash.14)-(flash.16): out, lse, dQ, dK, dV within the tolerance rule."""
     q, k, v, dout = exact_inputs(q, k, v, dout, dtype)
+    if kw.get("mask") is not None:
+        kw["mask"] = kw["mask"].to(DEVICE)
     exact = run(reference, q, k, v, dout, torch.float64, **kw)
     plain = run(reference, q, k, v, dout, dtype, **kw)
     got = run(flash, q, k, v, dout, dtype, **kw)
@@ -300,3 +302,30 @@ def test_registry_flash_backend_agrees_with_math():
     q, k, v = small(n=9, m=4)  # N != M: the front door with is_causal aligns top-left in both backends
     torch.testing.assert_close(attention.attention(q, k, v, backend="flash", is_causal=True),
                                attention.attention(q, k, v, backend="math", is_causal=True), rtol=1e-5, atol=1e-5)
+
+
+GPU_CASES = [
+    # (B, H, N, M, D, causal, mask_kind): several autotuned tiles, odd lengths, every head-dim kind
+    (2, 4, 1000, 1000, 64, True, "padding"),
+    (1, 2, 513, 2049, 80, True, "first_key_padded"),
+    (1, 2, 4096, 3000, 128, False, "padding"),
+    (2, 2, 777, 333, 96, False, "empty_rows"),
+    (1, 1, 16384, 16384, 64, True, None),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", GPU_CASES, ids=["-".join(map(str, c)) for c in GPU_CASES])
+def test_gpu_large_sizes_match_float64_reference(case, dtype):
+    b, h, n, m, d, causal, mask_kind = case
+    q, k, v, dout, mask = make_inputs(b, h, n, m, d, mask_kind)
+    assert_as_accurate_as_plain_torch(q, k, v, dout, dtype, causal=causal, mask=mask)
+
+
+@pytest.mark.gpu
+def test_gpu_backward_is_deterministic_bf16():
+    q, k, v, dout, mask = make_inputs(2, 4, 2048, 1536, 64, "padding")
+    first = run(flash, q, k, v, dout, torch.bfloat16, causal=True, mask=mask)
+    second = run(flash, q, k, v, dout, torch.bfloat16, causal=True, mask=mask)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
