@@ -1,8 +1,10 @@
-"""`minitx bench attention|training [flags]`: flags map one to one onto `AttentionBenchConfig`'s fields."""
+"""`minitx bench attention|training [flags]`: flags map one to one onto `AttentionBenchConfig`'s and
+`TrainingBenchConfig`'s fields."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +14,11 @@ import torch
 from minitx.bench.attention import DTYPES, MASKS, AttentionBenchConfig, run_sweep
 from minitx.bench.impls import DEFAULT_IMPLS
 from minitx.bench.report import environment, plot_tflops, results_document, results_table, write_json
+from minitx.bench.training import DEFAULT_IMPLS as TRAINING_IMPLS
+from minitx.bench.training import PRECISIONS as TRAINING_PRECISIONS
+from minitx.bench.training import PRESETS as TRAINING_PRESETS
+from minitx.bench.training import TrainingBenchConfig, run_training_bench
+from minitx.bench.training_report import plot_training, training_document, training_table
 
 # A GPU sweep as in the FlashAttention papers; the CPU one is scaled down so it finishes in seconds.
 GPU_DEFAULTS = dict(seq_lens=[512, 1024, 2048, 4096, 8192, 16384], head_dims=[64, 128], dtypes=["bf16", "fp16"],
@@ -83,15 +90,84 @@ def attention_main(args: argparse.Namespace) -> int:
 
 
 def bench_main(argv: list[str] | None = None, prog: str = "minitx bench") -> int:
-    """Entry point of `minitx bench`: sub-commands `attention` and `training` (not yet implemented)."""
+    """Entry point of `minitx bench`: sub-commands `attention` and `training`."""
     parser = argparse.ArgumentParser(prog=prog, description="benchmarks")
     sub = parser.add_subparsers(dest="which", metavar="{attention,training}", required=True)
     _attention_parser(sub)
-    sub.add_parser("training", help="training throughput (not yet implemented)", add_help=False)
+    _training_parser(sub)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
-    if args.which == "training":
-        raise SystemExit(f"{prog} training: not yet implemented (the training-throughput benchmark is a "
-                         "separate issue); `minitx bench attention` is available")
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return attention_main(args)
+    return training_main(args) if args.which == "training" else attention_main(args)
+
+
+# ---------------------------------------------------------------- training throughput
+
+def _training_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("training", help="MLM training-step throughput: minitx vs transformers.BertForMaskedLM",
+                       description="Tokens/s of a full MLM training step (forward, loss, backward, AdamW, zero_grad) "
+                                   "of minitx's BertForMaskedLM and transformers' with the same weights and batch, "
+                                   "timed side by side after a loss/gradient gate. Unset flags take the preset: "
+                                   "'gpu' (BERT-base, 32 x 512, bf16) on CUDA, 'cpu' (128 wide, 4 layers, 16 x 128, "
+                                   "fp32) otherwise.")
+    p.add_argument("--preset", choices=sorted(TRAINING_PRESETS), help="sizes for unset flags (default: by device)")
+    for flag, dest, kind, text in (
+            ("--vocab-size", "vocab_size", int, "vocabulary V"), ("--d-model", "d_model", int, "model width C"),
+            ("--layers", "n_layers", int, "encoder blocks"), ("--heads", "n_heads", int, "attention heads"),
+            ("--d-ff", "d_ff", int, "feed-forward width (default 4 C)"), ("--seq-len", "seq_len", int, "tokens N"),
+            ("--batch-size", "batch_size", int, "sequences B"),
+            ("--warmup", "warmup", int, "untimed steps per implementation (the trial step included)")):
+        p.add_argument(flag, dest=dest, type=kind, help=text)
+    p.add_argument("--repeats", "--steps", dest="repeats", type=int,
+                   help="timed steps per implementation (median and IQR over these)")
+    p.add_argument("--precision", choices=sorted(TRAINING_PRECISIONS), help="fp32, or bf16 autocast")
+    p.add_argument("--impls", nargs="+", help=f"implementations (default: {' '.join(TRAINING_IMPLS)})")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout p on embeddings and residual branches")
+    p.add_argument("--attention-dropout", type=float, default=0.1,
+                   help="dropout p on attention weights (minitx:flash needs 0)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: PyTorch's choice)")
+    p.add_argument("--cpu-clock", choices=["wall", "thread"], default="wall",
+                   help="CPU timer (thread: needs --threads 1)")
+    p.add_argument("--out", type=Path, help="write the results JSON here")
+    p.add_argument("--table", type=Path, help="write the markdown table here")
+    p.add_argument("--plot", type=Path, help="write the tokens/s bar plot (PNG) here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def training_config_from_args(args: argparse.Namespace) -> TrainingBenchConfig:
+    preset = TRAINING_PRESETS[args.preset or ("gpu" if torch.device(args.device).type == "cuda" else "cpu")]
+    values = {name: getattr(args, name) if getattr(args, name) is not None else default
+              for name, default in preset.items()}
+    return TrainingBenchConfig(**values, impls=args.impls or list(TRAINING_IMPLS), dropout=args.dropout,
+                               attention_dropout=args.attention_dropout, device=args.device, seed=args.seed,
+                               threads=args.threads, cpu_clock=args.cpu_clock)
+
+
+def training_main(args: argparse.Namespace) -> int:
+    try:
+        config = training_config_from_args(args)
+        config.validate()
+    except ValueError as exc:
+        raise SystemExit(f"minitx bench training: {exc}") from None
+    start, env, load_start = time.perf_counter(), environment(config.device), os.getloadavg()
+    try:
+        records = run_training_bench(config, progress=None if args.quiet else lambda line: print(line, flush=True))
+    except ImportError as exc:  # the reference is transformers' BertForMaskedLM
+        raise SystemExit(f"minitx bench training: needs transformers (pip install 'minitx[dev]'): {exc}") from None
+    document = training_document(records, config.to_dict(), config.device, env=env, load_start=load_start)
+    table = training_table(document)
+    print(table)
+    if args.out:
+        print(f"results: {write_json(document, args.out)}")
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table, encoding="utf-8")
+        print(f"table: {args.table}")
+    if args.plot:
+        plot_training(document, args.plot)
+        print(f"plot: {args.plot}")
+    print(f"{len(records)} implementations in {time.perf_counter() - start:.1f} s")
+    return 0
