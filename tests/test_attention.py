@@ -4,6 +4,7 @@ import importlib
 
 import pytest
 import torch
+from einops import rearrange
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -261,3 +262,43 @@ def test_alibi_bias_as_a_float_mask_in_another_dtype(backend):
     scores = q @ k.transpose(-2, -1) / 3 ** 0.5 + bias.double()  # (B, H, N, M)
     scores = scores.masked_fill(~pad[:, None, None, :], float("-inf"))
     torch.testing.assert_close(out, torch.softmax(scores, dim=-1) @ v)
+
+
+def test_mha_output_is_a_sum_of_differently_projected_heads():
+    """(mha.4): MHA = sum_h O_h W_O^(h) + b_O, with W_O^(h) the h-th block of D input columns of out_proj."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(12, 3).double().eval()
+    x = torch.randn(2, 5, 12, dtype=F64)
+    out, weights = mha(x, return_weights=True)  # weights (B, H, N, M)
+    v = rearrange(mha.v_proj(x), "b m (h d) -> b h m d", h=3)  # (B, M, C) -> (B, H, M, D)
+    heads = weights @ v  # (B, H, N, D): O_h
+    w_o = rearrange(mha.out_proj.weight, "c (h d) -> h d c", h=3)  # (C, C) -> (H, D, C): W_O^(h) as D x C
+    per_head = torch.einsum("bhnd,hdc->bhnc", heads, w_o)  # each head written into the full width
+    torch.testing.assert_close(out, per_head.sum(1) + mha.out_proj.bias)
+    # and not the average of the heads (the mistake the page warns about)
+    assert not torch.allclose(out, per_head.mean(1) + mha.out_proj.bias)
+
+
+@pytest.mark.parametrize("d_model,n_heads", [(768, 1), (768, 12), (12, 3), (8, 8)])
+def test_mha_parameter_count_is_independent_of_heads(d_model, n_heads):
+    """(mha.5): 4C^2 + 4C parameters with biases (2 362 368 for C = 768), 4C^2 without."""
+    count = sum(p.numel() for p in MultiHeadAttention(d_model, n_heads).parameters())
+    assert count == 4 * d_model**2 + 4 * d_model
+    if d_model == 768:
+        assert count == 2_362_368
+    no_bias = MultiHeadAttention(d_model, n_heads, bias=False)
+    assert sum(p.numel() for p in no_bias.parameters()) == 4 * d_model**2
+
+
+@pytest.mark.parametrize("n,m,c,h", [(5, 5, 12, 3), (3, 7, 8, 2), (6, 2, 16, 4)])
+def test_mha_matmul_flops_match_the_cost_formula(n, m, c, h):
+    """(mha.6), counted by PyTorch's FlopCounterMode on the math backend: projections 2NC^2 (Q, out) +
+    2 * 2MC^2 (K, V), which is 8NC^2 for self-attention, plus 2NMD per head for QK^T and for PV."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mha = MultiHeadAttention(c, h, backend="math")
+    x, context = torch.randn(1, n, c), torch.randn(1, m, c)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        mha(x, context=None if n == m else context)
+    projections = 8 * n * c * c if n == m else 4 * n * c * c + 4 * m * c * c
+    assert counter.get_total_flops() == projections + 4 * n * m * c
