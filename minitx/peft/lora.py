@@ -66,8 +66,9 @@ class LoRALinear(nn.Module):
     """A frozen `base` Linear plus the low-rank path s * B A, s = alpha / r (alpha / sqrt(r) with rsLoRA) (lora.5).
 
     `lora_A` (r, in_features) starts kaiming-uniform (a=sqrt(5)) as in PEFT; `lora_B` (out_features, r) starts at
-    zero, so a fresh LoRALinear computes exactly `base` (lora.1 with B = 0). `merge()` folds s B A into the base
-    weight (lora.6) and the forward then uses the base alone (so A and B get no gradient until `unmerge()`).
+    zero, so a fresh LoRALinear computes exactly `base` (lora.1 with B = 0); the two train r (in + out) parameters
+    (lora.7). `merge()` folds s B A into the base weight (lora.6) and the forward then uses the base alone (so A
+    and B get no gradient until `unmerge()`).
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False):
