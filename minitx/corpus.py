@@ -53,6 +53,9 @@ NEGATIVE_ADJECTIVES = [
     "vain", "wicked", "sullen", "spiteful", "boring", "clumsy", "stubborn", "horrible", "miserable", "terrible",
 ]
 NEGATORS = ["not", "never"]
+# The subject's determiner carries its number too: a frequent, few-token cue that a small model picks up fast.
+DETERMINERS = (["this", "every", "each"], ["these", "many", "some"])  # (singular, plural)
+PRONOUNS = ("it", "they")
 
 # Kinds of determined positions, in the order of their integer codes (code = index + 1; 0 = not determined).
 KINDS = ("agreement", "bracket", "phrase")
@@ -61,7 +64,7 @@ FREE_KINDS = ("subject",)
 
 # Generator probabilities (documented in docs/data.md).
 P_PLURAL, P_PREFIX, P_ASIDE, P_ASIDE_EARLY = 0.5, 0.35, 0.4, 0.5
-P_NEGATED, P_POSITIVE, P_AND, P_BUT, P_ADJ = 0.5, 0.5, 0.35, 0.35, 0.3
+P_NEGATED, P_POSITIVE, P_AND, P_BUT, P_SO, P_ADJ = 0.5, 0.5, 0.3, 0.3, 0.3, 0.3
 SPLIT_BUCKETS = {"train": range(0, 80), "validation": range(80, 90), "test": range(90, 100)}
 
 
@@ -154,17 +157,19 @@ def _all_words() -> set[str]:
     words = {w for pair in SUBJECT_NOUNS + PLACE_NOUNS + BRACKETS for w in pair}
     words |= {w for phrase in FIXED_PHRASES for w in phrase}
     words |= set(PREPOSITIONS + RELATIVE_VERBS + SPEECH_VERBS + NEUTRAL_ADJECTIVES + CAUSE_NOUNS)
-    words |= set(POSITIVE_ADJECTIVES + NEGATIVE_ADJECTIVES + NEGATORS)
-    return words | {"the", "that", "as", "is", "are", "and", "but", ",", "."}
+    words |= set(POSITIVE_ADJECTIVES + NEGATIVE_ADJECTIVES + NEGATORS + DETERMINERS[0] + DETERMINERS[1])
+    return words | set(PRONOUNS) | {"the", "that", "as", "is", "are", "and", "but", "so", ",", "."}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The grammar:
-#   S      -> [PHRASE the CAUSE ,] NP MOD+ [ASIDE] COP [NEG] ADJ [and ADJ' | but ADJ''] [ASIDE] .
-#   NP     -> the [NEUTRAL] NOUN            MOD -> PREP the [NEUTRAL] PLACE | that RELVERB the [NEUTRAL] NOUN
+#   S      -> [PHRASE the CAUSE ,] DET [NEUTRAL] NOUN MOD+ [ASIDE] COP [NEG] ADJ [COORD] [ASIDE] .
+#   COORD  -> and ADJ' | but ADJ'' | so PRON COP ADJ*
+#   MOD    -> PREP the [NEUTRAL] PLACE | that RELVERB the [NEUTRAL] NOUN
 #   ASIDE  -> OPEN as the [NEUTRAL] NOUN SPEECHVERB CLOSE
-# COP agrees with the subject NOUN (never adjacent: at least one MOD sits between); CLOSE matches OPEN;
-# the last word of PHRASE follows from the word before. ADJ' shares ADJ's polarity, ADJ'' has the opposite one.
+# DET, COP and PRON agree with the subject NOUN (COP never adjacent: at least one MOD sits between); CLOSE
+# matches OPEN; the last word of PHRASE follows from the word before. ADJ' shares ADJ's polarity, ADJ'' has the
+# opposite one, ADJ* has the polarity of the whole predicate (ADJ's, flipped by NEG): the label.
 
 def generate_sentence(rng: random.Random) -> Sentence:
     """Draw one sentence (see the grammar above); label = polarity(ADJ) flipped by a negator."""
@@ -176,8 +181,11 @@ def generate_sentence(rng: random.Random) -> Sentence:
         determined[len(words) - 1] = "phrase"
         words += ["the", rng.choice(CAUSE_NOUNS), ","]
     plural = rng.random() < P_PLURAL
-    _noun_phrase(rng, words, SUBJECT_NOUNS, plural)
-    free[len(words) - 1] = "subject"
+    words.append(rng.choice(DETERMINERS[plural]))
+    if rng.random() < P_ADJ:
+        words.append(rng.choice(NEUTRAL_ADJECTIVES))
+    free[len(words)] = "subject"
+    words.append(rng.choice(SUBJECT_NOUNS)[plural])
     for _ in range(rng.choice((1, 1, 2))):
         _modifier(rng, words)
     r = rng.random()  # the aside sits before the copula (lengthening the agreement), at the end, or nowhere
@@ -190,7 +198,7 @@ def generate_sentence(rng: random.Random) -> Sentence:
     if negated:
         words.append(rng.choice(NEGATORS))
     positive = rng.random() < P_POSITIVE
-    _predicate(rng, words, positive)
+    _predicate(rng, words, positive, negated, plural)
     if aside_late:
         _aside(rng, words, determined)
     words.append(".")
@@ -224,8 +232,9 @@ def _aside(rng: random.Random, words: list[str], determined: dict[int, str]) -> 
     words.append(closer)
 
 
-def _predicate(rng: random.Random, words: list[str], positive: bool) -> None:
-    """ADJ [and ADJ' | but ADJ'']: coordination leaks polarity to a masked-LM without any label."""
+def _predicate(rng: random.Random, words: list[str], positive: bool, negated: bool, plural: bool) -> None:
+    """ADJ [and ADJ' | but ADJ'' | so PRON COP ADJ*]: the coordinations leak polarity to a masked LM without
+    any label, and `so` makes it compute the label itself (ADJ* follows polarity flipped by negation)."""
     same, other = (POSITIVE_ADJECTIVES, NEGATIVE_ADJECTIVES) if positive else (NEGATIVE_ADJECTIVES,
                                                                                 POSITIVE_ADJECTIVES)
     first = rng.choice(same)
@@ -235,6 +244,8 @@ def _predicate(rng: random.Random, words: list[str], positive: bool) -> None:
         words += ["and", rng.choice([a for a in same if a != first])]
     elif r < P_AND + P_BUT:
         words += ["but", rng.choice(other)]
+    elif r < P_AND + P_BUT + P_SO:
+        words += ["so", PRONOUNS[plural], "are" if plural else "is", rng.choice(other if negated else same)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ POSITIVE, NEGATIVE = set(corpus.POSITIVE_ADJECTIVES), set(corpus.NEGATIVE_ADJECT
 PLURAL_SUBJECTS = {pl for _, pl in corpus.SUBJECT_NOUNS}
 SUBJECTS = {w for pair in corpus.SUBJECT_NOUNS for w in pair}
 NOUNS = SUBJECTS | {w for pair in corpus.PLACE_NOUNS for w in pair}
+DETERMINERS = {"this": False, "every": False, "each": False, "these": True, "many": True, "some": True}
 PLURALS = PLURAL_SUBJECTS | {pl for _, pl in corpus.PLACE_NOUNS}
 
 
@@ -30,7 +31,7 @@ def sentences():
 def parse(words):
     """Independent parse: (subject index, copula index, predicated-adjective index, negated)."""
     start = words.index(",") + 1 if "," in words else 0  # skip the fixed-phrase prefix
-    assert words[start] == "the"
+    assert words[start] in DETERMINERS
     subject = start + 1 if words[start + 1] in SUBJECTS else start + 2
     depth, copula = 0, None
     for i in range(subject + 1, len(words)):  # the first is/are outside brackets (asides hold no copula anyway)
@@ -72,7 +73,9 @@ def test_agreement_follows_the_parsed_subject_across_a_distractor(sentences):
     for s in sentences:
         subject, copula, _, _ = parse(s.words)
         assert s.determined.get(copula) == "agreement"
-        assert s.words[copula] == ("are" if s.words[subject] in PLURAL_SUBJECTS else "is")
+        plural = s.words[subject] in PLURAL_SUBJECTS
+        assert s.words[copula] == ("are" if plural else "is")
+        assert DETERMINERS[s.words[subject - 1 - (s.words[subject - 1] not in DETERMINERS)]] == plural
         assert copula - subject > 3  # the cue is always more than three positions back
         nearest = [w for w in s.words[subject + 1:copula] if w in NOUNS][-1]  # a distractor always intervenes
         nearest_noun_right += (nearest in PLURALS) == (s.words[copula] == "are")
@@ -126,14 +129,21 @@ def test_label_is_polarity_flipped_by_negation_and_balanced(sentences):
 
 
 def test_coordination_leaks_polarity(sentences):
-    # "and" joins adjectives of one polarity, "but" of opposite ones: the unlabelled signal MLM can learn from.
+    # "and" joins adjectives of one polarity, "but" of opposite ones, and "so it is ADJ" states the label:
+    # the unlabelled signals MLM can learn from.
     seen = Counter()
     for s in sentences:
         for a, conj, b in zip(s.words, s.words[1:], s.words[2:]):
             if conj in ("and", "but") and a in POSITIVE | NEGATIVE:
                 seen[conj] += 1
                 assert ((a in POSITIVE) == (b in POSITIVE)) == (conj == "and")
-    assert seen["and"] > 500 and seen["but"] > 500
+        if "so" in s.words:
+            seen["so"] += 1
+            i = s.words.index("so")
+            plural = s.words[parse(s.words)[0]] in PLURAL_SUBJECTS
+            assert s.words[i + 1:i + 3] == (["they", "are"] if plural else ["it", "is"])
+            assert (s.words[i + 3] in POSITIVE) == bool(s.label)
+    assert min(seen["and"], seen["but"], seen["so"]) > 500
 
 
 def test_chance_baselines_match_measured_majority_frequencies(sentences):
