@@ -220,6 +220,16 @@ def test_gelu_gradcheck_and_known_values():
     _close(dy, torch.tensor([0.5, 1.0, 0.0], **F64))
 
 
+def test_gelu_is_the_exact_form_not_the_tanh_approximation():
+    """(gelu.3), written out here, is what F.gelu(approximate="tanh") computes; minitx's gelu (gelu.1) differs
+    from it by up to about 5e-4, as the page says, so it really is the exact erf form."""
+    x = torch.linspace(-8.0, 8.0, 16001, **F64)
+    tanh_form = x / 2 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    _close(tanh_form, F.gelu(x, approximate="tanh"))
+    gap = (mf.gelu(x) - tanh_form).abs().max().item()
+    assert 4e-4 < gap < 5e-4
+
+
 # -------------------------------------------------------------------------------------------- causal mask
 
 @given(n=st.integers(0, 7), m=st.integers(0, 7))

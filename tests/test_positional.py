@@ -66,7 +66,7 @@ def test_rope_scores_depend_only_on_the_offset(p, p2, shift, half, seed):
 
 
 def test_rope_preserves_norms_and_matches_a_complex_number_implementation():
-    """(pos.4)-(pos.5): a rotation per pair, i.e. multiplication by e^{i p theta_i}."""
+    """(pos.4)-(pos.5) against the complex view (pos.3): a rotation per pair, i.e. multiplication by e^{i p theta_i}."""
     rope = RotaryEmbedding(8, base=500.0)
     q, k = torch.randn(2, 3, 7, 8, dtype=F64), torch.randn(2, 3, 7, 8, dtype=F64)
     q_rot, k_rot = rope(q, k)
