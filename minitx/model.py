@@ -133,7 +133,7 @@ class BertModel(nn.Module):
 
 
 class MLMHead(nn.Module):
-    """(bert.3): dense -> GELU -> LayerNorm -> decoder tied to the token embedding, plus its own bias."""
+    """(bert.3) = (mlm.5): dense -> GELU -> LayerNorm -> decoder tied to the token embedding, plus its own bias."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()

@@ -43,6 +43,7 @@ def padded_batch(vocab, max_pos, seed=1):
 
 @pytest.mark.parametrize("spec", CONFIGS, ids=[f"L{c[0]}-C{c[1]}-H{c[2]}" for c in CONFIGS])
 def test_from_hf_bert_logits_match(spec):
+    """Embeddings (bert.1), the post-LN stack (bert.2) and the tied MLM head (bert.3) agree with Hugging Face's."""
     hf = hf_bert(*spec)
     ours = from_hf_bert(hf).eval()
     ids, mask, types = padded_batch(spec[4], spec[5])

@@ -1,4 +1,4 @@
-"""The BERT-style model: tied MLM decoder, the loss it documents (mlm.1), padding, backends, heads, errors."""
+"""The BERT-style model (docs/math/bert.md): embeddings, stack, tied MLM decoder, its loss (mlm.1), heads, errors."""
 
 import pytest
 import torch
@@ -25,6 +25,7 @@ def batch(seed=0, vocab=30):
 
 
 def test_decoder_is_tied_to_token_embedding():
+    """(bert.3) = (mlm.5): logits = LN(GELU(W_t h + b_t)) E^T + b_dec, with E the token embedding itself."""
     torch.manual_seed(0)
     model = BertForMaskedLM(tiny())
     ids, mask = batch()
@@ -35,6 +36,56 @@ def test_decoder_is_tied_to_token_embedding():
     torch.testing.assert_close(logits, h @ model.bert.embeddings.token.weight.T + head.bias)
     keys = model.state_dict().keys()
     assert sum("embeddings.token.weight" in k for k in keys) == 1, "the tied matrix is stored once"
+
+
+def _randomize(model):
+    """Move every parameter off its init (LayerNorm gains of 1, zero biases) so each term of a formula shows."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def test_embeddings_are_the_normalized_sum_of_three_tables():
+    """(bert.1) in eval mode (no dropout): LN(E_tok[t_i] + E_seg[s_i] + E_pos[i])."""
+    torch.manual_seed(0)
+    emb = _randomize(BertModel(tiny())).embeddings.eval()
+    ids, _ = batch()
+    types = (torch.arange(ids.shape[1]) >= 4).long().expand_as(ids)
+    total = emb.token.weight[ids] + emb.segment.weight[types] + emb.position.weight[: ids.shape[1]]
+    expected = F.layer_norm(total, (16,), emb.norm.weight, emb.norm.bias, eps=1e-12)
+    torch.testing.assert_close(emb(ids, types), expected)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_is_the_blocks_in_order_on_the_embeddings(norm_first):
+    """(bert.2): h0 = e, h_l = Block_l(h_{l-1}, key mask), plus the final LayerNorm of a pre-LN stack."""
+    torch.manual_seed(0)
+    model = _randomize(BertModel(tiny(norm_first=norm_first))).eval()
+    ids, mask = batch()
+    h = model.embeddings(ids)
+    for block in model.blocks:
+        h = block(h, attention_mask=mask.bool())
+    if norm_first:
+        h = model.final_norm(h)
+    torch.testing.assert_close(model(ids, mask), h)
+    swapped = [model.blocks[1], model.blocks[0]]  # the order matters, so the check above can fail
+    h2 = model.embeddings(ids)
+    for block in swapped:
+        h2 = block(h2, attention_mask=mask.bool())
+    assert not torch.allclose(model(ids, mask), model.final_norm(h2) if norm_first else h2)
+
+
+@pytest.mark.parametrize("use_pooler", [True, False])
+def test_classifier_logits_are_the_head_on_the_pooled_cls_vector(use_pooler):
+    """(bert.4) pool = tanh(W_p h_0 + b_p), (bert.5) logits = W_c pool + b_c (eval: no dropout); or the raw h_0."""
+    torch.manual_seed(0)
+    model = _randomize(BertForSequenceClassification(tiny(), num_labels=3, use_pooler=use_pooler)).eval()
+    ids, mask = batch()
+    cls = model.bert(ids, mask)[:, 0]  # (B, N, C) -> (B, C): the [CLS] position
+    pooled = torch.tanh(cls @ model.pooler.dense.weight.T + model.pooler.dense.bias) if use_pooler else cls
+    expected = pooled @ model.classifier.weight.T + model.classifier.bias
+    torch.testing.assert_close(model(ids, mask).logits, expected)
 
 
 def test_mlm_loss_is_cross_entropy_over_labelled_positions():  # (mlm.1)
