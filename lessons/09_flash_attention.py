@@ -45,7 +45,8 @@ torch.manual_seed(0)
 # passes: one for $m$, one for $\ell = \sum_j e^{x_j - m}$. The online version keeps a running maximum and a
 # running sum, and whenever the maximum grows it **rescales** the sum so far by $e^{m_\text{old} - m_\text{new}}$:
 #
-# $$ m \leftarrow \max(m, \max_{j \in T} x_j), \qquad \ell \leftarrow e^{m_\text{old} - m}\,\ell + \sum_{j\in T} e^{x_j - m}. $$
+# $$ m \leftarrow \max(m, \max_{j \in T} x_j), \qquad
+#    \ell \leftarrow e^{m_\text{old} - m}\,\ell + \sum_{j\in T} e^{x_j - m}. $$
 #
 # Each old term $e^{x_j - m_\text{old}}$ times $e^{m_\text{old} - m}$ is $e^{x_j - m}$: the rescaling is exact.
 
