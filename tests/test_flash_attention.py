@@ -157,6 +157,16 @@ def test_property_random_shapes_fp32(n, m, d, causal, scale, padded, seed):
     assert_as_accurate_as_plain_torch(q, k, v, dout, torch.float32, causal=causal, scale=scale, mask=mask)
 
 
+@pytest.mark.skipif(not fa.interpreting(), reason="on a GPU autotuning picks the tiles")
+@pytest.mark.parametrize("block_n, block_m", [(16, 32), (32, 16)])
+def test_unequal_query_and_key_tiles(monkeypatch, block_n, block_m):
+    """(flash.12) with BLOCK_N != BLOCK_M, as autotuning may pick on a GPU: the causal loop bounds still hold."""
+    monkeypatch.setitem(fa.INTERPRETER_BLOCKS, "BLOCK_N", block_n)
+    monkeypatch.setitem(fa.INTERPRETER_BLOCKS, "BLOCK_M", block_m)
+    q, k, v, dout, mask = make_inputs(1, 2, 41, 57, 16, "first_key_padded")
+    assert_as_accurate_as_plain_torch(q, k, v, dout, torch.float32, causal=True, mask=mask)
+
+
 def test_online_softmax_rescales_when_the_max_arrives_late():
     """(flash.3): scores grow along the keys, so every new tile raises the running max by a lot."""
     q, k, v, dout, _ = make_inputs(1, 1, 17, 130, 16)

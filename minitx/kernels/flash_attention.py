@@ -79,6 +79,8 @@ def _check_inputs(q, k, v, causal, scale, attention_mask) -> None:
         if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != expected:
             got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
             raise ValueError(f"attention_mask: expected a (B, M) = {expected} tensor, 1/True = real token; got {got}")
+        if attention_mask.device != q.device:
+            raise ValueError(f"attention_mask: expected device {q.device} as q, got {attention_mask.device}")
 
 
 def _check_device(q: torch.Tensor) -> None:
