@@ -23,19 +23,12 @@ CITE = re.compile(r"\b([a-z]+)\.(\d+)\b(?:\)?\s*[-–—]\s*\(?(?:\1\.)?(\d+)\b)
 PAREN = re.compile(r"\(([a-z]+)\.(\d+)(?:[-–](\d+))?\)")  # any (word.N): catches typos in unknown prefixes
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
-# Labels that no test cites yet, on pages still being written by others (flash_attention.md, mlm.md). Each is
-# implemented and exercised, but no test names it. The lead removes an entry once a test cites the label;
-# test_allowance_is_not_stale fails as soon as one is cited, to say so.
-ALLOWANCE = {
-    "flash.1",   # the definition; tests compare against a plain-PyTorch reference without naming it
-    "flash.8",   # head-dim padding to BLOCK_D; odd head dims are tested, the label is not cited
-    "flash.9",   # exp2 with log2(e) folded into the scale; cited by the kernels only
-    "flash.13",  # recomputing P from the logsumexp in the backward; cited by the kernels only
-}
+# Labels that no test cites yet. Each entry needs a reason; test_allowance_is_not_stale fails as soon as a test
+# cites one, so the list only shrinks.
+ALLOWANCE: set[str] = set()
 
-# Broken links in files this test's author may not edit, as (page, target). README.md (the lead's) still points
-# at minitx/finetune.py, which became the package minitx/finetune/. Remove the entry once the link is fixed.
-LINK_ALLOWANCE = {("README.md", "minitx/finetune.py")}
+# Broken links, as (page, target), tolerated while a page is being written. Empty: every link resolves.
+LINK_ALLOWANCE: set[tuple[str, str]] = set()
 
 
 def defined_labels() -> dict[str, list[str]]:
