@@ -1,0 +1,66 @@
+"""`minitx demo`: the README's first command. Pretrain on the built-in language, show the model filling in
+blanks, LoRA fine-tune a sentiment classifier from 256 labels, and classify a few sentences."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from minitx.finetune.config import FinetuneConfig
+from minitx.finetune.inference import predict
+from minitx.finetune.recipe import run_finetuning
+
+FILL_MASK_EXAMPLES = [  # one per kind of determined position (docs/data.md), then one free adjective
+    "the dogs near the old river [MASK] happy .",
+    "the king ( as the farmer said [MASK] is brave .",
+    "because [MASK] the rain , the city is calm .",
+    "the teacher that saw the cats is kind and [MASK] .",
+]
+CLASSIFY_EXAMPLES = ["the song is wonderful .", "the song is not wonderful .", "the poets are cruel but honest .",
+                     "the baker behind the wall is never rude ."]
+# --fast: a few seconds of work, for tests and a first look; the real demo uses the recipes' defaults.
+FAST_PRETRAIN = dict(max_steps=60, train_sentences=2000, eval_sentences=100, d_model=32, n_heads=2, d_ff=64,
+                     vocab_size=300, eval_every=0, batch_size=32)
+FAST_FINETUNE = dict(max_steps=30, eval_every=10, n_test=200, n_validation=100)
+
+
+def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, seed: int = 0,
+             progress: bool = True) -> dict[str, Any]:
+    """Pretrain (out_dir/pretrain) then LoRA fine-tune (out_dir/finetune); return both summaries and timings."""
+    from minitx.pretrain import PretrainConfig, fill_mask, run_pretraining
+    from minitx.fill_mask import format_predictions
+    out, began = Path(out_dir), time.perf_counter()
+    pretrain = run_pretraining(PretrainConfig(out_dir=str(out / "pretrain"), seed=seed, progress=progress,
+                                              **(FAST_PRETRAIN if fast else {})))
+    print("\nThe pretrained model fills in blanks (it has never seen a label):")
+    for text in FILL_MASK_EXAMPLES:
+        print(format_predictions(text, fill_mask(pretrain.model, pretrain.tokenizer, text, top_k=3)))
+    print("\nLoRA fine-tuning a sentiment classifier on the built-in task:")
+    finetune = run_finetuning(FinetuneConfig(from_checkpoint=str(out / "pretrain"), method="lora", seed=seed,
+                                             out_dir=str(out / "finetune"), progress=progress,
+                                             **(FAST_FINETUNE if fast else {})))
+    probs = predict(finetune.model, finetune.tokenizer, CLASSIFY_EXAMPLES)
+    print("\nClassifying new sentences:")
+    names = ("negative", "positive")
+    for text, p in zip(CLASSIFY_EXAMPLES, probs):
+        print(f"  {names[int(p.argmax())]:<8} {float(p.max()):6.1%}  {text}")
+    seconds = time.perf_counter() - began
+    print(f"\ntest accuracy {finetune.summary['test_accuracy']:.2%} from "
+          f"{finetune.summary['examples']['train']} labels, training "
+          f"{finetune.summary['trainable_share']:.2%} of the weights; demo took {seconds:.0f} s. "
+          f"Try: minitx classify {out / 'finetune'} \"the film is not good .\"")
+    return {"pretrain": pretrain.summary, "finetune": finetune.summary, "wall_time_s": seconds}
+
+
+def demo_main(argv: Sequence[str], prog: str = "minitx demo") -> int:
+    """`minitx demo [--out-dir runs/demo] [--fast] [--seed 0]`."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", default="runs/demo", help="where the two runs go (default: runs/demo)")
+    parser.add_argument("--fast", action="store_true", help="a tiny model and a few steps (seconds, not minutes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of both runs (default: 0)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    args = parser.parse_args(list(argv))
+    run_demo(args.out_dir, fast=args.fast, seed=args.seed, progress=args.progress)
+    return 0
