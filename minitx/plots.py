@@ -147,3 +147,30 @@ def flash_tiling(n: int, m: int, block_n: int, block_m: int, causal: bool = True
     ax.set_ylabel(f"query i (tiles of {block_n}); one program per row of tiles")
     ax.set_title(title or f"FlashAttention tiles, N={n}, M={m}" + (", causal" if causal else ""), fontsize=10)
     return _finish(fig, path)
+
+
+# --- fine-tuning methods compared (owner: finetune recipe, benchmarks/peft_experiment.py, lesson 07) ---
+def method_accuracy(accuracies: dict[str, dict[str, Sequence[float]]], chance: float | None = 0.5,
+                    title: str = "test accuracy by method", path: str | os.PathLike | None = None) -> plt.Figure:
+    """Grouped bars: {label budget: {method: [accuracy per seed]}} -> one group per method, one bar per budget,
+    the bar at the mean, a line for ± one standard deviation, and a dot per seed (few seeds: show them all)."""
+    budgets = list(accuracies)
+    methods = list(dict.fromkeys(m for b in budgets for m in accuracies[b]))
+    width = 0.8 / max(len(budgets), 1)
+    fig, ax = plt.subplots(figsize=(1.3 * len(methods) + 2.4, 3.6))
+    for i, budget in enumerate(budgets):
+        xs = [j + (i - (len(budgets) - 1) / 2) * width for j in range(len(methods))]
+        values = [torch.tensor(list(accuracies[budget].get(m, [])), dtype=torch.float64) for m in methods]
+        means = [float(v.mean()) if len(v) else float("nan") for v in values]
+        stds = [float(v.std()) if len(v) > 1 else 0.0 for v in values]
+        ax.bar(xs, means, width * 0.9, yerr=stds, capsize=3, label=str(budget), alpha=0.85)
+        for x, v in zip(xs, values):
+            ax.scatter([x] * len(v), v.tolist(), s=9, color="black", zorder=3)
+    if chance is not None:
+        ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _finish(fig, path)
