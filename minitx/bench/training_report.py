@@ -125,7 +125,9 @@ def plot_training(document: dict | str | os.PathLike, path: str | os.PathLike | 
                     xytext=(0, 3), textcoords="offset points")
     ax.set_xticks(list(x), [r["impl"] for r in ok])
     ax.set_ylabel("tokens / s (median, p25..p75)")
-    ax.set_ylim(0, max(mid, default=1) * 1.35)
+    ax.set_xlabel("above each bar: its tokens/s over each HF implementation's (median of per-round ratios)",
+                  fontsize=8)
+    ax.set_ylim(0, max((m + e for m, e in zip(mid, err[1])), default=1.0) * 1.3)
     c, env = doc["config"], doc["environment"]
     ax.set_title(f"MLM training step, d_model {c['d_model']} x {c['n_layers']} layers, batch {c['batch_size']} x "
                  f"{c['seq_len']}, {c['precision']}, on {env['device_name']}", fontsize=9)
