@@ -7,8 +7,8 @@ are named `minitx:<attention backend>` and `hf:<attn_implementation>`. For each 
 
 1. **Gate.** With dropout off (eval mode) and in fp32, its loss on the batch must match the reference -- a
    `transformers.BertForMaskedLM` with eager attention holding the same weights -- within `loss_tolerance`
-   (1e-5), and its gradients within `grad_tolerance` (relative norm over all parameters). Otherwise the row
-   is "failed" and never timed: a fast step that computes another function is not a result.
+   (1e-5), and its gradients within `grad_tolerance` (relative norm over all parameters); see `training_gate`.
+   Otherwise the row is "failed" and never timed: a fast step that computes another function is not a result.
 2. **Trial.** One training step; an exception means "skipped" (this implementation cannot train here).
 3. **Timing.** Warm-up steps, then timed steps *interleaved* with the other implementations round by round,
    the order rotated each round, so drift in the machine's speed (neighbours, clock changes) hits all alike.
@@ -33,9 +33,10 @@ from torch import nn
 from minitx.attention import available_backends
 from minitx.bench.attention import _unsupported
 from minitx.bench.timing import CPU_CLOCKS, time_cuda, time_host
+from minitx.bench.training_gate import gate, loss_and_grads
 from minitx.bench.training_report import ratios, throughput
 from minitx.data import mask_tokens
-from minitx.interop import hf_to_minitx_names, to_hf_bert
+from minitx.interop import to_hf_bert
 from minitx.model import IGNORE_INDEX, BertConfig, BertForMaskedLM
 from minitx.tokenizer import SPECIAL_TOKENS
 from minitx.train import parameter_groups
@@ -44,12 +45,6 @@ DEFAULT_IMPLS = ("minitx:math", "minitx:sdpa", "minitx:flash", "hf:eager", "hf:s
 HF_ATTENTION = ("eager", "sdpa")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 PAD_ID, MASK_ID = SPECIAL_TOKENS.index("[PAD]"), SPECIAL_TOKENS.index("[MASK]")
-# HF's decoder shares its weight and bias with the word embeddings and `cls.predictions.bias`; whichever name
-# named_parameters() reports for a tied tensor, it has one minitx home.
-_HF_TIED = {"cls.predictions.decoder.weight": "bert.embeddings.token.weight",
-            "cls.predictions.decoder.bias": "mlm_head.bias"}
-
-
 @dataclass
 class TrainingBenchConfig:
     """Model size, batch and timing of the benchmark. Flat, so CLI flags map one to one onto fields."""
@@ -154,57 +149,6 @@ def attention_name(model: nn.Module) -> str:
     if isinstance(model, BertForMaskedLM):
         return f"minitx {model.config.attention_backend}"
     return f"transformers {getattr(model.config, '_attn_implementation', 'unknown')}"
-
-
-def _minitx_name(model: nn.Module, name: str, hf_names: dict[str, str]) -> str:
-    if isinstance(model, BertForMaskedLM):
-        return name
-    return hf_names.get(name) or _HF_TIED.get(name) or f"unmapped:{name}"
-
-
-def loss_and_grads(model: nn.Module, batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
-    """Loss and gradients of one fp32 forward + backward with dropout off (eval mode), gradients keyed by
-    minitx parameter names, so minitx and HF models compare name by name. Leaves no gradients behind."""
-    was_training = model.training
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
-    loss.backward()
-    hf_names = hf_to_minitx_names(model.config.num_hidden_layers) if not isinstance(model, BertForMaskedLM) else {}
-    grads = {_minitx_name(model, n, hf_names): p.grad.detach().double()
-             for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return loss.item(), grads
-
-
-def grad_error(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
-    """||g - g_ref|| / ||g_ref|| over all parameters together; inf if the parameter names differ or a
-    gradient is not finite."""
-    if set(grads) != set(reference):
-        return math.inf
-    diff = sum(float((grads[k] - reference[k]).square().sum()) for k in reference)
-    norm = sum(float(g.square().sum()) for g in reference.values())
-    return math.sqrt(diff / max(norm, 1e-300)) if math.isfinite(diff) else math.inf
-
-
-def gate(model: nn.Module, batch: dict, reference: tuple[float, dict], config: TrainingBenchConfig):
-    """(status "ok" | "failed", reason, measured values) of the correctness gate against the reference."""
-    loss, grads = loss_and_grads(model, batch)
-    ref_loss, ref_grads = reference
-    loss_diff, grad_err = abs(loss - ref_loss), grad_error(grads, ref_grads)
-    values = {k: (v if math.isfinite(v) else None) for k, v in
-              dict(loss=loss, reference_loss=ref_loss, loss_abs_diff=loss_diff, grad_rel_error=grad_err).items()}
-    problems = []
-    if not loss_diff <= config.loss_tolerance:
-        problems.append(f"|loss - reference| = {loss_diff:.3g} > {config.loss_tolerance:g}")
-    if not grad_err <= config.grad_tolerance:
-        extra = sorted(set(grads) ^ set(ref_grads))[:3]
-        problems.append(f"gradient relative error {grad_err:.3g} > {config.grad_tolerance:g}"
-                        + (f" (parameters differ: {extra})" if extra else ""))
-    if problems:
-        return "failed", "gate against the HF eager reference (fp32, dropout off): " + "; ".join(problems), values
-    return "ok", None, values
 
 
 def make_step(model: nn.Module, batch: dict, config: TrainingBenchConfig) -> Callable[[], None]:
