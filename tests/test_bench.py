@@ -289,9 +289,9 @@ def test_table_is_derived_from_the_json(cli_run):
     assert "| 123 |" in results_table(doc)
 
 
-def test_cli_training_is_a_clear_stub_and_bad_flags_fail():
-    with pytest.raises(SystemExit, match="not yet implemented"):
-        bench_main(["training"], prog="minitx bench")
+def test_cli_bad_flags_fail_with_the_flag_named():
+    with pytest.raises(SystemExit, match="n_heads"):
+        bench_main(["training", "--d-model", "30", "--heads", "4"], prog="minitx bench")
     with pytest.raises(SystemExit, match="model_dim"):
         bench_main(["attention", "--head-dims", "48", "--model-dim", "64", "--quiet"], prog="minitx bench")
     with pytest.raises(SystemExit):
