@@ -13,8 +13,9 @@ from minitx.bench.attention import AttentionBenchConfig, run_sweep
 from minitx.bench.cli import bench_main
 from minitx.bench.flops import arithmetic_intensity, attention_flops, roofline, tflops_per_second
 from minitx.bench.report import plot_tflops, results_document, results_table, write_json
+from minitx.bench.training import TrainingBenchConfig, run_training_bench
 from minitx.bench.timing import TimingStats, summarize, time_fn, time_host
 
 __all__ = ["AttentionBenchConfig", "run_sweep", "bench_main", "arithmetic_intensity", "attention_flops",
            "roofline", "tflops_per_second", "plot_tflops", "results_document", "results_table", "write_json",
-           "TimingStats", "summarize", "time_fn", "time_host"]
+           "TimingStats", "summarize", "time_fn", "time_host", "TrainingBenchConfig", "run_training_bench"]
