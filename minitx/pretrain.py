@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -59,6 +60,8 @@ class PretrainConfig(TrainConfig):
     n_layers: int = _f(2, "encoder blocks")
     n_heads: int = _f(4, "attention heads H (d_model must be divisible by it)")
     d_ff: int = _f(256, "feed-forward width")
+    init_std: float = _f(0.02, "std of the normal initial weights (BERT: 0.02)")
+    norm_first: bool = _f(False, "pre-LN blocks (LayerNorm before each sublayer) instead of BERT's post-LN")
     dropout: float = _f(0.0, "dropout on embeddings, residual branches and attention weights")
     attention_backend: str = _f("sdpa", "attention backend", choices=("math", "sdpa", "flash"))
     # Batches
@@ -105,7 +108,8 @@ class PretrainResult:
 def model_config(config: PretrainConfig, tokenizer: WordPieceTokenizer) -> BertConfig:
     return BertConfig(vocab_size=tokenizer.vocab_size, d_model=config.d_model, n_layers=config.n_layers,
                       n_heads=config.n_heads, d_ff=config.d_ff, max_position=config.max_length,
-                      dropout=config.dropout, attention_dropout=config.dropout,
+                      dropout=config.dropout, attention_dropout=config.dropout, norm_first=config.norm_first,
+                      initializer_range=config.init_std,
                       attention_backend=config.attention_backend, pad_token_id=tokenizer.pad_id)
 
 
@@ -146,6 +150,9 @@ class TextCorpus:
         self.config = config
         self.eval_examples = list(itertools.islice(self._lines("validation"), config.eval_sentences))
         self.probe_sentences = []  # plain text marks no determined positions
+        if config.eval_sentences and not self.eval_examples:
+            warnings.warn(f"text: no held-out lines in {config.text} (a line is held out by a hash of its text, "
+                          f"about 1 in 10 distinct lines); evaluation will report nothing")
         if next(self._lines("train"), None) is None:
             raise ValueError(f"text: expected at least one non-empty training line in {config.text}, found none")
 
