@@ -56,8 +56,8 @@ def test_each_method_writes_a_run_whose_reloaded_model_scores_what_the_summary_s
     summary = json.loads((run_dir / "summary.json").read_text())
     model, tokenizer, info = load_finetuned(run_dir)
     test = load_splits(config)["test"]
-    accuracy = (predict(model, tokenizer, test.texts).argmax(-1) == torch.tensor(test.labels)).float().mean()
-    assert summary["test_accuracy"] == pytest.approx(float(accuracy), abs=1e-9)
+    right = int((predict(model, tokenizer, test.texts).argmax(-1) == torch.tensor(test.labels)).sum())
+    assert summary["test_accuracy"] == pytest.approx(right / len(test), abs=1e-12)
     trainable = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
     assert summary["trainable_parameters"] == trainable
     assert summary["trainable_share"] == pytest.approx(trainable / summary["total_parameters"])
@@ -182,6 +182,7 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_validation_weights(pretr
     assert s["stopped_early"] and s["steps_run"] < config.max_steps
     evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["split"] == "eval"]
+    assert evals[-1].get("early_stop") and evals[-1]["step"] == s["steps_run"]
     best = max(evals, key=lambda r: (r["accuracy"], -r["loss"]))
     assert s["best_step"] == best["step"] and s["best_validation_accuracy"] == best["accuracy"]
     assert s["best_step"] != s["steps_run"]  # the kept weights are not simply the last ones

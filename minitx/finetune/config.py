@@ -35,7 +35,7 @@ class FinetuneConfig(TrainConfig):
     # The method
     method: str = _f("lora", "what trains besides the classifier head", choices=METHODS)
     lora_r: int = _f(8, "LoRA rank r (lora.1)")
-    lora_alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r (lora.2)")
+    lora_alpha: float = _f(16.0, "LoRA alpha; the update B A is scaled by s = alpha / r (lora.1)")
     lora_dropout: float = _f(0.0, "dropout on LoRA's input path")
     lora_targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"], metadata={
         "help": "Linear modules LoRA wraps (names or re:<regex>); default query and value, as in the LoRA paper"})

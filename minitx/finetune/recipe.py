@@ -3,7 +3,7 @@ training loop with validation, early stopping that keeps the best weights, and a
 
 The head is (bert.5): logits = W Drop(pool(h)) + b. It is new, so it trains under every method; what else trains
 is the method's choice (docs/math/lora.md): everything (full), low-rank updates of the attention projections
-(lora.1-2), bottleneck adapters after each sublayer (adapter.1) or the bias terms alone (bitfit.1).
+(lora.1), bottleneck adapters after each sublayer (adapter.1) or the bias terms alone (bitfit.1).
 """
 
 from __future__ import annotations
@@ -166,32 +166,16 @@ def run_finetuning(config: FinetuneConfig) -> FinetuneResult:
     encoded = {name: encode_split(split, tokenizer, max_length) for name, split in splits.items()}
     changed = apply_method(model, config)
     trainable, total, share = trainable_parameters_report(model)
-    best, result, trained_s = BestWeights(model, config.patience), None, time.perf_counter()
-    where = {"step": 0}
-    batch_fn = make_batch_fn(encoded["train"], config.batch_size, config.seed, config.grad_accum_steps)
-
-    def tracked_batch_fn(step: int, *rest: int) -> dict[str, torch.Tensor]:
-        where["step"] = step  # the eval hook learns the step from here: train() calls it with the model only
-        return batch_fn(step, *rest)
-
-    def eval_fn(m: nn.Module) -> dict[str, float]:
-        metrics = evaluate(m, encoded["validation"])
-        best.update(where["step"], metrics["accuracy"], metrics["loss"])
-        return metrics
-
-    try:
-        result = train(model, tracked_batch_fn, classification_loss, config, eval_fn)
-    except EarlyStop as stop:
-        print(f"early stopping: {stop}")
+    trained_s = time.perf_counter()
+    result, best, steps_run = train_with_early_stopping(model, encoded, config)
     trained_s = time.perf_counter() - trained_s
-    best.restore()
     test = evaluate(model, encoded["test"]) if "test" in encoded else {}
     summary = {
         "method": config.method, "from": config.from_checkpoint or "scratch",
         "examples": {name: len(split) for name, split in splits.items()},
         "test_accuracy": test.get("accuracy"), "test_loss": test.get("loss"),
         "best_validation_accuracy": best.best[0] if best.best else None, "best_step": best.best_step,
-        "steps_run": where["step"], "stopped_early": result is None,
+        "steps_run": steps_run, "stopped_early": result is None,
         "trainable_parameters": trainable, "total_parameters": total, "trainable_share": share,
         "modules_changed": len(changed), "train_time_s": round(trained_s, 2),
         "wall_time_s": round(time.perf_counter() - began, 2), "lr": config.lr,
@@ -200,6 +184,36 @@ def run_finetuning(config: FinetuneConfig) -> FinetuneResult:
     paths = save_run(config, model, tokenizer, summary) if config.out_dir else {}
     print(format_summary(summary))
     return FinetuneResult(summary, model, tokenizer, result, paths)
+
+
+def train_with_early_stopping(model: nn.Module, encoded: dict[str, dict[str, torch.Tensor]],
+                              config: FinetuneConfig) -> tuple[TrainResult | None, BestWeights, int]:
+    """The shared loop, validating every eval_every steps; stops after `patience` validations without a better
+    one and leaves the best validation weights in `model`. Returns (loop result or None if stopped, the
+    tracker, the last step run)."""
+    best, where = BestWeights(model, config.patience), {"step": 0}
+    batch_fn = make_batch_fn(encoded["train"], config.batch_size, config.seed, config.grad_accum_steps)
+
+    def tracked_batch_fn(step: int, *rest: int) -> dict[str, torch.Tensor]:
+        where["step"] = step  # the eval hook learns the step from here: train() calls it with the model only
+        return batch_fn(step, *rest)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        where["eval"] = evaluate(m, encoded["validation"])
+        best.update(where["step"], where["eval"]["accuracy"], where["eval"]["loss"])
+        return where["eval"]
+
+    result = None
+    try:
+        result = train(model, tracked_batch_fn, classification_loss, config, eval_fn)
+    except EarlyStop as stop:
+        print(f"early stopping: {stop}")
+        if config.out_dir:  # the loop never logged the validation that stopped it
+            record = {"step": where["step"], "split": "eval", **where["eval"], "early_stop": True}
+            with open(Path(config.out_dir) / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+    best.restore()
+    return result, best, where["step"]
 
 
 def label_names(config: FinetuneConfig) -> list[str]:
