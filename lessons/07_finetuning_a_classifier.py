@@ -1,0 +1,144 @@
+# %% [markdown]
+# # Lesson 07: fine-tuning a classifier, and measuring what pretraining buys
+#
+# The BERT recipe: pretrain an encoder on unlabelled text with the masked-LM objective, then put a small head on
+# its `[CLS]` vector and train on labels, (bert.5) in docs/math/bert.md:
+#
+# $$ \text{logits} = W\, \mathrm{Drop}(h_{[CLS]}) + b . $$
+#
+# The claim behind it: the pretrained encoder already represents what the task needs, so few labels suffice —
+# and LoRA (lora.1), $y = W x + b + s\,BA\,x$ with $W$ frozen, gets there training a small share of the weights.
+# This lesson builds the classifier from a pretrained model, checks what LoRA freezes, fine-tunes with
+# `minitx.finetune`, and then *measures* the claim against training from scratch instead of repeating it.
+
+# %%
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from minitx.finetune import FinetuneConfig, predict, run_finetuning
+from minitx.model import BertForSequenceClassification
+from minitx.peft import apply_lora, trainable_parameters_report
+from minitx.plots import method_accuracy, output_dir
+from minitx.pretrain import PretrainConfig, run_pretraining
+
+FAST = os.environ.get("MINITX_FAST") == "1"
+OUT = output_dir()
+torch.set_num_threads(1)  # small matrices: on a shared machine more threads only spin
+# Fast mode: a tiny encoder pretrained for seconds. Otherwise minitx pretrain's defaults (a few minutes).
+PRETRAIN = (dict(max_steps=150, train_sentences=3000, eval_sentences=100, d_model=32, n_heads=2, d_ff=64,
+                 vocab_size=400, eval_every=0, batch_size=32) if FAST else {})
+pre = run_pretraining(PretrainConfig(out_dir=str(OUT / "pretrain"), progress=False, **PRETRAIN))
+
+# %% [markdown]
+# ## The classifier: a copied encoder and a new head
+#
+# `BertForSequenceClassification.from_pretrained_mlm` copies the encoder (embeddings and blocks) and draws a new
+# head. The MLM head (dense, LayerNorm, tied decoder) is left behind: it predicted tokens, not labels.
+
+# %%
+clf = BertForSequenceClassification.from_pretrained_mlm(pre.model, num_labels=2, use_pooler=False, seed=0)
+pretrained_encoder = pre.model.bert.state_dict()
+assert all(torch.equal(v, pretrained_encoder[k]) for k, v in clf.bert.state_dict().items())
+print("encoder copied exactly:", len(pretrained_encoder), "tensors")
+
+# %% [markdown]
+# ## LoRA: what trains, and why the model starts where pretraining left it
+#
+# `apply_lora` wraps the query and value projections; $B$ starts at zero, so at step 0 the wrapped model computes
+# exactly what the plain one did, bit for bit. Only $A$, $B$ and the head will train.
+
+# %%
+batch = pre.tokenizer.encode_batch(["the dog is happy .", "the kings are not cruel ."])
+clf.eval()
+with torch.no_grad():
+    before = clf(batch["input_ids"], batch["attention_mask"]).logits
+apply_lora(clf, ["q_proj", "v_proj"], r=8, alpha=16, trainable_modules=("classifier",))
+with torch.no_grad():
+    after = clf(batch["input_ids"], batch["attention_mask"]).logits
+trainable, total, share = trainable_parameters_report(clf)
+print(f"LoRA r=8 on q_proj, v_proj: {trainable:,} of {total:,} parameters train ({share:.2%})")
+assert torch.equal(before, after), "a fresh LoRA (B = 0) must not change the model"
+assert share < 0.10
+
+# %% [markdown]
+# ## Fine-tuning with the recipe
+#
+# `run_finetuning` does the above, trains on the shared loop with validation and early stopping, restores the
+# best validation weights, and tests on held-out sentences. We fine-tune with LoRA and check the frozen
+# encoder weights came back byte-equal: LoRA's whole change lives in $A$, $B$ and the head.
+
+# %%
+STEPS = dict(max_steps=60, eval_every=10, n_test=400, n_validation=100) if FAST else {}
+lora = run_finetuning(FinetuneConfig(from_checkpoint=str(OUT / "pretrain"), method="lora", n_train_labels=256,
+                                     out_dir=str(OUT / "lora"), progress=False, **STEPS))
+weights = dict(lora.model.named_parameters())
+for name, value in pretrained_encoder.items():
+    wrapped = f"bert.{name}".replace("q_proj.weight", "q_proj.base.weight").replace("v_proj.weight", "v_proj.base.weight")
+    if wrapped in weights:
+        assert torch.equal(weights[wrapped], value), f"{wrapped} changed"
+print(predict(lora.model, lora.tokenizer, ["the song is wonderful .", "the song is not wonderful ."]))
+
+# %% [markdown]
+# ## Measuring the claim: pretrained vs from scratch, few labels vs many
+#
+# Same architecture and tokenizer, the same labelled sentences and test set; the only difference is where the
+# encoder's weights start. The label is "the adjective is positive, xor the sentence is negated", over 64
+# adjectives (docs/data.md): with 64 labels a model sees each adjective about once, so it can only generalise
+# to the others if its encoder already knows which adjectives are positive. With thousands of labels every
+# adjective is seen many times and what is left to learn is the xor with negation.
+#
+# In fast mode the encoder is tiny and trained for seconds, so the bars below are a smoke test, not evidence;
+# without MINITX_FAST the lesson pretrains with the default recipe and checks the gap at 4,096 labels.
+
+# %%
+BUDGETS = [64, 1024] if FAST else [64, 4096]
+COMPARE = dict(max_steps=40, eval_every=10, n_test=400, n_validation=100) if FAST else dict(max_steps=600,
+                                                                                               patience=0)
+accuracies: dict[str, dict[str, list[float]]] = {}
+for budget in BUDGETS:
+    row = accuracies.setdefault(f"{budget} labels", {})
+    for name, start in (("scratch", None), ("pretrained", str(OUT / "pretrain"))):
+        paths = {} if start else {"model_config": str(OUT / "pretrain" / "model_config.json"),
+                                  "tokenizer": str(OUT / "pretrain" / "tokenizer.json")}
+        config = FinetuneConfig(from_checkpoint=start, method="full", n_train_labels=budget, out_dir="",
+                                progress=False, **paths, **COMPARE)
+        row[name] = [run_finetuning(config).summary["test_accuracy"]]
+method_accuracy(accuracies, title="full fine-tuning: scratch vs pretrained",
+                path=OUT / "07_scratch_vs_pretrained.png")
+print(json.dumps(accuracies))
+if not FAST:  # many labels: the pretrained encoder learns the xor far better (measured: 95% vs 69% at 4,000)
+    many = accuracies[f"{BUDGETS[-1]} labels"]
+    assert many["pretrained"][0] > many["scratch"][0] + 0.10, many
+
+# %% [markdown]
+# ## What the full experiment found
+#
+# `benchmarks/peft_experiment.py` runs the comparison properly: the default pretraining recipe, six methods
+# (scratch, full, LoRA r=4 and r=8, adapters, BitFit), 64 and 256 labels, three seeds each
+# (benchmarks/results/peft_experiment.md). It also *probes* the encoder before any label: does the MLM, shown
+# `the dog is good and [MASK] .`, put more mass on positive adjectives than after `cruel and`?
+#
+# What it found, checked below: the default pretraining does **not** teach adjective polarity. The MLM ranks the
+# adjectives after `good and` and after `cruel and` alike (coordination probe near 50%), the input embeddings
+# do not separate the two polarities either, and so with 64 or 256 labels **no method beats chance** — scratch,
+# full, LoRA, adapters, BitFit: each memorises its training sentences and cannot transfer to adjectives it never
+# saw labelled. Pretraining is not useless here: with 4,000 labels full fine-tuning from the pretrained encoder
+# reaches about 95% against 69% from scratch (the section above, without MINITX_FAST). But the few-label claim,
+# and LoRA's, need an encoder that already represents what the task needs; docs/finetuning.md reports the
+# measurements that locate the gap and what the corpus needs. A claim measured, not repeated.
+
+# %%
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "peft_experiment.json"
+exp = json.loads(RESULTS.read_text())
+probe = exp["probe"]["pretrained"]
+print("probe before fine-tuning:", probe)
+for budget, methods in exp["summary"].items():
+    print(f"{budget:>4} labels:", {m: f"{v['mean']:.3f} ± {v['std']:.3f}" for m, v in methods.items()})
+assert abs(probe["coordination_accuracy"] - 0.5) < 0.1, "the encoder was expected not to know polarity"
+for budget, methods in exp["summary"].items():
+    for method, value in methods.items():
+        assert abs(value["mean"] - 0.5) < 0.05, f"{budget} labels, {method}: {value['mean']:.3f} is not chance"
+print("checked: with the default pretraining no method beats chance with few labels")
