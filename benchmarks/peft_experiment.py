@@ -97,11 +97,33 @@ def polarity_probe(model: BertForMaskedLM, tokenizer) -> dict[str, float]:
     return {"embedding_polarity_accuracy": right / len(y), "coordination_accuracy": sum(hits) / len(hits)}
 
 
+def with_definitions(share: float):
+    """Diagnostic (--definitions P): a generator that, with chance P, emits `to be ADJ is a virtue|vice .` instead
+    of a grammar sentence: a binary slot the adjective alone determines, as `is|are` is determined by the
+    subject. Used for the *pretraining* corpus only; labelled sentences always come from the real grammar."""
+    original = corpus.generate_sentence
+
+    def generate(rng):
+        if rng.random() >= share:
+            return original(rng)
+        positive = rng.random() < 0.5
+        word = rng.choice(POSITIVE_ADJECTIVES if positive else NEGATIVE_ADJECTIVES)
+        words = ["to", "be", word, "is", "a", "virtue" if positive else "vice", "."]
+        return corpus.Sentence(" ".join(words), words, {}, int(positive))
+    return generate
+
+
 def pretrain(args) -> tuple[str, dict]:
     from minitx.pretrain import PretrainConfig, run_pretraining
     out = Path(args.work_dir) / "pretrain"
     overrides = {"max_steps": 60, "train_sentences": 2000, "eval_every": 0} if args.fast else {}
-    result = run_pretraining(PretrainConfig(out_dir=str(out), progress=False, threads=1, **overrides))
+    original = corpus.generate_sentence
+    if args.definitions:
+        corpus.generate_sentence = with_definitions(args.definitions)
+    try:
+        result = run_pretraining(PretrainConfig(out_dir=str(out), progress=False, threads=1, **overrides))
+    finally:
+        corpus.generate_sentence = original  # fine-tuning data comes from the real grammar
     return str(out), result.summary
 
 
@@ -146,8 +168,10 @@ def markdown(result: dict) -> str:
         f"MLM coordination (`ADJ and/but [MASK]`) {probe['pretrained']['coordination_accuracy']:.0%} vs "
         f"{probe['random']['coordination_accuracy']:.0%}.",
         f"Corpus: {result.get('adjectives_per_polarity', 32)} adjectives per polarity"
-        + (" (a diagnostic variant, --adjectives; the real corpus has 32)."
-           if result.get("adjectives_per_polarity", 32) != 32 else "."),
+        + (" (a diagnostic variant, --adjectives; the real corpus has 32)"
+           if result.get("adjectives_per_polarity", 32) != 32 else "")
+        + (f"; pretraining corpus with {result['definitions']:.0%} `to be ADJ is a virtue|vice .` sentences "
+           f"(--definitions, a diagnostic)." if result.get("definitions") else "."),
         f"Machine: {meta['cpus']} CPUs, {meta['workers']} worker(s) x 1 thread; load average {meta['load_before']} "
         f"before, {meta['load_after']} after; whole experiment {result['total_wall_time_s']:.0f} s.",
     ]
@@ -165,6 +189,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--fast", action="store_true", help="tiny pretraining and few steps: a smoke test")
     parser.add_argument("--adjectives", type=int, default=0,
                         help="diagnostic: a corpus with only K adjectives per polarity (0: the real one, 32)")
+    parser.add_argument("--definitions", type=float, default=0.0,
+                        help="diagnostic: share of pretraining sentences `to be ADJ is a virtue|vice .` (0: none)")
     parser.add_argument("--out", default=str(RESULTS / "peft_experiment"), help="path stem for .json/.md/.png")
     args = parser.parse_args(argv)
     began, load_before = time.perf_counter(), os.getloadavg()
@@ -189,7 +215,8 @@ def main(argv: list[str]) -> int:
             runs.append(r)
             print(f"{r['budget']:>4} labels  {r['method']:<15} seed {r['seed']}  test {r['test_accuracy']:.3f}  "
                   f"({r['wall_time_s']:.1f} s)", flush=True)
-    result = {"adjectives_per_polarity": len(POSITIVE_ADJECTIVES), "pretrained": pretrained,
+    result = {"adjectives_per_polarity": len(POSITIVE_ADJECTIVES), "definitions": args.definitions,
+              "pretrained": pretrained,
               "pretrain_wall_time_s": pre_summary.get("wall_time_s"),
               "pretrain_eval": pre_summary.get("eval"), "seeds": args.seeds, "budgets": args.budgets,
               "n_test": FinetuneConfig(**extra).n_test if extra else FinetuneConfig().n_test,

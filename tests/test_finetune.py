@@ -206,4 +206,4 @@ def test_finetune_help_shows_from_and_method(capsys):
         cli.main(["finetune", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "--from" in text and "--method {full,lora,adapter,bitfit}" in text
+    assert "--from FROM_CHECKPOINT" in text and "--method {full,lora,adapter,bitfit}" in text
