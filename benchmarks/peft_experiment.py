@@ -178,6 +178,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+def write_results(result: dict, out: Path, budgets: list[int]) -> None:
+    """out.json (everything), out.md (the table and the notes), out.png (accuracy by method per budget)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    method_accuracy({f"{b} labels": {m: v["accuracies"] for m, v in result["summary"][str(b)].items()}
+                     for b in budgets}, title="built-in sentiment task: test accuracy by method",
+                    path=out.with_suffix(".png"))
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/peft_experiment.py", description=__doc__.splitlines()[0])
     parser.add_argument("--pretrained", default="", help="reuse this pretraining run dir instead of pretraining")
@@ -228,13 +238,7 @@ def main(argv: list[str]) -> int:
     result["machine"] = {"cpus": os.cpu_count(), "workers": args.workers, "platform": platform.platform(),
                          "torch": torch.__version__, "load_before": [round(x, 2) for x in load_before],
                          "load_after": [round(x, 2) for x in os.getloadavg()]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    method_accuracy({f"{b} labels": {m: v["accuracies"] for m, v in result["summary"][str(b)].items()}
-                     for b in args.budgets}, title="built-in sentiment task: test accuracy by method",
-                    path=out.with_suffix(".png"))
+    write_results(result, Path(args.out), args.budgets)
     print(markdown(result))
     return 0
 
