@@ -74,7 +74,14 @@ def attention_main(args: argparse.Namespace) -> int:
     start, env = time.perf_counter(), environment(config.device)
     records = run_sweep(config, progress=None if args.quiet else lambda line: print(line, flush=True))
     document = results_document(records, config.to_dict(), config.device, env=env)
-    table = results_table(document)
+    _write_outputs(document, results_table(document), plot_tflops, args)
+    print(f"{len(records)} records in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+
+def _write_outputs(document: dict, table: str, plot, args: argparse.Namespace) -> None:
+    """Print the table; write the JSON, the markdown table and the plot where the flags ask for them."""
     print(table)
     if args.out:
         print(f"results: {write_json(document, args.out)}")
@@ -83,11 +90,8 @@ def attention_main(args: argparse.Namespace) -> int:
         args.table.write_text(table, encoding="utf-8")
         print(f"table: {args.table}")
     if args.plot:
-        plot_tflops(document, args.plot)
+        plot(document, args.plot)
         print(f"plot: {args.plot}")
-    print(f"{len(records)} records in {time.perf_counter() - start:.1f} s")
-    return 0
-
 
 def bench_main(argv: list[str] | None = None, prog: str = "minitx bench") -> int:
     """Entry point of `minitx bench`: sub-commands `attention` and `training`."""
@@ -158,16 +162,6 @@ def training_main(args: argparse.Namespace) -> int:
     except ImportError as exc:  # the reference is transformers' BertForMaskedLM
         raise SystemExit(f"minitx bench training: needs transformers (pip install 'minitx[dev]'): {exc}") from None
     document = training_document(records, config.to_dict(), config.device, env=env, load_start=load_start)
-    table = training_table(document)
-    print(table)
-    if args.out:
-        print(f"results: {write_json(document, args.out)}")
-    if args.table:
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(table, encoding="utf-8")
-        print(f"table: {args.table}")
-    if args.plot:
-        plot_training(document, args.plot)
-        print(f"plot: {args.plot}")
+    _write_outputs(document, training_table(document), plot_training, args)
     print(f"{len(records)} implementations in {time.perf_counter() - start:.1f} s")
     return 0
