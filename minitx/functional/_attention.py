@@ -1,0 +1,127 @@
+"""Scaled dot-product attention with a hand-written backward (docs/math/attention.md, labels (attn.*)).
+
+q (..., N, D), k (..., M, D), v (..., M, Dv); boolean masks use True = may attend; a query row with no allowed
+key gives zeros and zero gradients, never NaN. The softmax inside is `_softmax`'s, forward and backward.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from minitx.functional._checks import (_check_broadcasts_to, _check_qkv, _check_same, _check_scale,
+                                       _sum_to_shape)
+from minitx.functional._softmax import _softmax_backward, _softmax_forward
+
+
+def causal_mask(n: int, m: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean (N, M) mask, True = may attend: key j allowed for query i iff j <= i (attn.3).
+
+    Top-left aligned, exactly like `is_causal=True` in torch's SDPA when N != M (not FlashAttention-2's
+    bottom-right j <= i + M - N; see docs/math/attention.md).
+    """
+    for name, size in (("n", n), ("m", m)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"{name}: expected an int >= 0, got {size!r}")
+    return torch.ones(n, m, dtype=torch.bool, device=device).tril()
+
+
+def _attention_scores(q, k, bias, scale):
+    """(attn.1)-(attn.2): S = scale * Q K^T, plus the additive mask (0 where allowed, -inf where not)."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale   # (..., N, D) @ (..., D, M) -> (..., N, M)
+    return scores if bias is None else scores + bias
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias, dropout_p, scale, generator):
+        probs = _softmax_forward(_attention_scores(q, k, bias, scale), dim=-1)   # (attn.4), (softmax.4)
+        keep = None
+        weights = probs
+        if dropout_p > 0.0:
+            # (attn.5) inverted dropout: keep with probability 1 - p, scale survivors by 1 / (1 - p).
+            noise = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+            keep = noise >= dropout_p
+            weights = probs * keep / (1.0 - dropout_p)
+        out = torch.matmul(weights, v)                      # (attn.6) (..., N, M) @ (..., M, Dv) -> (..., N, Dv)
+        ctx.save_for_backward(q, k, v, probs, weights, keep)
+        ctx.scale, ctx.dropout_p = scale, dropout_p
+        ctx.bias_shape = None if bias is None else bias.shape
+        ctx.set_materialize_grads(False)  # an unused output (weights, usually) gets None, not a zeros tensor
+        return out, weights
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_weights):
+        q, k, v, probs, weights, keep = ctx.saved_tensors
+        if grad_out is None:                                                 # only the weights were used
+            grad_out = torch.zeros(weights.shape[:-1] + v.shape[-1:], dtype=v.dtype, device=v.device)
+        grad_v = torch.matmul(weights.transpose(-2, -1), grad_out)           # (attn.7) dV = P~^T dO
+        grad_w = torch.matmul(grad_out, v.transpose(-2, -1))                 # (attn.8) dP~ = dO V^T
+        if grad_weights is not None:
+            grad_w = grad_w + grad_weights                                   # the weights were also an output
+        # (attn.9) through dropout with the forward's own mask; else dP = dP~.
+        grad_p = grad_w if keep is None else grad_w * keep / (1.0 - ctx.dropout_p)
+        grad_s = _softmax_backward(probs, grad_p, dim=-1)                    # (attn.10) softmax Jacobian
+        grad_q = torch.matmul(grad_s, k) * ctx.scale                         # (attn.11) dQ = scale dS K
+        grad_k = torch.matmul(grad_s.transpose(-2, -1), q) * ctx.scale       # (attn.11) dK = scale dS^T Q
+        grad_bias = None
+        if ctx.needs_input_grad[3]:                                          # a float mask that requires grad
+            grad_bias = _sum_to_shape(grad_s, ctx.bias_shape)                # (attn.12) dB = dS, unbroadcast
+        return (_sum_to_shape(grad_q, q.shape), _sum_to_shape(grad_k, k.shape),
+                _sum_to_shape(grad_v, v.shape), grad_bias, None, None, None)
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, scale=None,
+                                 return_weights=False, generator=None):
+    """softmax(scale * Q K^T + mask) V with a hand-written backward, (attn.1)-(attn.12).
+
+    q (..., N, D), k (..., M, D), v (..., M, Dv); the batch dims `...` of q, k and v broadcast against each
+    other. `attn_mask` is bool (True = may attend) or float (added to the scores), broadcastable to
+    (..., N, M) without enlarging the output; `is_causal` adds the top-left causal mask (attn.3) and may be
+    combined with `attn_mask`. `scale` defaults to 1/sqrt(D) (attn.1). Dropout (attn.5) is inverted dropout on
+    the weights, drawn from `generator` when given; its backward reuses the forward's mask (attn.9).
+    A query row with no allowed key gives zeros and zero gradients (softmax.4).
+
+    Returns out (..., N, Dv), or (out, weights (..., N, M)) with `return_weights`; the weights are the ones
+    multiplied into V, i.e. after dropout, so `out == weights @ v`.
+    """
+    batch_shape, n, m = _check_qkv(q, k, v)
+    scale = _check_scale(scale, q.shape[-1])
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, Real) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p: expected a number in [0, 1), got {dropout_p!r}")
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal: expected a bool, got {type(is_causal).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    bias = _mask_to_bias(attn_mask, is_causal, batch_shape + (n, m), q)
+    out, weights = _Attention.apply(q, k, v, bias, float(dropout_p), scale, generator)
+    return (out, weights) if return_weights else out
+
+
+def _mask_to_bias(attn_mask, is_causal, scores_shape, q):
+    """(attn.2)-(attn.3): turn the masks into one additive bias: 0 (allowed) / -inf (not), plus float masks."""
+    bias = None
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor):
+            raise TypeError(f"attn_mask: expected a torch.Tensor or None, got {type(attn_mask).__name__}")
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise TypeError(f"attn_mask: expected dtype bool (True = may attend) or a float dtype, "
+                            f"got {attn_mask.dtype}")
+        _check_same(q, attn_mask, "attn_mask", check_dtype=False)
+        _check_broadcasts_to(attn_mask, torch.Size(scores_shape), "attn_mask")
+        if attn_mask.dtype == torch.bool:
+            bias = _bool_to_bias(attn_mask, q.dtype)
+        else:
+            bias = attn_mask.to(q.dtype)  # autograd casts its gradient back, so a float mask stays learnable
+    if is_causal:
+        causal = _bool_to_bias(causal_mask(scores_shape[-2], scores_shape[-1], device=q.device), q.dtype)
+        bias = causal if bias is None else bias + causal
+    return bias
+
+
+def _bool_to_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(attn.2): True -> 0, False -> -inf, so exp(score + bias) is exactly 0 where attention is not allowed."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
