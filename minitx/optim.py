@@ -1,8 +1,8 @@
-"""The optimizer's rules as pure functions: which parameters decay, and the learning rate of each step.
+"""The optimizer's rules as pure functions: which parameters decay (opt.4), and each step's rate (opt.5)-(opt.7).
 
-`minitx.train` builds AdamW (opt.1) from `parameter_groups` and sets every group's rate to `lr_at(step)` before
-each update, so the whole schedule is a function of the step and a resumed run needs no scheduler state.
-Math: docs/math/optimization.md, labels (opt.1)..(opt.10).
+`minitx.train` builds AdamW from `parameter_groups` and sets every group's rate to `lr_at(step)` before each
+update, so the whole schedule is a function of the step and a resumed run needs no scheduler state.
+Math: docs/math/optimization.md.
 """
 
 from __future__ import annotations
