@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from minitx.bench import (AttentionBenchConfig, arithmetic_intensity, attention_flops, bench_main, results_table,
                           roofline, run_sweep, summarize, tflops_per_second, time_host)
 from minitx.bench.attention import reference, shape_for
-from minitx.bench.timing import percentile
+from minitx.bench.timing import percentile, torch_threads
 
 TINY = dict(seq_lens=[16, 32], head_dims=[8], dtypes=["fp32"], tokens=64, model_dim=16, repeats=3, warmup=1)
 
@@ -217,6 +217,17 @@ def test_config_rejects_bad_values():
 
 RECORD_KEYS = {"impl", "dtype", "mask", "causal", "seq_len", "head_dim", "batch", "heads", "tolerance", "flops",
                "status", "reason", "errors", "timings_ms", "tflops", "peak_memory_bytes", "memory_note"}
+def test_torch_threads_sets_the_count_and_restores_it_even_on_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom"):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):  # None keeps PyTorch's choice
+        assert torch.get_num_threads() == before
+
+
 ENV_KEYS = {"python", "torch", "triton", "platform", "cpu", "cpu_count", "torch_threads", "device", "device_name",
             "cuda", "cudnn", "driver", "compute_capability", "git_commit", "git_dirty", "load_average_1min",
             "load_average_1min_end"}

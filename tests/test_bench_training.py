@@ -154,6 +154,11 @@ def test_config_errors_name_the_argument():
         TrainingBenchConfig(d_model=30, n_heads=4).validate()
     with pytest.raises(ValueError, match="precision"):
         TrainingBenchConfig(precision="fp16").validate()
+    with pytest.raises(ValueError, match="cpu_clock"):
+        TrainingBenchConfig(cpu_clock="cycles").validate()
+    with pytest.raises(ValueError, match="threads"):  # a thread's CPU time misses other threads' work
+        TrainingBenchConfig(cpu_clock="thread", threads=2).validate()
+    TrainingBenchConfig(cpu_clock="thread", threads=1).validate()
     with pytest.raises(SystemExit, match="warmup"):
         bench_main(["training", *TINY_FLAGS, "--warmup", "0"])
 

@@ -23,7 +23,7 @@ from einops import rearrange
 
 from minitx.bench import impls as impls_mod
 from minitx.bench.flops import PASSES, attention_flops, tflops_per_second
-from minitx.bench.timing import CPU_CLOCKS, time_fn
+from minitx.bench.timing import check_run_options, cuda_peak_memory, time_fn, torch_threads
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Relative error bound ||out - ref|| / ||ref|| (Frobenius), for the output and each of dQ, dK, dV. A few
@@ -64,13 +64,7 @@ class AttentionBenchConfig:
             if self.model_dim % d:
                 raise ValueError(f"model_dim: expected a multiple of every head dim, got {self.model_dim} "
                                  f"with head dim {d}")
-        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: expected an available device, got {self.device!r} but CUDA is not available")
-        if self.cpu_clock not in CPU_CLOCKS:
-            raise ValueError(f"cpu_clock: expected one of {sorted(CPU_CLOCKS)}, got {self.cpu_clock!r}")
-        if self.cpu_clock == "thread" and self.threads != 1:
-            raise ValueError(f"threads: cpu_clock='thread' counts one thread's CPU time, so it needs threads=1, "
-                             f"got {self.threads!r}")
+        check_run_options(self.device, self.cpu_clock, self.threads)
         for name in ("tokens", "model_dim", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
@@ -166,17 +160,9 @@ def time_passes(fn, q, k, v, dout, causal, scale, device, warmup, repeats, cpu_c
 
 def peak_memory(fn, q, k, v, dout, causal, scale, device) -> tuple[int | None, str]:
     """Peak bytes allocated during forward + backward beyond what was live before it (CUDA only)."""
-    if device.type != "cuda":
-        return None, ("not measured on CPU: PyTorch keeps no peak counter for its CPU allocator and tracemalloc "
-                      "does not see it")
     for t in (q, k, v):
         t.grad = None
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn(q, k, v, causal, scale).backward(dout)
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before, "torch.cuda.max_memory_allocated() - memory_allocated()"
+    return cuda_peak_memory(lambda: fn(q, k, v, causal, scale).backward(dout), device)
 
 
 def _unsupported(exc: BaseException) -> bool:
@@ -248,13 +234,8 @@ def run_sweep(config: AttentionBenchConfig, extra_impls: dict[str, Callable] | N
     ones (tests use it to prove that a wrong kernel is caught).
     """
     config.validate()
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _sweep(config, extra_impls or {}, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _sweep(config, extra_impls, progress) -> list[dict]:

@@ -15,8 +15,9 @@ Three rules make a kernel timing trustworthy:
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -141,3 +142,39 @@ def time_fn(fn: Callable[[], object], *, device: torch.device | str, warmup: int
     if cpu_clock not in CPU_CLOCKS:
         raise ValueError(f"cpu_clock: expected one of {sorted(CPU_CLOCKS)}, got {cpu_clock!r}")
     return summarize(time_host(fn, warmup=warmup, repeats=repeats, setup=setup, clock=CPU_CLOCKS[cpu_clock]))
+
+
+def check_run_options(device: str, cpu_clock: str, threads: int | None) -> None:
+    """The device / clock / thread checks every benchmark config shares (both sweeps time with `time_fn`)."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: expected an available device, got {device!r} but CUDA is not available")
+    if cpu_clock not in CPU_CLOCKS:
+        raise ValueError(f"cpu_clock: expected one of {sorted(CPU_CLOCKS)}, got {cpu_clock!r}")
+    if cpu_clock == "thread" and threads != 1:
+        raise ValueError(f"threads: cpu_clock='thread' counts one thread's CPU time, so it needs threads=1, "
+                         f"got {threads!r}")
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `torch.set_num_threads(threads)` (None: leave PyTorch's choice), then restore it."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cuda_peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[int | None, str]:
+    """Peak bytes allocated while `fn()` runs beyond what was live before it (CUDA only), and how it was measured."""
+    if device.type != "cuda":
+        return None, ("not measured on CPU: PyTorch keeps no peak counter for its CPU allocator and tracemalloc "
+                      "does not see it")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before, "torch.cuda.max_memory_allocated() - memory_allocated()"

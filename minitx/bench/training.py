@@ -32,7 +32,8 @@ from torch import nn
 
 from minitx.attention import available_backends
 from minitx.bench.attention import _unsupported
-from minitx.bench.timing import CPU_CLOCKS, time_cuda, time_host
+from minitx.bench.timing import (CPU_CLOCKS, check_run_options, cuda_peak_memory, time_cuda, time_host,
+                                 torch_threads)
 from minitx.bench.training_gate import gate, loss_and_grads
 from minitx.bench.training_report import ratios, throughput
 from minitx.data import mask_tokens
@@ -98,12 +99,7 @@ class TrainingBenchConfig:
         if not 0.0 < self.min_length_fraction <= 1.0 or not 0.0 < self.mlm_probability <= 1.0:
             raise ValueError(f"min_length_fraction, mlm_probability: expected values in (0, 1], got "
                              f"{self.min_length_fraction}, {self.mlm_probability}")
-        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: expected an available device, got {self.device!r} but CUDA is not available")
-        if self.cpu_clock not in CPU_CLOCKS:
-            raise ValueError(f"cpu_clock: expected one of {sorted(CPU_CLOCKS)}, got {self.cpu_clock!r}")
-        if self.cpu_clock == "thread" and self.threads != 1:
-            raise ValueError(f"threads: cpu_clock='thread' needs threads=1, got {self.threads!r}")
+        check_run_options(self.device, self.cpu_clock, self.threads)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,17 +184,11 @@ def time_interleaved(steps: dict[str, Callable[[], object]], *, warmup: int, rep
 
 def peak_memory(step: Callable[[], None], device: torch.device) -> tuple[int | None, str]:
     """Peak bytes allocated during one step beyond what was live before it (CUDA only)."""
-    if device.type != "cuda":
-        return None, ("not measured on CPU: PyTorch keeps no peak counter for its CPU allocator and tracemalloc "
-                      "does not see it")
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before,
-            "torch.cuda.max_memory_allocated() - memory_allocated() over one step: activations, gradients and "
-            "optimizer temporaries beyond the resident weights and AdamW state")
+    peak, note = cuda_peak_memory(step, device)
+    if peak is None:
+        return peak, note
+    return peak, (f"{note} over one step: activations, gradients and optimizer temporaries beyond the resident "
+                  "weights and AdamW state")
 
 
 def _prepare(name: str, build: Callable, batch: dict, reference: tuple, config: TrainingBenchConfig):
@@ -230,13 +220,8 @@ def run_training_bench(config: TrainingBenchConfig,
     """One record per implementation of `config.impls`, plus `extra_impls` (name -> a function building a
     model from a copy of the base model; tests pass a deliberately wrong one), all on the same batch."""
     config.validate()
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _run(config, extra_impls or {}, progress or (lambda line: None))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(config: TrainingBenchConfig, extra_impls: dict, progress: Callable[[str], object]) -> list[dict]:
