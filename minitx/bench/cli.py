@@ -14,6 +14,7 @@ import torch
 from minitx.bench.attention import DTYPES, MASKS, AttentionBenchConfig, run_sweep
 from minitx.bench.impls import DEFAULT_IMPLS
 from minitx.bench.report import environment, plot_tflops, results_document, results_table, write_json
+from minitx.bench.timing import CPU_CLOCKS
 from minitx.bench.training import DEFAULT_IMPLS as TRAINING_IMPLS
 from minitx.bench.training import PRECISIONS as TRAINING_PRECISIONS
 from minitx.bench.training import PRESETS as TRAINING_PRESETS
@@ -43,24 +44,32 @@ def _attention_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model-dim", type=int, help="model width H*D (H = model_dim // D)")
     p.add_argument("--repeats", type=int, help="timed repeats per pass (median and IQR over these)")
     p.add_argument("--warmup", type=int, help="untimed warm-up calls per pass")
+    _add_run_flags(p, seed_help="seed of the random inputs", plot_help="write the TFLOP/s plot (PNG) here")
+    return p
+
+
+def _add_run_flags(p: argparse.ArgumentParser, seed_help: str, plot_help: str) -> None:
+    """The flags both benchmarks share: where and how to run and time, and where to write the results."""
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: PyTorch's choice)")
-    p.add_argument("--cpu-clock", choices=["wall", "thread"], default="wall",
+    p.add_argument("--cpu-clock", choices=sorted(CPU_CLOCKS), default="wall",
                    help="CPU timer: wall clock, or this thread's CPU time (excludes time descheduled on a shared "
                         "machine; needs --threads 1)")
     p.add_argument("--out", type=Path, help="write the results JSON here")
-    p.add_argument("--plot", type=Path, help="write the TFLOP/s plot (PNG) here")
     p.add_argument("--table", type=Path, help="write the markdown table here")
+    p.add_argument("--plot", type=Path, help=plot_help)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    return p
+
+
+def _flags_or(defaults: dict, args: argparse.Namespace) -> dict:
+    """Each field in `defaults` from its flag when the flag was given, else the default (device-dependent)."""
+    return {name: default if getattr(args, name) is None else getattr(args, name) for name, default in defaults.items()}
 
 
 def config_from_args(args: argparse.Namespace) -> AttentionBenchConfig:
     defaults = GPU_DEFAULTS if torch.device(args.device).type == "cuda" else CPU_DEFAULTS
-    values = {name: getattr(args, name) if getattr(args, name) is not None else default
-              for name, default in defaults.items()}
-    return AttentionBenchConfig(**values, masks=args.masks or list(MASKS),
+    return AttentionBenchConfig(**_flags_or(defaults, args), masks=args.masks or list(MASKS),
                                 impls=args.impls or list(DEFAULT_IMPLS), device=args.device, seed=args.seed,
                                 threads=args.threads, cpu_clock=args.cpu_clock)
 
@@ -79,7 +88,6 @@ def attention_main(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _write_outputs(document: dict, table: str, plot, args: argparse.Namespace) -> None:
     """Print the table; write the JSON, the markdown table and the plot where the flags ask for them."""
     print(table)
@@ -92,6 +100,7 @@ def _write_outputs(document: dict, table: str, plot, args: argparse.Namespace) -
     if args.plot:
         plot(document, args.plot)
         print(f"plot: {args.plot}")
+
 
 def bench_main(argv: list[str] | None = None, prog: str = "minitx bench") -> int:
     """Entry point of `minitx bench`: sub-commands `attention` and `training`."""
@@ -129,25 +138,16 @@ def _training_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.1, help="dropout p on embeddings and residual branches")
     p.add_argument("--attention-dropout", type=float, default=0.1,
                    help="dropout p on attention weights (minitx:flash needs 0)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: PyTorch's choice)")
-    p.add_argument("--cpu-clock", choices=["wall", "thread"], default="wall",
-                   help="CPU timer (thread: needs --threads 1)")
-    p.add_argument("--out", type=Path, help="write the results JSON here")
-    p.add_argument("--table", type=Path, help="write the markdown table here")
-    p.add_argument("--plot", type=Path, help="write the tokens/s bar plot (PNG) here")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_run_flags(p, seed_help="seed of the weights and the batch",
+                   plot_help="write the tokens/s bar plot (PNG) here")
     return p
 
 
 def training_config_from_args(args: argparse.Namespace) -> TrainingBenchConfig:
     preset = TRAINING_PRESETS[args.preset or ("gpu" if torch.device(args.device).type == "cuda" else "cpu")]
-    values = {name: getattr(args, name) if getattr(args, name) is not None else default
-              for name, default in preset.items()}
-    return TrainingBenchConfig(**values, impls=args.impls or list(TRAINING_IMPLS), dropout=args.dropout,
-                               attention_dropout=args.attention_dropout, device=args.device, seed=args.seed,
-                               threads=args.threads, cpu_clock=args.cpu_clock)
+    return TrainingBenchConfig(**_flags_or(preset, args), impls=args.impls or list(TRAINING_IMPLS),
+                               dropout=args.dropout, attention_dropout=args.attention_dropout,
+                               device=args.device, seed=args.seed, threads=args.threads, cpu_clock=args.cpu_clock)
 
 
 def training_main(args: argparse.Namespace) -> int:
