@@ -13,13 +13,12 @@ import torch
 
 from minitx.corpus import (FREE_KINDS, KINDS, Sentence, SyntheticLanguage, chance_baselines, iter_text_files,
                            kind_id)
+from minitx.model import IGNORE_INDEX  # one definition: the label the MLM loss skips is the one masking writes
 from minitx.tokenizer import SPECIAL_TOKENS, Encoding, WordPieceTokenizer
 
 __all__ = ["mask_tokens", "mlm_batch", "probe_batches", "stream_mlm_batches", "encode_example", "seed_for",
            "Sentence", "SyntheticLanguage", "iter_text_files", "KINDS", "FREE_KINDS", "kind_id",
-           "chance_baselines"]
-
-IGNORE_INDEX = -100  # the label of positions that are not predicted (torch's cross_entropy ignore_index)
+           "chance_baselines", "IGNORE_INDEX"]
 
 
 def _word_groups(word_ids: torch.Tensor) -> torch.Tensor:
