@@ -5,7 +5,8 @@ pieces: MLM batches that are a function of (seed, step, rank) only, a loss with 
 evaluation on held-out text. On the built-in synthetic language the evaluation also probes every *determined*
 position (a word its context fixes: subject-verb agreement, a closing bracket, the end of a fixed phrase) masked
 alone, and reports accuracy per kind against the chance baseline of a model that ignores the cue.
-Guide: docs/pretraining.md. Batches and probes: minitx.data. Metrics and equations: docs/math/mlm.md.
+Guide: docs/pretraining.md. Batches and probes: minitx.data. Evaluation: minitx.mlm_eval. Metrics and equations:
+docs/math/mlm.md.
 """
 
 from __future__ import annotations
@@ -13,20 +14,19 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import torch
 
 from minitx import distributed as D
 from minitx.corpus import split_of
-from minitx.data import (IGNORE_INDEX, KINDS, SyntheticLanguage, chance_baselines, iter_text_files, mlm_batch,
-                         probe_batches, seed_for)
+from minitx.data import IGNORE_INDEX, SyntheticLanguage, iter_text_files, mlm_batch, seed_for
 from minitx.fill_mask import fill_mask, fill_mask_main, load_pretrained  # noqa: F401 (re-exported)
+from minitx.mlm_eval import evaluate, probe_accuracy  # noqa: F401 (probe_accuracy re-exported)
 from minitx.model import BertConfig, BertForMaskedLM
 from minitx.plots import loss_curve
 from minitx.tokenizer import WordPieceTokenizer
@@ -194,7 +194,7 @@ def build_corpus(config: PretrainConfig) -> SyntheticCorpus | TextCorpus:
     return TextCorpus(config) if config.text else SyntheticCorpus(config)
 
 
-# ----------------------------------------------------------------------------------------------- loss and eval
+# ----------------------------------------------------------------------------------------------- loss
 def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
     """(mlm.1) on the batch, plus the share of selected tokens predicted right and exp(loss) (perplexity)."""
     out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], labels=batch["labels"])
@@ -202,67 +202,6 @@ def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     correct = (out.logits.detach().argmax(-1) == batch["labels"]) & selected
     accuracy = correct.sum() / selected.sum().clamp(min=1)
     return out.loss, {"masked_accuracy": accuracy, "perplexity": torch.exp(out.loss.detach())}
-
-
-def _eval_batches(corpus, tokenizer: WordPieceTokenizer, config: PretrainConfig) -> Iterator[dict]:
-    """The held-out MLM batches: every example once, masked by a fixed seed, so every eval sees the same."""
-    examples: Sequence = corpus.eval_examples
-    for start in range(0, len(examples), config.batch_size):
-        chunk = examples[start:start + config.batch_size]
-        yield mlm_batch(chunk, tokenizer, len(chunk), 0, seed_for(config.seed, start, 0xE7A1), 0, 1,
-                        config.max_length, config.mlm_probability, config.whole_word)
-
-
-def evaluate(model: BertForMaskedLM, corpus, tokenizer: WordPieceTokenizer,
-             config: PretrainConfig) -> dict[str, float]:
-    """Held-out loss, perplexity (mlm.6: exp of the mean over *all* predicted tokens) and masked accuracy;
-    on the synthetic language also the probe accuracy per kind of determined position, with chance."""
-    device = next(model.parameters()).device
-    nll = correct = count = 0.0
-    for batch in _eval_batches(corpus, tokenizer, config):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
-        selected = batch["labels"] != IGNORE_INDEX
-        nll += float(torch.nn.functional.cross_entropy(logits[selected].float(), batch["labels"][selected],
-                                                       reduction="sum"))
-        correct += float((logits[selected].argmax(-1) == batch["labels"][selected]).sum())
-        count += float(selected.sum())
-    metrics = {}
-    if count:
-        metrics = {"loss": nll / count, "perplexity": math.exp(nll / count), "masked_accuracy": correct / count}
-    if corpus.probe_sentences:
-        metrics.update(probe_accuracy(model, corpus.probe_sentences, tokenizer, config.max_length))
-    return metrics
-
-
-@torch.no_grad()
-def probe_accuracy(model: BertForMaskedLM, sentences, tokenizer: WordPieceTokenizer,
-                   max_length: int = 128) -> dict[str, float]:
-    """Mask each determined word alone (data.probe_batches); a probe is right when every piece of the word is.
-
-    Returns probe_accuracy_<kind>, chance_<kind> and probes_<kind> per kind, and the overall probe_accuracy
-    and chance (chance averaged with the same weights as the probes, so the two are comparable)."""
-    device = next(model.parameters()).device
-    hits: dict[int, list[float]] = {}
-    for batch in probe_batches(sentences, tokenizer, max_length=max_length):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
-        probed = batch["labels"] != IGNORE_INDEX
-        right = ((logits.argmax(-1) == batch["labels"]) | ~probed).all(dim=1)  # (B,): all pieces right
-        kinds = batch["determined_kind"].max(dim=1).values  # (B,): one probed word per row
-        for k, r in zip(kinds.tolist(), right.tolist()):
-            hits.setdefault(k, []).append(float(r))
-    chance, out, total = chance_baselines(), {}, 0
-    for code, values in sorted(hits.items()):
-        kind = KINDS[code - 1]
-        out[f"probe_accuracy_{kind}"] = sum(values) / len(values)
-        out[f"chance_{kind}"] = chance[kind]
-        out[f"probes_{kind}"] = float(len(values))
-        total += len(values)
-    if total:
-        out["probe_accuracy"] = sum(sum(v) for v in hits.values()) / total
-        out["chance"] = sum(chance[KINDS[c - 1]] * len(v) for c, v in hits.items()) / total
-    return out
 
 
 def run_pretraining(config: PretrainConfig) -> PretrainResult:
