@@ -1,8 +1,9 @@
 """A WordPiece tokenizer, trained from scratch, as BERT uses it.
 
 Text -> normalized text (optional lowercasing and accent stripping) -> words (split on whitespace, every
-punctuation mark and CJK character its own word) -> pieces, greedy longest-match-first, continuation pieces
-prefixed with `##`; a word with no complete segmentation (or longer than `max_input_chars_per_word`) is [UNK].
+punctuation mark and CJK character its own word: minitx.pretokenize) -> pieces, greedy longest-match-first,
+continuation pieces prefixed with `##`; a word with no complete segmentation (or longer than
+`max_input_chars_per_word`) is [UNK].
 Training grows the vocabulary from single characters by merging the adjacent pair with the best score
 count(ab) / (count(a) count(b)) (the WordPiece likelihood criterion), until `vocab_size` is reached.
 """
@@ -10,13 +11,14 @@ count(ab) / (count(a) count(b)) (the WordPiece likelihood criterion), until `voc
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+
+from minitx.pretokenize import pre_tokenize
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, in this order
 FORMAT_VERSION = 1
@@ -34,49 +36,6 @@ class Encoding:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def _is_punctuation(ch: str) -> bool:
-    # BERT's rule: every non-alphanumeric printable ASCII character counts, plus Unicode category P*.
-    cp = ord(ch)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def _is_cjk(ch: str) -> bool:
-    cp = ord(ch)
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0xF900 <= cp <= 0xFAFF
-            or 0x2F800 <= cp <= 0x2FA1F)
-
-
-def _is_dropped(ch: str) -> bool:
-    # NUL, the replacement character and control/format characters carry no text (tab/newline are whitespace).
-    return ch in "\x00\ufffd" or (unicodedata.category(ch) in ("Cc", "Cf") and not ch.isspace())
-
-
-def pre_tokenize(text: str, lowercase: bool = True) -> list[str]:
-    """Normalize `text` and split it into words (BERT's BasicTokenizer)."""
-    if not isinstance(text, str):
-        raise TypeError(f"text: expected str, got {type(text).__name__}")
-    if lowercase:  # lowercase, then NFD and drop combining marks: "Éte" -> "ete"
-        text = "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
-    words: list[str] = []
-    current: list[str] = []
-    for ch in text:
-        if _is_dropped(ch):
-            continue
-        if ch.isspace() or _is_punctuation(ch) or _is_cjk(ch):
-            if current:
-                words.append("".join(current))
-                current = []
-            if not ch.isspace():
-                words.append(ch)
-        else:
-            current.append(ch)
-    if current:
-        words.append("".join(current))
-    return words
 
 
 class WordPieceTokenizer:
