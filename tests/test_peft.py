@@ -346,6 +346,21 @@ def test_adapters_train_only_adapters_and_count():
         assert (p.grad is not None) == (".down." in name or ".up." in name), name
 
 
+def test_trained_adapter_is_the_documented_bottleneck_on_the_base_output():
+    """(adapter.1): h + U GELU(D h + c) + e with h = base(x), against torch's own erf GELU and linear."""
+    torch.manual_seed(0)
+    adapter = AdapterLinear(nn.Linear(C, C), bottleneck=3)
+    with torch.no_grad():  # a trained (non-zero) up projection, so the bottleneck path is really checked
+        adapter.up.weight.normal_()
+        adapter.up.bias.normal_()
+    x = torch.randn(2, 5, C)
+    y = torch.nn.functional.linear(x, adapter.base.weight, adapter.base.bias)
+    h = torch.nn.functional.gelu(torch.nn.functional.linear(y, adapter.down.weight, adapter.down.bias))
+    expected = y + torch.nn.functional.linear(h, adapter.up.weight, adapter.up.bias)
+    torch.testing.assert_close(adapter(x), expected)
+    assert not torch.allclose(adapter(x), y, atol=1e-3)
+
+
 def test_bitfit_leaves_exactly_the_biases_trainable():
     """(bitfit.1): every parameter named bias (LayerNorm's too) plus the listed head."""
     model = toy()

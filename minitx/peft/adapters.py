@@ -6,9 +6,9 @@ The math is in `docs/math/lora.md`, section "Adapters and BitFit".
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from minitx import functional as F
 from minitx.peft.targets import (find_linear_targets, find_modules, freeze_except, parse_targets,
                                  set_submodule)
 
