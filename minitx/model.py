@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as torch_F  # torch's; `F` is minitx.functional elsewhere in the library
 from torch import nn
 
 from minitx.attention import available_backends
@@ -49,7 +49,7 @@ class BertConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_position", "type_vocab_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
@@ -145,7 +145,7 @@ class MLMHead(nn.Module):
         """`decoder_weight` is the token embedding matrix (V, C) itself, passed in rather than stored, so the
         tie is by construction and the state dict holds the matrix once."""
         h = self.norm(gelu(self.dense(hidden)))
-        return F.linear(h, decoder_weight, self.bias)  # (B, N, C) @ (C, V) -> (B, N, V)
+        return torch_F.linear(h, decoder_weight, self.bias)  # (B, N, C) @ (C, V) -> (B, N, V)
 
 
 class MaskedLMOutput(NamedTuple):
@@ -156,7 +156,8 @@ class MaskedLMOutput(NamedTuple):
 
 
 def _init_bert_weights(module: nn.Module, std: float) -> None:
-    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm; the padding row stays zero."""
+    """BERT's initialisation: N(0, std^2) weights (std = initializer_range, 0.02 in BERT), zero biases; LayerNorm
+    keeps its unit gain and zero shift; the padding row stays zero."""
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=std)
         if module.bias is not None:
@@ -207,12 +208,12 @@ class BertForMaskedLM(nn.Module):
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels: expected shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
             # (B, N, V) -> (B*N, V): one prediction per position; -100 positions carry no loss
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+            loss = torch_F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         nsp_logits = None
         if self.next_sentence_head is not None:
             nsp_logits = self.next_sentence_head(self.pooler(hidden))  # (B, 2)
             if next_sentence_label is not None:
-                nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
+                nsp_loss = torch_F.cross_entropy(nsp_logits.float(), next_sentence_label)
                 loss = nsp_loss if loss is None else loss + nsp_loss
         elif next_sentence_label is not None:
             raise ValueError("next_sentence_label: this model has no next-sentence head (next_sentence=False)")
@@ -245,7 +246,7 @@ class BertForSequenceClassification(nn.Module):
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
         pooled = self.pooler(hidden) if self.pooler is not None else hidden[:, 0]  # (B, C)
         logits = self.classifier(self.dropout(pooled))
-        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        loss = None if labels is None else torch_F.cross_entropy(logits.float(), labels)
         return ClassificationOutput(logits, loss)
 
     @classmethod

@@ -158,7 +158,8 @@ def test_next_sentence_head_adds_its_loss():
 
 @pytest.mark.parametrize("field,value,match", [
     ("d_model", 31, "d_model"), ("n_layers", 0, "n_layers"), ("dropout", 1.5, "dropout"),
-    ("attention_backend", "nope", "attention_backend")])
+    ("attention_backend", "nope", "attention_backend"),
+    ("n_heads", True, "n_heads")])  # a bool is an int to Python, but never a head count
 def test_bad_config_names_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         tiny(**{field: value})
