@@ -6,6 +6,8 @@ environment recorded next to every number.
 - `impls`: the attention implementations by name (`minitx:<backend>`, `sdpa:<kernel>`);
 - `attention`: the sweep, its float64 correctness gate and its records;
 - `report`: environment, JSON, `results_table`, plots;
+- `training`, `training_gate`, `training_report`: an MLM training step of minitx against Hugging Face's
+  `BertForMaskedLM` with the same weights -- the loss/gradient gate, interleaved timing, tokens/s and ratios;
 - `cli`: `minitx bench attention|training` (`bench_main`).
 """
 
@@ -13,8 +15,8 @@ from minitx.bench.attention import AttentionBenchConfig, run_sweep
 from minitx.bench.cli import bench_main
 from minitx.bench.flops import arithmetic_intensity, attention_flops, roofline, tflops_per_second
 from minitx.bench.report import plot_tflops, results_document, results_table, write_json
-from minitx.bench.training import TrainingBenchConfig, run_training_bench
 from minitx.bench.timing import TimingStats, summarize, time_fn, time_host
+from minitx.bench.training import TrainingBenchConfig, run_training_bench
 
 __all__ = ["AttentionBenchConfig", "run_sweep", "bench_main", "arithmetic_intensity", "attention_flops",
            "roofline", "tflops_per_second", "plot_tflops", "results_document", "results_table", "write_json",
