@@ -97,6 +97,8 @@ def reference(q, k, v, dout, causal: bool, scale: float, budget_bytes: int = 2**
     flat = [rearrange(t.detach().double(), "b h n d -> (b h) n d") for t in (q, k, v, dout)]
     chunk = max(1, budget_bytes // (4 * n * n * 8))
     outs, grads = [], [[], [], []]
+    # Plain torch on purpose, not minitx.functional: this reference gates minitx's own backends, so it must not
+    # share their code (and with it their bugs). Causal is top-left aligned, as F.causal_mask, for N = M here.
     allowed = torch.ones(n, n, dtype=torch.bool, device=q.device).tril() if causal else None
     for i in range(0, b * h, chunk):
         qc, kc, vc = (t[i:i + chunk].clone().requires_grad_() for t in flat[:3])
