@@ -207,3 +207,13 @@ def test_finetune_help_shows_from_and_method(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--from FROM_CHECKPOINT" in text and "--method {full,lora,adapter,bitfit}" in text
+
+
+def test_demo_fast_pretrains_then_lora_fine_tunes_and_reports(tmp_path, capsys):
+    from minitx.finetune import demo_main
+    assert demo_main(["--fast", "--out-dir", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "finetune" / "summary.json").read_text())
+    assert summary["method"] == "lora" and summary["from"] == str(tmp_path / "pretrain")
+    assert f"test accuracy {summary['test_accuracy']:.2%}" in out  # the printed number is the run's own
+    assert (tmp_path / "pretrain" / "checkpoint.pt").is_file() and "[MASK] 1 of 1" in out

@@ -12,14 +12,14 @@ from minitx.finetune.config import FinetuneConfig
 from minitx.finetune.inference import predict
 from minitx.finetune.recipe import run_finetuning
 
-FILL_MASK_EXAMPLES = [  # one per kind of determined position (docs/data.md), then one free adjective
-    "the dogs near the old river [MASK] happy .",
-    "the king ( as the farmer said [MASK] is brave .",
-    "because [MASK] the rain , the city is calm .",
-    "the teacher that saw the cats is kind and [MASK] .",
+FILL_MASK_EXAMPLES = [  # agreement, a fixed phrase, a bracket, a pronoun (docs/data.md)
+    "these dogs near the old river [MASK] happy .",
+    "because [MASK] the rain , every city is calm .",
+    "each song near the bridges is calm [ as the kings said [MASK] .",
+    "these poets are kind so [MASK] are kind .",
 ]
-CLASSIFY_EXAMPLES = ["the song is wonderful .", "the song is not wonderful .", "the poets are cruel but honest .",
-                     "the baker behind the wall is never rude ."]
+CLASSIFY_EXAMPLES = ["this song is wonderful .", "this song is not wonderful .",
+                     "these poets are cruel but honest .", "every baker behind the wall is never rude ."]
 # --fast: a few seconds of work, for tests and a first look; the real demo uses the recipes' defaults.
 FAST_PRETRAIN = dict(max_steps=60, train_sentences=2000, eval_sentences=100, d_model=32, n_heads=2, d_ff=64,
                      vocab_size=300, eval_every=0, batch_size=32)
@@ -50,7 +50,7 @@ def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, seed: int = 
     print(f"\ntest accuracy {finetune.summary['test_accuracy']:.2%} from "
           f"{finetune.summary['examples']['train']} labels, training "
           f"{finetune.summary['trainable_share']:.2%} of the weights; demo took {seconds:.0f} s. "
-          f"Try: minitx classify {out / 'finetune'} \"the film is not good .\"")
+          f"Try: minitx classify {out / 'finetune'} \"this film is not good .\"")
     return {"pretrain": pretrain.summary, "finetune": finetune.summary, "wall_time_s": seconds}
 
 
