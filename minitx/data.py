@@ -85,8 +85,12 @@ def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, voca
     inputs[selected & (action < 0.8)] = mask_token_id
     replace = selected & (action >= 0.8) & (action < 0.9)
     inputs[replace] = random_ids[replace]
-    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    return inputs, labels
+    return inputs, _labels_at(selected, input_ids)
+
+
+def _labels_at(selected: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The original ids where `selected`, IGNORE_INDEX elsewhere: only selected positions carry loss (mlm.1)."""
+    return torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
 
 def seed_for(*parts: int) -> int:
@@ -136,6 +140,23 @@ def _shard_indices(n_examples: int, batch_size: int, step: int, seed: int, rank:
     return out
 
 
+def _check_rank(rank: int, world_size: int) -> None:
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got rank={rank}, "
+                         f"world_size={world_size}")
+
+
+def _mask_batch(batch: dict, tokenizer: WordPieceTokenizer, seed: int, step: int, rank: int,
+                mlm_probability: float, whole_word: bool = False) -> dict[str, torch.Tensor]:
+    """Corrupt a collated batch in place with the generator of (seed, step, rank): batches are pure functions."""
+    g = torch.Generator().manual_seed(seed_for(seed, step, rank))
+    batch["input_ids"], batch["labels"] = mask_tokens(
+        batch["input_ids"], batch["special_tokens_mask"], tokenizer.vocab_size, tokenizer.mask_id,
+        mlm_probability, generator=g, word_ids=batch["word_ids"], whole_word=whole_word,
+        pad_token_id=tokenizer.pad_id)
+    return batch
+
+
 def mlm_batch(examples: Sequence[Sentence | str], tokenizer: WordPieceTokenizer, batch_size: int, step: int,
               seed: int, rank: int = 0, world_size: int = 1, max_length: int = 128, mlm_probability: float = 0.15,
               whole_word: bool = False) -> dict[str, torch.Tensor]:
@@ -146,17 +167,10 @@ def mlm_batch(examples: Sequence[Sentence | str], tokenizer: WordPieceTokenizer,
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"step: expected a non-negative int, got {step!r}")
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-        raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got rank={rank}, "
-                         f"world_size={world_size}")
+    _check_rank(rank, world_size)
     idx = _shard_indices(len(examples), batch_size, step, seed, rank, world_size)
     batch = _collate([encode_example(examples[i], tokenizer, max_length) for i in idx], tokenizer)
-    g = torch.Generator().manual_seed(seed_for(seed, step, rank))
-    batch["input_ids"], batch["labels"] = mask_tokens(
-        batch["input_ids"], batch["special_tokens_mask"], tokenizer.vocab_size, tokenizer.mask_id,
-        mlm_probability, generator=g, word_ids=batch["word_ids"], whole_word=whole_word,
-        pad_token_id=tokenizer.pad_id)
-    return batch
+    return _mask_batch(batch, tokenizer, seed, step, rank, mlm_probability, whole_word)
 
 
 def probe_batches(sentences: Iterable[Sentence], tokenizer: WordPieceTokenizer, batch_size: int = 64,
@@ -183,7 +197,7 @@ def probe_batches(sentences: Iterable[Sentence], tokenizer: WordPieceTokenizer, 
 def _probe_collate(probes, tokenizer: WordPieceTokenizer) -> dict[str, torch.Tensor]:
     batch = _collate(probes, tokenizer)
     probed = batch["determined_kind"] > 0
-    batch["labels"] = torch.where(probed, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX))
+    batch["labels"] = _labels_at(probed, batch["input_ids"])
     batch["input_ids"] = batch["input_ids"].masked_fill(probed, tokenizer.mask_id)
     return batch
 
@@ -196,10 +210,9 @@ def stream_mlm_batches(lines: Iterable[str], tokenizer: WordPieceTokenizer, batc
     Line i goes to rank i % world_size; a rank's batch `step` holds its lines [step*B, (step+1)*B) and is
     masked with the generator of (seed, step, rank), so batches equal mlm_batch's determinism without ever
     holding the corpus: resuming at `start_step` skips the lines already consumed (the order is the file's).
+    A last batch shorter than `batch_size` is dropped, so every rank's batches all hold B rows.
     """
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-        raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got rank={rank}, "
-                         f"world_size={world_size}")
+    _check_rank(rank, world_size)
     step, pending = 0, []
     for i, line in enumerate(lines):
         if i % world_size != rank:
@@ -210,10 +223,5 @@ def stream_mlm_batches(lines: Iterable[str], tokenizer: WordPieceTokenizer, batc
             pending.append(None)  # skipped cheaply: not tokenized
         if len(pending) == batch_size:
             if step >= start_step:
-                batch = _collate(pending, tokenizer)
-                g = torch.Generator().manual_seed(seed_for(seed, step, rank))
-                batch["input_ids"], batch["labels"] = mask_tokens(
-                    batch["input_ids"], batch["special_tokens_mask"], tokenizer.vocab_size, tokenizer.mask_id,
-                    mlm_probability, generator=g, pad_token_id=tokenizer.pad_id)
-                yield batch
+                yield _mask_batch(_collate(pending, tokenizer), tokenizer, seed, step, rank, mlm_probability)
             step, pending = step + 1, []

@@ -192,3 +192,5 @@ def test_stream_batches_resume_exactly_and_split_lines_by_rank(tokenizer_and_sen
     assert all(torch.equal(x[k], y[k]) for x, y in zip(full[2:], resumed) for k in x)
     clean = list(stream_mlm_batches(iter(lines), tok, 4, seed=3, rank=1, world_size=2, mlm_probability=0.0))
     assert [tok.decode(r) for b in clean for r in b["input_ids"]] == lines[1::2]
+    uneven = list(stream_mlm_batches(iter(lines + ["a b", "c d"]), tok, 4, seed=3, rank=1, world_size=2))
+    assert len(uneven) == 5  # rank 1's 21st line would start a short batch: dropped, as documented
