@@ -2,7 +2,7 @@
 
 Every forward is written out with plain tensor ops and every backward is the formula derived in
 `docs/math/*.md`, inside a `torch.autograd.Function`, so the code can be read side by side with the
-derivation. Labels such as `(attn.8)` point at the equation a line computes.
+derivation. The equation label in a comment names what that line computes.
 
 One private module per derivation page, so each reads next to its page: `_softmax.py` (softmax.md),
 `_layer_norm.py` (layer_norm.md), `_gelu.py` (gelu.md), `_attention.py` (attention.md); `_checks.py` holds the
