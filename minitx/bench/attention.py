@@ -167,7 +167,7 @@ def peak_memory(fn, q, k, v, dout, causal, scale, device) -> tuple[int | None, s
     return cuda_peak_memory(lambda: fn(q, k, v, causal, scale).backward(dout), device)
 
 
-def _unsupported(exc: BaseException) -> bool:
+def is_unsupported(exc: BaseException) -> bool:
     """Whether an exception says "this kernel does not handle this case here" rather than "this kernel is buggy"."""
     text = str(exc).lower()
     return (isinstance(exc, (NotImplementedError, torch.OutOfMemoryError))
@@ -183,7 +183,7 @@ def _gate(fn, inputs, dout, ref, causal, scale, tol) -> tuple[str, str | None, d
         except Exception as exc:  # the kernel's own complaint is the most useful reason to record
             notes = "; ".join(dict.fromkeys(str(w.message).strip() for w in caught))
             reason = f"{type(exc).__name__}: {str(exc).strip()[:300]}" + (f" [{notes[:500]}]" if notes else "")
-            return ("skipped" if _unsupported(exc) else "failed"), reason, None
+            return ("skipped" if is_unsupported(exc) else "failed"), reason, None
     worst = max(errors.values())
     if not worst <= tol:
         bad = ", ".join(f"{k}={v:.3g}" for k, v in errors.items() if not v <= tol)
@@ -218,7 +218,7 @@ def bench_point(name, fn, inputs, dout, ref, *, causal, config, dtype_name) -> d
                               config.cpu_clock)
         record["peak_memory_bytes"], record["memory_note"] = peak_memory(fn, *inputs, dout, causal, scale, device)
     except Exception as exc:  # e.g. out of memory at a long N: skipped; anything else: failed
-        record["status"] = "skipped" if _unsupported(exc) else "failed"
+        record["status"] = "skipped" if is_unsupported(exc) else "failed"
         record["reason"] = f"error while timing: {type(exc).__name__}: {str(exc).strip()[:300]}"
         if device.type == "cuda":
             torch.cuda.empty_cache()

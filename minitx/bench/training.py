@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from minitx.attention import available_backends
-from minitx.bench.attention import _unsupported
+from minitx.bench.attention import is_unsupported
 from minitx.bench.timing import (CPU_CLOCKS, check_run_options, cuda_peak_memory, time_cuda, time_host,
                                  torch_threads)
 from minitx.bench.training_gate import gate, loss_and_grads
@@ -208,7 +208,7 @@ def _prepare(name: str, build: Callable, batch: dict, reference: tuple, config: 
         step = make_step(model, batch, config)
         step()
     except Exception as exc:  # the implementation's own complaint is the most useful reason to record
-        record["status"] = "skipped" if _unsupported(exc) else "failed"
+        record["status"] = "skipped" if is_unsupported(exc) else "failed"
         record["reason"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
         return record, None
     return record, step
