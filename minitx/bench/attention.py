@@ -26,9 +26,9 @@ from minitx.bench.flops import PASSES, attention_flops, tflops_per_second
 from minitx.bench.timing import check_run_options, cuda_peak_memory, time_fn, torch_threads
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Relative error bound ||out - ref|| / ||ref|| (Frobenius), for the output and each of dQ, dK, dV. A few
-# hundred times the unit roundoff: a correct kernel's rounding error grows slowly with N, a wrong one (bad
-# mask, bad scale, stale tile) is off by O(1).
+# Relative error bound ||out - ref|| / ||ref|| (Frobenius), for the output and each of dQ, dK, dV: from ~13
+# (bf16) to ~1700 (fp32, room for TF32) times the unit roundoff, as tabled in docs/benchmarking.md. A correct
+# kernel's rounding error grows slowly with N, a wrong one (bad mask, bad scale, stale tile) is off by O(1).
 TOLERANCES = {"fp64": 1e-10, "fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 MASKS = ("full", "causal")
 
