@@ -72,10 +72,11 @@ def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, voca
         if word_ids is None:
             raise ValueError("word_ids: required when whole_word=True, got None")
         ids2d = input_ids.reshape(-1, input_ids.shape[-1])  # (..., N) -> (B', N)
+        # (..., N) -> (B', N): word numbers per row, -1 on specials and padding
         groups = _word_groups(_as_word_id_tensor(word_ids, input_ids.shape).reshape(ids2d.shape))
         word_selected = torch.rand(ids2d.shape, generator=generator) < mlm_probability  # one draw per word slot
         selected = torch.gather(word_selected, 1, groups.clamp(min=0)) & (groups >= 0)
-        selected = selected.reshape(input_ids.shape) & candidates
+        selected = selected.reshape(input_ids.shape) & candidates  # (B', N) -> (..., N)
     else:
         selected = (torch.rand(input_ids.shape, generator=generator) < mlm_probability) & candidates
     action = torch.rand(input_ids.shape, generator=generator)

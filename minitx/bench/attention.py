@@ -102,7 +102,7 @@ def reference(q, k, v, dout, causal: bool, scale: float, budget_bytes: int = 2**
     allowed = torch.ones(n, n, dtype=torch.bool, device=q.device).tril() if causal else None
     for i in range(0, b * h, chunk):
         qc, kc, vc = (t[i:i + chunk].clone().requires_grad_() for t in flat[:3])
-        scores = qc @ kc.transpose(-1, -2) * scale
+        scores = qc @ kc.transpose(-1, -2) * scale  # (c, N, D) @ (c, D, N) -> (c, N, N), c heads in the chunk
         if allowed is not None:
             scores = scores.masked_fill(~allowed, float("-inf"))
         out = scores.softmax(dim=-1) @ vc
