@@ -7,9 +7,11 @@ Each recipe module exposes a flat config dataclass; `add_config_arguments` maps 
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import dataclasses
 import importlib
 import sys
+import types
 import typing
 from typing import Any, Sequence
 
@@ -34,15 +36,14 @@ def _resolve(spec: str) -> Any:
 
 
 def _field_type(field: dataclasses.Field, hints: dict[str, Any]) -> tuple[Any, bool]:
-    """(scalar type, is_list) for a dataclass field, from its resolved annotation."""
+    """(scalar type, is_list) for a dataclass field, from its resolved annotation; `X | None` counts as X."""
     tp = hints[field.name]
-    origin = typing.get_origin(tp)
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if origin in (list, tuple, Sequence) or (origin is typing.Union and args and typing.get_origin(args[0]) in (list, tuple)):
-        inner = typing.get_args(args[0] if origin is typing.Union else tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X] and X | None alike
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if args else str
+    if typing.get_origin(tp) in (list, tuple, collections.abc.Sequence):
+        inner = typing.get_args(tp)
         return (inner[0] if inner else str), True
-    if origin is typing.Union or str(origin) == "types.UnionType":
-        return (args[0] if args else str), False
     return tp, False
 
 
