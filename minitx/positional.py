@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "sinusoidal_table",
     "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
