@@ -78,11 +78,14 @@ def merge_masks(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor |
 
 
 def _math_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=False, dropout_p=0.0,
-                  scale=None):
-    """Equation (mha.2) per head, by `minitx.functional`; its backward is the documented one."""
+                  scale=None, return_weights=False):
+    """Equation (mha.2) per head, by `minitx.functional`; its backward is the documented one.
+
+    `return_weights` (not part of the backend interface) is how MultiHeadAttention gets the weights too.
+    """
     mask = merge_masks(attn_mask, key_padding_mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
-                                          scale=scale)
+                                          scale=scale, return_weights=return_weights)
 
 
 def _sdpa_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=False, dropout_p=0.0,
@@ -254,9 +257,8 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if return_weights:  # only the math path can hand back its weights
-            mask = merge_masks(attn_mask, key_padding_mask)
-            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                                          dropout_p=dropout_p, return_weights=True)
+            out, weights = _math_backend(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                                         is_causal=is_causal, dropout_p=dropout_p, return_weights=True)
         else:
             out = attention(q, k, v, backend=self.backend, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
                             is_causal=is_causal, dropout_p=dropout_p)
