@@ -26,7 +26,7 @@ def _grads(out, inputs, grad_out):
     return torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
 
 
-def _close(a, b, atol=1e-10, rtol=1e-7):
+def check_close(a, b, atol=1e-10, rtol=1e-7):
     torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
 
 
@@ -76,11 +76,11 @@ def test_softmax_matches_reference_and_torch(shape, seed, scale, data):
     x = _randn(shape, seed, scale)
     g = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1), **F64)
     ours, ref, torch_ = mf.softmax(x, dim), ref_softmax(x, dim), F.softmax(x, dim)
-    _close(ours, ref)
-    _close(ours, torch_)
+    check_close(ours, ref)
+    check_close(ours, torch_)
     (g_ours,), (g_ref,), (g_torch,) = _grads(ours, x, g), _grads(ref, x, g), _grads(torch_, x, g)
-    _close(g_ours, g_ref)
-    _close(g_ours, g_torch)
+    check_close(g_ours, g_ref)
+    check_close(g_ours, g_torch)
 
 
 @settings(max_examples=10)
@@ -95,7 +95,7 @@ def test_softmax_jacobian_is_diag_minus_outer():
     x = _randn((5,), 0)
     y = mf.softmax(x).detach()
     jac = torch.autograd.functional.jacobian(mf.softmax, x)
-    _close(jac, torch.diag(y) - torch.outer(y, y))
+    check_close(jac, torch.diag(y) - torch.outer(y, y))
 
 
 @given(seed=st.integers(0, 2**16), n=st.integers(2, 8))
@@ -107,8 +107,8 @@ def test_softmax_extreme_logits_float32(seed, n):
     y = mf.softmax(x)
     (dx,) = torch.autograd.grad(y, x, torch.ones_like(y) + torch.arange(n).float())
     assert torch.isfinite(y).all() and torch.isfinite(dx).all()
-    _close(y.double(), F.softmax(x.detach().double(), -1), atol=1e-6, rtol=1e-5)  # same (rounded) input
-    _close(y.sum(-1), torch.ones(3), atol=1e-6, rtol=0)
+    check_close(y.double(), F.softmax(x.detach().double(), -1), atol=1e-6, rtol=1e-5)  # same (rounded) input
+    check_close(y.sum(-1), torch.ones(3), atol=1e-6, rtol=0)
 
 
 def test_softmax_all_neg_inf_row_gives_zeros_and_zero_grad():
@@ -117,7 +117,7 @@ def test_softmax_all_neg_inf_row_gives_zeros_and_zero_grad():
     y = mf.softmax(x)
     (dx,) = torch.autograd.grad(y, x, torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]], **F64))
     assert torch.equal(y[1], torch.zeros(3, **F64)) and torch.equal(dx[1], torch.zeros(3, **F64))
-    _close(y[0], F.softmax(x[0].detach(), -1))
+    check_close(y[0], F.softmax(x[0].detach(), -1))
     assert torch.isnan(F.softmax(x[1].detach(), -1)).all()  # the reference behaviour we deliberately differ from
 
 
@@ -146,17 +146,17 @@ def test_layer_norm_matches_reference_and_torch(case):
     inputs = [t for t in (x, w, b) if t is not None]
     g = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 3), **F64)
     ours, ref = mf.layer_norm(x, w, b, eps), ref_layer_norm(x, w, b, eps)
-    _close(ours, ref)
+    check_close(ours, ref)
     g_ours = _grads(ours, inputs, g)
     for a, r in zip(g_ours, _grads(ref, inputs, g)):
-        _close(a, r, atol=1e-8, rtol=1e-6)
+        check_close(a, r, atol=1e-8, rtol=1e-6)
     c = shape[-1]
     if (w is None or w.numel() == c) and (b is None or b.numel() == c):  # shapes F.layer_norm accepts
         torch_ = F.layer_norm(x, (c,), None if w is None else w.reshape(c), None if b is None else b.reshape(c),
                               eps)
-        _close(ours, torch_)
+        check_close(ours, torch_)
         for a, t in zip(g_ours, _grads(torch_, inputs, g)):
-            _close(a, t, atol=1e-8, rtol=1e-6)
+            check_close(a, t, atol=1e-8, rtol=1e-6)
 
 
 @settings(max_examples=10)
@@ -174,11 +174,11 @@ def test_layer_norm_uses_biased_variance_and_eps_inside_root():
     with eps > 0 the mean square is var / (var + eps)."""
     x = torch.tensor([[1.0, 2.0, 4.0, 7.0]], **F64)
     y = mf.layer_norm(x, None, None, eps=0.0)
-    _close(y.mean(-1), torch.zeros(1, **F64))
-    _close((y ** 2).mean(-1), torch.ones(1, **F64))
+    check_close(y.mean(-1), torch.zeros(1, **F64))
+    check_close((y ** 2).mean(-1), torch.ones(1, **F64))
     var = torch.tensor(5.25, **F64)  # by hand: mean 3.5, squared deviations 6.25 + 2.25 + 0.25 + 12.25 = 21, / 4
     y = mf.layer_norm(x, None, None, eps=0.75)
-    _close((y ** 2).mean(-1), (var / (var + 0.75)).reshape(1))
+    check_close((y ** 2).mean(-1), (var / (var + 0.75)).reshape(1))
 
 
 @pytest.mark.parametrize("shape", [(4,), (1, 4), (3, 1), (1, 1, 4), (2, 1, 4), (1,)])
@@ -190,8 +190,8 @@ def test_sum_to_shape_undoes_broadcasting(shape):
     (expected,) = torch.autograd.grad((p * 1).expand(2, 3, 4), p, grad)  # autograd's own reduction
     reduced = mf._sum_to_shape(grad, torch.Size(shape))
     assert reduced.shape == torch.Size(shape)
-    _close(reduced, expected)
-    _close(reduced.sum(), grad.sum())  # nothing lost, nothing counted twice
+    check_close(reduced, expected)
+    check_close(reduced.sum(), grad.sum())  # nothing lost, nothing counted twice
 
 
 # --------------------------------------------------------------------------------------------------- gelu
@@ -203,11 +203,11 @@ def test_gelu_matches_reference_and_torch(shape, seed, scale):
     x = _randn(shape, seed, scale)
     g = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1), **F64)
     ours, ref, torch_ = mf.gelu(x), ref_gelu(x), F.gelu(x, approximate="none")
-    _close(ours, ref)
-    _close(ours, torch_)
+    check_close(ours, ref)
+    check_close(ours, torch_)
     (a,), (r,), (t,) = _grads(ours, x, g), _grads(ref, x, g), _grads(torch_, x, g)
-    _close(a, r)
-    _close(a, t)
+    check_close(a, r)
+    check_close(a, t)
 
 
 def test_gelu_gradcheck_and_known_values():
@@ -216,8 +216,8 @@ def test_gelu_gradcheck_and_known_values():
     x = torch.tensor([0.0, 30.0, -30.0], **F64, requires_grad=True)
     y = mf.gelu(x)
     (dy,) = torch.autograd.grad(y.sum(), x)
-    _close(y.detach(), torch.tensor([0.0, 30.0, 0.0], **F64))
-    _close(dy, torch.tensor([0.5, 1.0, 0.0], **F64))
+    check_close(y.detach(), torch.tensor([0.0, 30.0, 0.0], **F64))
+    check_close(dy, torch.tensor([0.5, 1.0, 0.0], **F64))
 
 
 def test_gelu_is_the_exact_form_not_the_tanh_approximation():
@@ -225,7 +225,7 @@ def test_gelu_is_the_exact_form_not_the_tanh_approximation():
     from it by up to about 5e-4, as the page says, so it really is the exact erf form."""
     x = torch.linspace(-8.0, 8.0, 16001, **F64)
     tanh_form = x / 2 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-    _close(tanh_form, F.gelu(x, approximate="tanh"))
+    check_close(tanh_form, F.gelu(x, approximate="tanh"))
     gap = (mf.gelu(x) - tanh_form).abs().max().item()
     assert 4e-4 < gap < 5e-4
 
@@ -250,9 +250,9 @@ def test_causal_mask_agrees_with_torch_is_causal(n, m, seed):
         ours = mf.scaled_dot_product_attention(q, k, v, attn_mask=mf.causal_mask(n, m))
         ours_flag = mf.scaled_dot_product_attention(q, k, v, is_causal=True)
         theirs = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    _close(ours, ours_flag, atol=0, rtol=0)
+    check_close(ours, ours_flag, atol=0, rtol=0)
     rows = slice(0, n)  # every row i has key 0 allowed, so no row is fully masked and torch is NaN-free
-    _close(ours[:, rows], theirs[:, rows])
+    check_close(ours[:, rows], theirs[:, rows])
 
 
 # -------------------------------------------------------------------------------------------- attention
@@ -312,11 +312,11 @@ def test_attention_matches_reference_and_torch(c):
     out = mf.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=c["is_causal"], scale=c["scale"])
     ref, probs = ref_attention(q, k, v, allowed, float_mask, c["scale"])
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(c["seed"] + 4), **F64)
-    _close(out, ref)
+    check_close(out, ref)
     grads = _grads(out, inputs, g)
     for a, r in zip(grads, _grads(ref, inputs, g)):
         assert torch.isfinite(a).all()
-        _close(a, r, atol=1e-9, rtol=1e-6)
+        check_close(a, r, atol=1e-9, rtol=1e-6)
 
     dead = (probs.sum(-1) == 0).expand(out.shape[:-1])  # (..., N): query rows with no allowed key
     assert torch.equal(out[dead], torch.zeros_like(out[dead]))
@@ -330,10 +330,10 @@ def test_attention_matches_reference_and_torch(c):
     elif allowed is not None:
         t_mask = allowed
     theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=t_mask, scale=c["scale"])
-    _close(out[~dead], theirs[~dead])
+    check_close(out[~dead], theirs[~dead])
     if not dead.any():
         for a, t in zip(grads, _grads(theirs, inputs, g)):
-            _close(a, t, atol=1e-9, rtol=1e-6)
+            check_close(a, t, atol=1e-9, rtol=1e-6)
 
 
 @settings(max_examples=10)
@@ -364,9 +364,9 @@ def test_attention_extreme_logits_float32(seed, n, m):
     assert torch.isfinite(out).all() and all(torch.isfinite(t).all() for t in grads)
     q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
     ref, _ = ref_attention(q64, k64, v64, scale=1.0)
-    _close(out.double(), ref, atol=1e-4, rtol=1e-4)
+    check_close(out.double(), ref, atol=1e-4, rtol=1e-4)
     for a, r in zip(grads, torch.autograd.grad(ref.sum(), (q64, k64, v64))):
-        _close(a.double(), r, atol=1e-2, rtol=1e-3)
+        check_close(a.double(), r, atol=1e-2, rtol=1e-3)
 
 
 def test_attention_broadcasts_batch_dims_of_q_k_v():
@@ -374,11 +374,11 @@ def test_attention_broadcasts_batch_dims_of_q_k_v():
     q, k, v = _randn((2, 3, 4, 5), 0), _randn((1, 3, 6, 5), 1), _randn((3, 6, 2), 2)
     out = mf.scaled_dot_product_attention(q, k, v, is_causal=True)
     ref, _ = ref_attention(q, k, v, mf.causal_mask(4, 6))
-    _close(out, ref)
+    check_close(out, ref)
     g = torch.randn(out.shape, **F64)
     for a, r, t in zip(_grads(out, (q, k, v), g), _grads(ref, (q, k, v), g), (q, k, v)):
         assert a.shape == t.shape
-        _close(a, r)
+        check_close(a, r)
     assert torch.autograd.gradcheck(lambda q, k, v: mf.scaled_dot_product_attention(q, k, v), (q, k, v))
 
 
@@ -387,14 +387,14 @@ def test_attention_returned_weights_rows_sum_to_one_and_carry_gradient():
     q, k, v = _randn((2, 4, 3), 0), _randn((2, 5, 3), 1), _randn((2, 5, 2), 2)
     out, w = mf.scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
     ref_out, ref_w = ref_attention(q, k, v, mf.causal_mask(4, 5))
-    _close(w.sum(-1), torch.ones(2, 4, **F64))
-    _close(out, w @ v)
+    check_close(w.sum(-1), torch.ones(2, 4, **F64))
+    check_close(out, w @ v)
     loss, ref_loss = (out ** 2).sum() + (w ** 3).sum(), (ref_out ** 2).sum() + (ref_w ** 3).sum()
     for a, r in zip(torch.autograd.grad(loss, (q, k, v)), torch.autograd.grad(ref_loss, (q, k, v))):
-        _close(a, r)
+        check_close(a, r)
     w_only = mf.scaled_dot_product_attention(q, k, v, return_weights=True)[1]
     grads = torch.autograd.grad(w_only[..., 0].sum(), (q, k, v), allow_unused=True)
-    _close(grads[2], torch.zeros_like(v))  # v does not influence the weights
+    check_close(grads[2], torch.zeros_like(v))  # v does not influence the weights
     assert grads[0].abs().sum() > 0
 
 
@@ -425,7 +425,7 @@ def test_dropout_keep_rate_and_inverted_scaling():
     kept = w != 0
     n = kept.numel()
     assert abs(kept.double().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
-    _close(w[kept], (probs / (1 - p))[kept])
+    check_close(w[kept], (probs / (1 - p))[kept])
     assert abs(w.mean().item() - 1 / 32) < 5 * (probs / (1 - p)).std().item() * math.sqrt(p / (1 - p) / n) + 1e-3
 
 
@@ -436,10 +436,10 @@ def test_dropout_backward_reuses_forward_mask():
     q, k, v, out, w = _dropout_run(11, p=p, shape=(2, 5, 4))
     keep = w != 0  # every softmax weight is > 0 here, so zeros are exactly the dropped entries
     ref, _ = ref_attention(q, k, v, keep=keep, p=p)
-    _close(out, ref)
+    check_close(out, ref)
     g = torch.randn(out.shape, **F64)
     for a, r in zip(_grads(out, (q, k, v), g), _grads(ref, (q, k, v), g)):
-        _close(a, r)
+        check_close(a, r)
 
     def fn(q, k, v):
         return mf.scaled_dot_product_attention(q, k, v, dropout_p=p, generator=torch.Generator().manual_seed(11))
@@ -506,7 +506,7 @@ def test_fully_masked_rows_give_zeros_and_zero_gradients(kind):
     assert torch.equal(out[dead], torch.zeros_like(out[dead])) and torch.equal(dq[dead], torch.zeros_like(dq[dead]))
     # dK, dV get nothing from dead rows: the same gradients come out when those rows' upstream gradient is 0.
     live = torch.autograd.grad((out * (~dead)[..., None]).sum(), (k, v))
-    _close(dk, live[0])
-    _close(dv, live[1])
+    check_close(dk, live[0])
+    check_close(dv, live[1])
     ref, _ = ref_attention(q, k, v, allowed)
-    _close(out, ref)
+    check_close(out, ref)
