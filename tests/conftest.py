@@ -4,6 +4,11 @@ import os
 
 import pytest
 import torch
+
+# Without CUDA the Triton kernels run in Triton's interpreter, which reads this variable when a kernel is
+# decorated: set it before any test module (or a library such as transformers) imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hypothesis import HealthCheck, settings
 
 # CI: derandomized and bounded so the suite is deterministic and fast. `HYPOTHESIS_PROFILE=thorough` explores more.
