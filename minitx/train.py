@@ -6,7 +6,8 @@ A recipe hands over three things and the loop does the rest:
   sees exactly the batches it would have seen and each DDP rank reads its own shard;
 - `loss_fn(model, batch) -> (loss, metrics)` — `model` may be wrapped in DistributedDataParallel, so call it
   rather than reach into its attributes; metrics are floats or scalar tensors;
-- `eval_fn(model) -> dict` (optional) — gets the bare model, in eval mode, under `torch.no_grad()`.
+- `eval_fn(model) -> dict` (optional) — gets the bare model, in eval mode, under `torch.no_grad()`. A truthy
+  `"stop"` in its record ends the run after that step, on every rank (early stopping); the step is checkpointed.
 
 Steps are numbered 1..max_steps: step t is the t-th optimizer update, `lr_at(t)` is the rate it uses, metrics
 logged as step t describe it, and a checkpoint at step t holds the state after it. The math is in
@@ -102,6 +103,7 @@ class TrainResult:
     eval_metrics: dict[str, float]                          # the last eval record ({} without eval_fn)
     history: list[dict[str, Any]]                           # every record written to metrics.jsonl
     paths: dict[str, Path]                                  # out_dir, metrics, checkpoint (if written)
+    stopped_early: bool = False                             # eval_fn asked to stop before max_steps
 
 
 def seed_everything(seed: int) -> None:
@@ -210,6 +212,7 @@ class _Run:
         last = next((r for r in reversed(self.history) if r["split"] == "train"), {})
         bar = tqdm(total=cfg.max_steps, initial=self.start - 1, disable=not (cfg.progress and self.main),
                    desc="train", dynamic_ncols=True)
+        step, stopped = self.start - 1, False
         for step in range(self.start, cfg.max_steps + 1):
             record = self._step(step)
             bar.update(1)
@@ -220,13 +223,17 @@ class _Run:
             if self.eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0)
                                              or step == cfg.max_steps):
                 last_eval = self._evaluate(step)
+                # rank 0 alone evaluated: the sum over ranks tells every rank whether to stop
+                stopped = D.sum_over_ranks(float(bool(last_eval.get("stop"))), self.device) > 0
             if self.ckpt_path is not None and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-                                               or step == cfg.max_steps):
+                                               or step == cfg.max_steps or stopped):
                 self._save(step)
+            if stopped:
+                break
         bar.close()
         paths = {k: v for k, v in (("out_dir", self.out_dir), ("metrics", self.metrics_path),
                                    ("checkpoint", self.ckpt_path)) if v is not None and v.exists()}
-        return TrainResult(cfg.max_steps, last, last_eval, self.history, paths)
+        return TrainResult(max(step, self.start - 1), last, last_eval, self.history, paths, stopped)
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from minitx import cli
 from minitx.finetune import FinetuneConfig, classify_main, evaluate, load_finetuned, predict, read_labelled_file
 from minitx.finetune.data import encode_split, load_splits
-from minitx.finetune.recipe import BestWeights, EarlyStop, run_finetuning, starting_point
+from minitx.finetune.recipe import BestWeights, run_finetuning, starting_point
 from minitx.pretrain import PretrainConfig, run_pretraining
 
 TINY = dict(max_steps=8, eval_every=4, n_train_labels=32, n_validation=24, n_test=40, batch_size=8,
@@ -161,15 +161,14 @@ def test_best_weights_raise_after_patience_and_restore_the_best():
     best = BestWeights(model, patience=2)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    best.update(1, accuracy=0.5, loss=0.7)
+    assert not best.update(1, accuracy=0.5, loss=0.7)
     with torch.no_grad():
         model.weight.fill_(2.0)
-    best.update(2, accuracy=0.5, loss=0.6)  # same accuracy, lower loss: better
+    assert not best.update(2, accuracy=0.5, loss=0.6)  # same accuracy, lower loss: better
     with torch.no_grad():
         model.weight.fill_(3.0)
-    best.update(3, accuracy=0.4, loss=0.1)  # accuracy first: worse
-    with pytest.raises(EarlyStop, match="keeping step 2"):
-        best.update(4, accuracy=0.5, loss=0.6)  # a tie is not an improvement
+    assert not best.update(3, accuracy=0.4, loss=0.1)  # accuracy first: worse (1 of patience 2)
+    assert best.update(4, accuracy=0.5, loss=0.6)  # a tie is not an improvement: 2 of 2, stop
     best.restore()
     assert best.best_step == 2 and torch.equal(model.weight, torch.full((2, 2), 2.0))
 
@@ -182,7 +181,8 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_validation_weights(pretr
     assert s["stopped_early"] and s["steps_run"] < config.max_steps
     evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["split"] == "eval"]
-    assert evals[-1].get("early_stop") and evals[-1]["step"] == s["steps_run"]
+    assert evals[-1]["stop"] == 1.0 and evals[-1]["step"] == s["steps_run"]
+    assert all(r["stop"] == 0.0 for r in evals[:-1])
     best = max(evals, key=lambda r: (r["accuracy"], -r["loss"]))
     assert s["best_step"] == best["step"] and s["best_validation_accuracy"] == best["accuracy"]
     assert s["best_step"] != s["steps_run"]  # the kept weights are not simply the last ones

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from minitx.checkpoint import read_checkpoint
 from minitx.train import (NonFiniteLossError, TrainConfig, lr_at, parameter_groups, step_seed, train)
 
 VOCAB = 10
@@ -330,7 +331,6 @@ def test_resuming_a_finished_run_trains_nothing_and_reports_its_log(tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_cuda_learns_and_saves_the_scaler(tmp_path, precision):
     """Autocast on CUDA; fp16 goes through GradScaler (unscaled before clipping, its state checkpointed)."""
-    from minitx.checkpoint import read_checkpoint
     result = train(Toy(), batch_fn, loss_fn, cfg(tmp_path, max_steps=150, lr=2e-2, warmup_steps=10,
                                                  schedule="cosine", grad_clip=1.0, log_every=10,
                                                  precision=precision, device="cuda"))
@@ -350,3 +350,21 @@ def test_a_recipe_config_may_extend_the_resumable_fields(tmp_path):
     train(Toy(), batch_fn, loss_fn, RecipeConfig(**base))
     resumed = train(Toy(), batch_fn, loss_fn, RecipeConfig(**base, resume=True, report_name="b"))
     assert resumed.step == 2 and [r["step"] for r in resumed.history] == [1, 2]
+
+
+def test_eval_record_with_stop_ends_the_run_and_checkpoints_that_step(tmp_path):
+    calls = []
+
+    def eval_fn(m):
+        calls.append(len(calls) + 1)
+        return {"val_loss": loss_fn(m, make_batch(0, 0))[0], "stop": len(calls) == 2}  # stop at the 2nd eval
+
+    c = cfg(tmp_path, max_steps=20, eval_every=3, checkpoint_every=0)
+    result = train(Toy(), batch_fn, loss_fn, c, eval_fn=eval_fn)
+    assert result.stopped_early and result.step == 6 and calls == [1, 2]
+    evals = [r for r in result.history if r["split"] == "eval"]
+    assert [(r["step"], r["stop"]) for r in evals] == [(3, 0.0), (6, 1.0)]
+    assert max(r["step"] for r in result.history) == 6
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["step"] == 6
+    finished = train(Toy(), batch_fn, loss_fn, cfg(max_steps=5))
+    assert not finished.stopped_early and finished.step == 5

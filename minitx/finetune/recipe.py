@@ -38,12 +38,8 @@ class FinetuneResult:
     summary: dict[str, Any]                 # what summary.json holds
     model: BertForSequenceClassification    # the best weights, PEFT wrappers still in place (LoRA unmerged)
     tokenizer: WordPieceTokenizer
-    train: TrainResult | None               # None when early stopping ended the loop
+    train: TrainResult
     paths: dict[str, Path]
-
-
-class EarlyStop(Exception):
-    """Raised from the eval hook when validation has not improved for `patience` evaluations."""
 
 
 class BestWeights:
@@ -58,16 +54,15 @@ class BestWeights:
         self.best: tuple[float, float] | None = None
         self.best_step, self.since, self.weights = 0, 0, {}
 
-    def update(self, step: int, accuracy: float, loss: float) -> None:
+    def update(self, step: int, accuracy: float, loss: float) -> bool:
+        """Record one validation; True when `patience` validations in a row brought nothing better (stop)."""
         score = (accuracy, -loss)
         if self.best is None or score > self.best:
             self.best, self.best_step, self.since = score, step, 0
             self.weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-            return
+            return False
         self.since += 1
-        if self.patience and self.since >= self.patience:
-            raise EarlyStop(f"step {step}: no better validation for {self.since} evaluations; "
-                            f"keeping step {self.best_step}")
+        return bool(self.patience) and self.since >= self.patience
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -175,7 +170,7 @@ def run_finetuning(config: FinetuneConfig) -> FinetuneResult:
         "examples": {name: len(split) for name, split in splits.items()},
         "test_accuracy": test.get("accuracy"), "test_loss": test.get("loss"),
         "best_validation_accuracy": best.best[0] if best.best else None, "best_step": best.best_step,
-        "steps_run": steps_run, "stopped_early": result is None,
+        "steps_run": steps_run, "stopped_early": result.stopped_early,
         "trainable_parameters": trainable, "total_parameters": total, "trainable_share": share,
         "modules_changed": len(changed), "train_time_s": round(trained_s, 2),
         "wall_time_s": round(time.perf_counter() - began, 2), "lr": config.lr,
@@ -187,10 +182,10 @@ def run_finetuning(config: FinetuneConfig) -> FinetuneResult:
 
 
 def train_with_early_stopping(model: nn.Module, encoded: dict[str, dict[str, torch.Tensor]],
-                              config: FinetuneConfig) -> tuple[TrainResult | None, BestWeights, int]:
-    """The shared loop, validating every eval_every steps; stops after `patience` validations without a better
-    one and leaves the best validation weights in `model`. Returns (loop result or None if stopped, the
-    tracker, the last step run)."""
+                              config: FinetuneConfig) -> tuple[TrainResult, BestWeights, int]:
+    """The shared loop, validating every eval_every steps; the eval record asks the loop to stop after
+    `patience` validations without a better one, and the best validation weights are put back into `model`.
+    Returns (the loop's result, the tracker, the last step run)."""
     best, where = BestWeights(model, config.patience), {"step": 0}
     batch_fn = make_batch_fn(encoded["train"], config.batch_size, config.seed, config.grad_accum_steps)
 
@@ -199,21 +194,16 @@ def train_with_early_stopping(model: nn.Module, encoded: dict[str, dict[str, tor
         return batch_fn(step, *rest)
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
-        where["eval"] = evaluate(m, encoded["validation"])
-        best.update(where["step"], where["eval"]["accuracy"], where["eval"]["loss"])
-        return where["eval"]
+        record = evaluate(m, encoded["validation"])
+        stop = best.update(where["step"], record["accuracy"], record["loss"])
+        if stop:
+            print(f"early stopping: step {where['step']}: no better validation for {best.since} evaluations; "
+                  f"keeping step {best.best_step}")
+        return {**record, "stop": stop}
 
-    result = None
-    try:
-        result = train(model, tracked_batch_fn, classification_loss, config, eval_fn)
-    except EarlyStop as stop:
-        print(f"early stopping: {stop}")
-        if config.out_dir:  # the loop never logged the validation that stopped it
-            record = {"step": where["step"], "split": "eval", **where["eval"], "early_stop": True}
-            with open(Path(config.out_dir) / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+    result = train(model, tracked_batch_fn, classification_loss, config, eval_fn)
     best.restore()
-    return result, best, where["step"]
+    return result, best, result.step
 
 
 def label_names(config: FinetuneConfig) -> list[str]:
