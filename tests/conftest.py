@@ -23,9 +23,17 @@ settings.register_profile(
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# Test tensors are tiny: one intra-op thread avoids thread start-up and contention costs that dominate them
-# (the whole suite runs serially in about three minutes on 2 cores).
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_intra_op_thread():
+    """Test tensors are tiny: one intra-op thread avoids thread start-up and contention costs that dominate them
+    (two threads on a busy 2-core box spin-wait many times slower). Restored after each test, since recipes
+    under test may set their own thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -31,14 +31,6 @@ TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, batch_size=8, max_length
             eval_sentences=40, max_steps=6, warmup_steps=2, log_every=2, eval_every=3, progress=False, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core box spin-wait many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(tmp_path: Path, **overrides) -> P.PretrainConfig:
     return P.PretrainConfig(**{**TINY, "out_dir": str(tmp_path / "run"), **overrides})

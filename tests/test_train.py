@@ -21,14 +21,6 @@ from minitx.train import (NonFiniteLossError, TrainConfig, lr_at, parameter_grou
 VOCAB = 10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core box spin-wait ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class Toy(nn.Module):
     """Embedding -> LayerNorm -> MLP with dropout -> logits: every kind of parameter the decay rule sorts."""
