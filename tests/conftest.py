@@ -4,12 +4,12 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 # Without CUDA the Triton kernels run in Triton's interpreter, which reads this variable when a kernel is
 # decorated: set it before any test module (or a library such as transformers) imports triton.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-from hypothesis import HealthCheck, settings
 
 # CI: derandomized and bounded so the suite is deterministic and fast. `HYPOTHESIS_PROFILE=thorough` explores more.
 settings.register_profile(
@@ -22,7 +22,6 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
 
 
 @pytest.fixture(autouse=True)
