@@ -53,6 +53,11 @@ NEGATIVE_ADJECTIVES = [
     "vain", "wicked", "sullen", "spiteful", "boring", "clumsy", "stubborn", "horrible", "miserable", "terrible",
 ]
 NEGATORS = ["not", "never"]
+# Pretraining-only polarity cue: in the unlabelled text an intensifier of the adjective's own polarity often
+# stands right before a polar adjective ("truly kind", "utterly cruel"): a frequent two-way word that the
+# adjective alone determines, so MLM learns which adjectives are positive. Labelled sentences never carry one
+# (SyntheticLanguage(..., sentiment_cues=False)), so a classifier must know the polarity from pretraining.
+INTENSIFIERS = ("utterly", "truly")  # (negative, positive)
 # The subject's determiner carries its number too: a frequent, few-token cue that a small model picks up fast.
 DETERMINERS = (["this", "every", "each"], ["these", "many", "some"])  # (singular, plural)
 PRONOUNS = ("it", "they")
@@ -63,8 +68,9 @@ KINDS = ("agreement", "bracket", "phrase")
 FREE_KINDS = ("subject",)
 
 # Generator probabilities (documented in docs/data.md).
-P_PLURAL, P_PREFIX, P_ASIDE, P_ASIDE_EARLY = 0.5, 0.35, 0.4, 0.5
+P_PLURAL, P_PREFIX, P_ASIDE, P_ASIDE_EARLY = 0.5, 0.35, 0.7, 0.5
 P_NEGATED, P_POSITIVE, P_AND, P_BUT, P_SO, P_ADJ = 0.5, 0.5, 0.3, 0.3, 0.3, 0.3
+P_INTENSIFIER = 0.8
 SPLIT_BUCKETS = {"train": range(0, 80), "validation": range(80, 90), "test": range(90, 100)}
 
 
@@ -80,6 +86,7 @@ class Sentence:
 
 def split_of(text: str) -> str:
     """The split a sentence text belongs to, by a stable hash of the text: equal texts never straddle splits."""
+    text = " ".join(w for w in text.split(" ") if w not in INTENSIFIERS)  # cued or not, the same split
     bucket = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") % 100
     return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
@@ -91,10 +98,11 @@ class SyntheticLanguage:
     gives the same list, a longer request extends a shorter one, and the splits never share a sentence text.
     """
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, sentiment_cues: bool = True):
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
         self.seed = seed
+        self.sentiment_cues = sentiment_cues
 
     def sentences(self, n: int, split: str = "train") -> list[Sentence]:
         if not isinstance(n, int) or n < 0:
@@ -106,7 +114,7 @@ class SyntheticLanguage:
         while len(out) < n:
             sentence = generate_sentence(rng)
             if split_of(sentence.text) == split:  # rejection keeps the splits disjoint by construction
-                out.append(sentence)
+                out.append(with_intensifiers(sentence) if self.sentiment_cues else sentence)
         return out
 
     def texts(self, n: int, split: str = "train") -> list[str]:
@@ -158,6 +166,7 @@ def _all_words() -> set[str]:
     words |= {w for phrase in FIXED_PHRASES for w in phrase}
     words |= set(PREPOSITIONS + RELATIVE_VERBS + SPEECH_VERBS + NEUTRAL_ADJECTIVES + CAUSE_NOUNS)
     words |= set(POSITIVE_ADJECTIVES + NEGATIVE_ADJECTIVES + NEGATORS + DETERMINERS[0] + DETERMINERS[1])
+    words |= set(INTENSIFIERS)
     return words | set(PRONOUNS) | {"the", "that", "as", "is", "are", "and", "but", "so", ",", "."}
 
 
@@ -246,6 +255,30 @@ def _predicate(rng: random.Random, words: list[str], positive: bool, negated: bo
         words += ["but", rng.choice(other)]
     elif r < P_AND + P_BUT + P_SO:
         words += ["so", PRONOUNS[plural], "are" if plural else "is", rng.choice(other if negated else same)]
+
+
+def with_intensifiers(sentence: Sentence) -> Sentence:
+    """The sentence with `INTENSIFIER` before each polar adjective (each with probability P_INTENSIFIER).
+
+    The draws come from a generator seeded by the sentence's text, not from the corpus stream, so the sentences
+    themselves (and the splits, decided on the plain text) are the same with cues on or off. Marked positions
+    move right past every inserted word.
+    """
+    rng = random.Random(f"minitx-intensifiers/{sentence.text}")
+    words: list[str] = []
+    moved: dict[int, int] = {}  # old index -> new index
+    for i, word in enumerate(sentence.words):
+        polar = word in _POSITIVE or word in _NEGATIVE
+        if polar and rng.random() < P_INTENSIFIER:
+            words.append(INTENSIFIERS[word in _POSITIVE])
+        moved[i] = len(words)
+        words.append(word)
+    determined = {moved[i]: k for i, k in sentence.determined.items()}
+    free = {moved[i]: k for i, k in sentence.free.items()}
+    return Sentence(" ".join(words), words, determined, sentence.label, free)
+
+
+_POSITIVE, _NEGATIVE = frozenset(POSITIVE_ADJECTIVES), frozenset(NEGATIVE_ADJECTIVES)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -40,7 +40,9 @@ def parse(words):
             copula = i
             break
     negated = words[copula + 1] in ("not", "never")
-    return subject, copula, copula + 1 + negated, negated
+    adjective = copula + 1 + negated
+    adjective += words[adjective] in corpus.INTENSIFIERS  # a pretraining-only cue may precede it
+    return subject, copula, adjective, negated
 
 
 def test_same_seed_same_corpus_and_prefix_stable():
@@ -133,16 +135,17 @@ def test_coordination_leaks_polarity(sentences):
     # the unlabelled signals MLM can learn from.
     seen = Counter()
     for s in sentences:
-        for a, conj, b in zip(s.words, s.words[1:], s.words[2:]):
+        words = [w for w in s.words if w not in corpus.INTENSIFIERS]  # the pretraining-only cue aside
+        for a, conj, b in zip(words, words[1:], words[2:]):
             if conj in ("and", "but") and a in POSITIVE | NEGATIVE:
                 seen[conj] += 1
                 assert ((a in POSITIVE) == (b in POSITIVE)) == (conj == "and")
-        if "so" in s.words:
+        if "so" in words:
             seen["so"] += 1
-            i = s.words.index("so")
-            plural = s.words[parse(s.words)[0]] in PLURAL_SUBJECTS
-            assert s.words[i + 1:i + 3] == (["they", "are"] if plural else ["it", "is"])
-            assert (s.words[i + 3] in POSITIVE) == bool(s.label)
+            i = words.index("so")
+            plural = words[parse(words)[0]] in PLURAL_SUBJECTS
+            assert words[i + 1:i + 3] == (["they", "are"] if plural else ["it", "is"])
+            assert (words[i + 3] in POSITIVE) == bool(s.label)
     assert min(seen["and"], seen["but"], seen["so"]) > 500
 
 
@@ -190,3 +193,18 @@ def test_iter_text_files_chains_files_and_skips_blank_lines(tmp_path):
     assert list(itertools.islice(iter_text_files(tmp_path / "a.txt"), 1)) == ["one"]
     with pytest.raises(ValueError, match="paths"):
         list(iter_text_files([tmp_path / "missing.txt"]))
+
+
+def test_intensifiers_only_in_pretraining_text_and_they_match_the_adjective():
+    cued, plain = SyntheticLanguage(0).sentences(2000), SyntheticLanguage(0, sentiment_cues=False).sentences(2000)
+    inserted = polar = 0
+    for c, p in zip(cued, plain):
+        assert not set(p.words) & set(corpus.INTENSIFIERS) and c.label == p.label
+        assert [w for w in c.words if w not in corpus.INTENSIFIERS] == p.words
+        for w, nxt in zip(c.words, c.words[1:]):
+            if w in corpus.INTENSIFIERS:
+                inserted += 1
+                assert nxt in (POSITIVE if w == corpus.INTENSIFIERS[1] else NEGATIVE)
+        polar += sum(w in POSITIVE | NEGATIVE for w in p.words)
+        assert [c.words[i] for i in sorted(c.determined)] == [p.words[i] for i in sorted(p.determined)]
+    assert abs(inserted / polar - corpus.P_INTENSIFIER) < 0.03

@@ -99,9 +99,13 @@ def read_labelled_file(path: str | Path, num_labels: int, arg: str = "path") -> 
 
 
 def builtin_splits(n_train: int, n_validation: int, n_test: int, seed: int) -> dict[str, LabelledSplit]:
-    """The synthetic sentiment task (docs/data.md): `seed` draws which sentences are labelled; test is fixed."""
-    lang = SyntheticLanguage(seed)
-    test = SyntheticLanguage(TEST_LANGUAGE_SEED).sentences(n_test, "test")
+    """The synthetic sentiment task (docs/data.md): `seed` draws which sentences are labelled; test is fixed.
+
+    Labelled sentences carry no intensifier ("truly kind"): those are pretraining-only polarity cues, so the
+    classifier must bring the adjectives' polarity from pretraining (or learn it from the labels).
+    """
+    lang = SyntheticLanguage(seed, sentiment_cues=False)
+    test = SyntheticLanguage(TEST_LANGUAGE_SEED, sentiment_cues=False).sentences(n_test, "test")
     splits = {"train": lang.sentences(n_train, "train"), "validation": lang.sentences(n_validation, "validation"),
               "test": test}
     return {k: LabelledSplit([s.text for s in v], [s.label for s in v]) for k, v in splits.items()}
