@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from minitx import cli
 from minitx.finetune import FinetuneConfig, classify_main, evaluate, load_finetuned, predict, read_labelled_file
+from minitx.finetune.config import DEFAULT_LR
 from minitx.finetune.data import encode_split, load_splits
 from minitx.finetune.recipe import BestWeights, run_finetuning, starting_point
 from minitx.pretrain import PretrainConfig, run_pretraining
@@ -198,7 +199,7 @@ def test_config_errors_name_the_argument(tmp_path):
         FinetuneConfig(from_checkpoint=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="label_names: expected 2 names"):
         FinetuneConfig(label_names=["a", "b", "c"])
-    assert FinetuneConfig(method="full").lr == 3e-4 and FinetuneConfig(method="lora", lr=1e-2).lr == 1e-2
+    assert FinetuneConfig(method="full").lr == DEFAULT_LR["full"] and FinetuneConfig(method="lora", lr=1e-2).lr == 1e-2
 
 
 def test_finetune_help_shows_from_and_method(capsys):
