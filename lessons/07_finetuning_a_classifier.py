@@ -118,27 +118,29 @@ if not FAST:  # many labels: the pretrained encoder learns the xor far better (m
 #
 # `benchmarks/peft_experiment.py` runs the comparison properly: the default pretraining recipe, six methods
 # (scratch, full, LoRA r=4 and r=8, adapters, BitFit), 64 and 256 labels, three seeds each
-# (benchmarks/results/peft_experiment.md). It also *probes* the encoder before any label: does the MLM, shown
-# `the dog is good and [MASK] .`, put more mass on positive adjectives than after `cruel and`?
+# (benchmarks/results/peft_experiment.md). It also *probes* the encoder before any label: can the 64
+# adjectives' input embeddings be told apart by polarity (leave-one-out nearest centroid)?
 #
-# What it found, checked below: the default pretraining does **not** teach adjective polarity. The MLM ranks the
-# adjectives after `good and` and after `cruel and` alike (coordination probe near 50%), the input embeddings
-# do not separate the two polarities either, and so with 64 or 256 labels **no method beats chance** — scratch,
-# full, LoRA, adapters, BitFit: each memorises its training sentences and cannot transfer to adjectives it never
-# saw labelled. Pretraining is not useless here: with 4,000 labels full fine-tuning from the pretrained encoder
-# reaches about 95% against 69% from scratch (the section above, without MINITX_FAST). But the few-label claim,
-# and LoRA's, need an encoder that already represents what the task needs; docs/finetuning.md reports the
-# measurements that locate the gap and what the corpus needs. A claim measured, not repeated.
+# What it found, checked below. The pretraining text sometimes says `truly kind` or `utterly cruel` (the labelled
+# sentences never do), and that is enough: after pretraining the embeddings separate the polarities perfectly,
+# where random ones do not. With 256 labels, LoRA on that encoder — 7.5 % of the weights — reaches over 90 %,
+# while the same model trained from scratch stays at chance: it never sees most adjectives with a label. With
+# 64 labels every method is still close to chance: learning the flip by negation takes more examples. Earlier
+# corpora, without the intensifiers, taught pretraining nothing about polarity, and then no method beat chance at
+# all (docs/finetuning.md keeps those measurements). A claim measured, not repeated.
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "peft_experiment.json"
 exp = json.loads(RESULTS.read_text())
-probe = exp["probe"]["pretrained"]
+probe = exp["probe"]
 print("probe before fine-tuning:", probe)
 for budget, methods in exp["summary"].items():
     print(f"{budget:>4} labels:", {m: f"{v['mean']:.3f} ± {v['std']:.3f}" for m, v in methods.items()})
-assert abs(probe["coordination_accuracy"] - 0.5) < 0.1, "the encoder was expected not to know polarity"
-for budget, methods in exp["summary"].items():
-    for method, value in methods.items():
-        assert abs(value["mean"] - 0.5) < 0.05, f"{budget} labels, {method}: {value['mean']:.3f} is not chance"
-print("checked: with the default pretraining no method beats chance with few labels")
+assert probe["pretrained"]["embedding_polarity_accuracy"] > 0.9 > probe["random"]["embedding_polarity_accuracy"]
+runs = exp["runs"]
+lora = [r["test_accuracy"] for r in runs if r["method"] == "LoRA r=8" and r["budget"] == 256]
+scratch = [r["test_accuracy"] for r in runs if r["method"] == "scratch (full)" and r["budget"] == 256]
+assert len(lora) == len(scratch) >= 3 and min(lora) > max(scratch) + 0.2, (lora, scratch)
+few = [v["mean"] for v in exp["summary"]["64"].values()]
+assert all(abs(m - 0.5) < 0.08 for m in few), few
+print("checked: at 256 labels pretrained + LoRA beats scratch on every seed; at 64 all methods are near chance")
