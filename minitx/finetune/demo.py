@@ -18,8 +18,12 @@ FILL_MASK_EXAMPLES = [  # agreement, a fixed phrase, a bracket, a pronoun (docs/
     "each song near the bridges is calm [ as the kings said [MASK] .",
     "these poets are kind so [MASK] are kind .",
 ]
-CLASSIFY_EXAMPLES = ["this song is wonderful .", "this song is not wonderful .",
-                     "these poets are cruel but honest .", "every baker behind the wall is never rude ."]
+# Sentences of the built-in language (a subject with a modifier, as the grammar always has), with their labels:
+# the predicated adjective's polarity, flipped by a negator (docs/data.md).
+CLASSIFY_EXAMPLES = [("this song near the old tree is wonderful .", 1),
+                     ("this song near the old tree is not wonderful .", 0),
+                     ("these poets that met the king are cruel but honest .", 0),
+                     ("every baker behind the wall is never rude .", 1)]
 # --fast: a few seconds of work, for tests and a first look; the real demo uses the recipes' defaults.
 FAST_PRETRAIN = dict(max_steps=60, train_sentences=2000, eval_sentences=100, d_model=32, n_heads=2, d_ff=64,
                      vocab_size=300, eval_every=0, batch_size=32)
@@ -41,11 +45,11 @@ def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, seed: int = 
     finetune = run_finetuning(FinetuneConfig(from_checkpoint=str(out / "pretrain"), method="lora", seed=seed,
                                              out_dir=str(out / "finetune"), progress=progress,
                                              **(FAST_FINETUNE if fast else {})))
-    probs = predict(finetune.model, finetune.tokenizer, CLASSIFY_EXAMPLES)
+    probs = predict(finetune.model, finetune.tokenizer, [text for text, _ in CLASSIFY_EXAMPLES])
     print("\nClassifying new sentences:")
     names = ("negative", "positive")
-    for text, p in zip(CLASSIFY_EXAMPLES, probs):
-        print(f"  {names[int(p.argmax())]:<8} {float(p.max()):6.1%}  {text}")
+    for (text, label), p in zip(CLASSIFY_EXAMPLES, probs):
+        print(f"  {names[int(p.argmax())]:<8} {float(p.max()):6.1%}  {text}  (label: {names[label]})")
     seconds = time.perf_counter() - began
     print(f"\ntest accuracy {finetune.summary['test_accuracy']:.2%} from "
           f"{finetune.summary['examples']['train']} labels, training "
