@@ -6,7 +6,6 @@ here. The masking rule and its equations are in docs/math/mlm.md; the data desig
 
 from __future__ import annotations
 
-import hashlib
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -14,6 +13,7 @@ import torch
 from minitx.corpus import (FREE_KINDS, KINDS, Sentence, SyntheticLanguage, chance_baselines, iter_text_files,
                            kind_id)
 from minitx.model import IGNORE_INDEX  # one definition: the label the MLM loss skips is the one masking writes
+from minitx.seeding import seed_for  # also minitx.data's public name
 from minitx.tokenizer import SPECIAL_TOKENS, Encoding, WordPieceTokenizer
 
 __all__ = ["mask_tokens", "mlm_batch", "probe_batches", "stream_mlm_batches", "encode_example", "seed_for",
@@ -92,12 +92,6 @@ def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, voca
 def _labels_at(selected: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """The original ids where `selected`, IGNORE_INDEX elsewhere: only selected positions carry loss (mlm.1)."""
     return torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-
-
-def seed_for(*parts: int) -> int:
-    """A 63-bit seed mixing (seed, step, rank, ...): nearby inputs give unrelated streams."""
-    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 def encode_example(example: Sentence | str, tokenizer: WordPieceTokenizer,

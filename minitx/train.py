@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import time
 import warnings
 from contextlib import nullcontext
@@ -27,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -36,6 +34,7 @@ from tqdm.auto import tqdm
 from minitx import distributed as D
 from minitx.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from minitx.optim import lr_at, parameter_groups  # also minitx.train's public names
+from minitx.seeding import seed_everything, step_seed  # also minitx.train's public names
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -104,19 +103,6 @@ class TrainResult:
     history: list[dict[str, Any]]                           # every record written to metrics.jsonl
     paths: dict[str, Path]                                  # out_dir, metrics, checkpoint (if written)
     stopped_early: bool = False                             # eval_fn asked to stop before max_steps
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every generator a recipe might draw from: torch (CPU and CUDA), Python's random, numpy."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def step_seed(seed: int, step: int, micro_step: int, rank: int) -> int:
-    """The torch seed for one micro-step's dropout: a pure function of where we are, so a resumed run draws
-    exactly the masks the uninterrupted run drew, and ranks draw different ones."""
-    return (((seed * 1_000_003 + step) * 1_009 + micro_step) * 65_537 + rank) % (2**63 - 1)
 
 
 def count_tokens(batch: Any) -> int:
