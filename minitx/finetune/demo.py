@@ -53,9 +53,20 @@ def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, seed: int = 
     seconds = time.perf_counter() - began
     print(f"\ntest accuracy {finetune.summary['test_accuracy']:.2%} from "
           f"{finetune.summary['examples']['train']} labels, training "
-          f"{finetune.summary['trainable_share']:.2%} of the weights; demo took {seconds:.0f} s. "
-          f"Try: minitx classify {out / 'finetune'} \"this film is not good .\"")
+          f"{finetune.summary['trainable_share']:.2%} of the weights; demo took {seconds:.0f} s.")
+    print(try_advice(out / "finetune"))
     return {"pretrain": pretrain.summary, "finetune": finetune.summary, "wall_time_s": seconds}
+
+
+def try_advice(run_dir: str | Path) -> str:
+    """What the demo suggests next: sentences of the built-in language, the only text the classifier was taught.
+
+    A sentence outside its grammar (e.g. "this film is not good .", with no modifier after the subject) is out of
+    the labelled distribution and its label means little (docs/finetuning.md)."""
+    text = CLASSIFY_EXAMPLES[1][0]
+    return (f"Try: minitx classify {run_dir} \"{text}\"\n"
+            f"     (the classifier knows the built-in language only: a subject with a modifier, then 'is/are', "
+            f"an optional 'not'/'never' and an adjective; other sentences are outside what it was taught)")
 
 
 def demo_main(argv: Sequence[str], prog: str = "minitx demo") -> int:
