@@ -52,39 +52,147 @@ def hf_to_minitx_names(n_layers: int) -> dict[str, str]:
     return names
 
 
-def config_from_hf(hf_config: Any) -> BertConfig:
-    """A minitx BertConfig with the same sizes, eps and dropout as a `transformers.BertConfig`."""
-    act = getattr(hf_config, "hidden_act", "gelu")
-    if act != "gelu":
-        raise ValueError(f"hf_config.hidden_act: minitx BERT uses the exact erf GELU ('gelu'), got {act!r}")
-    pos_type = getattr(hf_config, "position_embedding_type", "absolute")
-    if pos_type != "absolute":
-        raise ValueError(f"hf_config.position_embedding_type: only 'absolute' is supported, got {pos_type!r}")
+# HF config options minitx's BERT cannot represent: (the only value it can take, what another value would mean).
+_UNSUPPORTED = {
+    "model_type": ("bert", "another architecture than BERT"),
+    "hidden_act": ("gelu", "another activation; minitx BERT uses the exact erf GELU"),
+    "position_embedding_type": ("absolute", "relative position embeddings in the attention scores"),
+    "is_decoder": (False, "causal (left-to-right) self-attention; minitx BERT attends both ways"),
+    "add_cross_attention": (False, "cross-attention layers over an encoder's output"),
+    "is_encoder_decoder": (False, "an encoder-decoder model"),
+}
+# Only where the MLM head is used (an encoder for fine-tuning does not care how the decoder was stored).
+_UNSUPPORTED_MLM = {"tie_word_embeddings": (True, "an MLM decoder matrix of its own; minitx ties the decoder "
+                                                  "to the word embeddings (bert.3)")}
+
+
+def _option(hf_config: Any, name: str, default: Any) -> Any:
+    """`name` of a `transformers.BertConfig` or of a config.json dict; `default` (HF's) when absent."""
+    if isinstance(hf_config, dict):
+        return hf_config.get(name, default)
+    return getattr(hf_config, name, default)
+
+
+def check_hf_config(hf_config: Any, mlm_head: bool = True) -> None:
+    """Refuse, naming the option, a Hugging Face BERT config whose model minitx would compute differently.
+
+    `hf_config` is a `transformers.BertConfig` or the dict of a config.json. With `mlm_head=False` (only the
+    encoder is wanted, as for fine-tuning) an untied MLM decoder is no obstacle.
+    """
+    options = {**_UNSUPPORTED, **(_UNSUPPORTED_MLM if mlm_head else {})}
+    for name, (supported, meaning) in options.items():
+        value = _option(hf_config, name, supported)
+        if value != supported:
+            raise ValueError(f"hf_config.{name}: minitx supports only {supported!r}, got {value!r} "
+                             f"({meaning}); this checkpoint cannot be represented exactly")
+    pruned = _option(hf_config, "pruned_heads", None)
+    if pruned:
+        raise ValueError(f"hf_config.pruned_heads: minitx has no pruned attention heads, got {pruned!r}")
+
+
+def config_from_hf(hf_config: Any, mlm_head: bool = True) -> BertConfig:
+    """A minitx BertConfig with the same sizes, eps and dropout as a `transformers.BertConfig` (or a config.json
+    dict); options minitx cannot represent are refused by name (`check_hf_config`)."""
+    check_hf_config(hf_config, mlm_head)
+    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    missing = [k for k in required if _option(hf_config, k, None) is None]
+    if missing:
+        raise ValueError(f"hf_config: expected a BERT config with {list(required)}, missing {missing}")
+
+    def get(name: str, default: Any) -> Any:
+        return _option(hf_config, name, default)
+    pad = get("pad_token_id", 0)
     return BertConfig(
-        vocab_size=hf_config.vocab_size, d_model=hf_config.hidden_size, n_layers=hf_config.num_hidden_layers,
-        n_heads=hf_config.num_attention_heads, d_ff=hf_config.intermediate_size,
-        max_position=hf_config.max_position_embeddings, type_vocab_size=hf_config.type_vocab_size,
-        dropout=hf_config.hidden_dropout_prob, attention_dropout=hf_config.attention_probs_dropout_prob,
-        layer_norm_eps=hf_config.layer_norm_eps, pad_token_id=hf_config.pad_token_id or 0,
-        initializer_range=hf_config.initializer_range)
+        vocab_size=get("vocab_size", None), d_model=get("hidden_size", None),
+        n_layers=get("num_hidden_layers", None), n_heads=get("num_attention_heads", None),
+        d_ff=get("intermediate_size", None), max_position=get("max_position_embeddings", 512),
+        type_vocab_size=get("type_vocab_size", 2), dropout=get("hidden_dropout_prob", 0.1),
+        attention_dropout=get("attention_probs_dropout_prob", 0.1), layer_norm_eps=get("layer_norm_eps", 1e-12),
+        pad_token_id=0 if pad is None else pad, initializer_range=get("initializer_range", 0.02))
+
+
+def normalize_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF state-dict keys as today's BertForMaskedLM names them: a bare `BertModel`'s keys get the "bert."
+    prefix, old TF-converted LayerNorm "gamma"/"beta" become "weight"/"bias", position_ids buffers go."""
+    bare = not any(k.startswith(("bert.", "cls.")) for k in state)
+    out = {}
+    for key, value in state.items():
+        if key.endswith("position_ids"):
+            continue
+        key = ("bert." + key) if bare else key
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        out[key] = value
+    return out
+
+
+def _check_tied(hf_state: dict[str, torch.Tensor]) -> None:
+    """A stored decoder must be the word embeddings (and its bias the head's bias): minitx has no other."""
+    pairs = (("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+             ("cls.predictions.decoder.bias", "cls.predictions.bias"))
+    for decoder, tied in pairs:
+        if decoder in hf_state and tied in hf_state and not torch.equal(hf_state[decoder], hf_state[tied]):
+            raise ValueError(f"hf_model: {decoder} differs from {tied}; minitx ties them (bert.3), so an untied "
+                             f"MLM decoder cannot be represented")
+
+
+def minitx_state_from_hf(hf_state: dict[str, torch.Tensor], n_layers: int, mlm_head: bool = True,
+                         allowed_extra: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict]:
+    """(minitx BertForMaskedLM state, the HF tensors left over whose names start with `allowed_extra`).
+
+    With `mlm_head=False` only the encoder ("bert.*") is mapped and the MLM head, if any, is left out. Any
+    other tensor missing or left over is a ValueError naming it.
+    """
+    hf_state = normalize_hf_state(hf_state)
+    if mlm_head:
+        _check_tied(hf_state)
+    names = {k: v for k, v in hf_to_minitx_names(n_layers).items() if mlm_head or k.startswith("bert.")}
+    extra = {k: v for k, v in hf_state.items() if k not in names and k.startswith(allowed_extra)}
+    ignored = _TIED_HF | (set() if mlm_head else {k for k in hf_state if k.startswith("cls.")})
+    left = {k for k in hf_state if k not in names and k not in extra and k not in ignored}
+    missing = sorted(set(names) - set(hf_state))
+    if missing or left:
+        raise ValueError(f"hf_model: not a BertForMaskedLM state dict as expected; missing {missing[:5]}, "
+                         f"unexpected {sorted(left)[:5]}")
+    return {names[k]: v.detach().clone() for k, v in hf_state.items() if k in names}, extra
 
 
 def from_hf_bert(hf_model: Any, attention_backend: str = "math") -> BertForMaskedLM:
-    """A minitx BertForMaskedLM holding the weights of a `transformers.BertForMaskedLM` (any size)."""
+    """A minitx BertForMaskedLM holding the weights of a `transformers.BertForMaskedLM` (any size).
+
+    Configs minitx would compute differently (an untied decoder, causal attention, ...) are refused by name."""
     config = config_from_hf(hf_model.config)
     config.attention_backend = attention_backend
     model = BertForMaskedLM(config)
-    hf_state = {k: v for k, v in hf_model.state_dict().items()
-                if k not in _TIED_HF and not k.endswith("position_ids")}
-    names = hf_to_minitx_names(config.n_layers)
-    missing = sorted(set(names) - set(hf_state))
-    unexpected = sorted(set(hf_state) - set(names))
-    if missing or unexpected:
-        raise ValueError(f"hf_model: not a BertForMaskedLM state dict as expected; "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    ours = {names[k]: v.detach().clone() for k, v in hf_state.items()}
+    ours, _ = minitx_state_from_hf(hf_model.state_dict(), config.n_layers)
     model.load_state_dict(ours, strict=True)
     return model
+
+
+def hf_state_from_minitx(model: BertForMaskedLM) -> dict[str, torch.Tensor]:
+    """The HF `BertForMaskedLM` state dict (tied decoder left out, as `save_pretrained` stores it) of a minitx
+    BertForMaskedLM; a parameter with no HF home is a ValueError naming it."""
+    if model.config.norm_first:
+        raise ValueError("model: pre-LN (norm_first=True) has no Hugging Face BERT equivalent")
+    ours_to_hf = {ours: hf for hf, ours in hf_to_minitx_names(model.config.n_layers).items()}
+    state = model.state_dict()
+    leftover = sorted(set(state) - set(ours_to_hf))
+    if leftover:
+        raise ValueError(f"model: parameters with no Hugging Face BERT home: {leftover[:5]}")
+    return {ours_to_hf[k]: v.detach().clone() for k, v in state.items()}
+
+
+def hf_config_dict(config: BertConfig) -> dict[str, Any]:
+    """The Hugging Face BertConfig fields (config.json's) of a minitx BertConfig; pre-LN is refused."""
+    if config.norm_first:
+        raise ValueError("model: pre-LN (norm_first=True) has no Hugging Face BERT equivalent")
+    return dict(
+        vocab_size=config.vocab_size, hidden_size=config.d_model, num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads, intermediate_size=config.d_ff, hidden_act="gelu",
+        max_position_embeddings=config.max_position, type_vocab_size=config.type_vocab_size,
+        hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.attention_dropout,
+        layer_norm_eps=config.layer_norm_eps, pad_token_id=config.pad_token_id,
+        initializer_range=config.initializer_range, position_embedding_type="absolute", is_decoder=False,
+        add_cross_attention=False, tie_word_embeddings=True)
 
 
 def to_hf_bert(model: BertForMaskedLM) -> Any:
@@ -94,20 +202,9 @@ def to_hf_bert(model: BertForMaskedLM) -> Any:
     config = model.config
     if config.norm_first:
         raise ValueError("model: pre-LN (norm_first=True) has no Hugging Face BERT equivalent")
-    hf_config = transformers.BertConfig(
-        vocab_size=config.vocab_size, hidden_size=config.d_model, num_hidden_layers=config.n_layers,
-        num_attention_heads=config.n_heads, intermediate_size=config.d_ff, hidden_act="gelu",
-        max_position_embeddings=config.max_position, type_vocab_size=config.type_vocab_size,
-        hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.attention_dropout,
-        layer_norm_eps=config.layer_norm_eps, pad_token_id=config.pad_token_id,
-        initializer_range=config.initializer_range, tie_word_embeddings=True)
+    hf_config = transformers.BertConfig(**hf_config_dict(config))
     hf_model = transformers.BertForMaskedLM(hf_config)
-    ours_to_hf = {ours: hf for hf, ours in hf_to_minitx_names(config.n_layers).items()}
-    state = model.state_dict()
-    hf_state = {ours_to_hf[k]: v.detach().clone() for k, v in state.items() if k in ours_to_hf}
-    leftover = sorted(set(state) - set(ours_to_hf))
-    if leftover:
-        raise ValueError(f"model: parameters with no Hugging Face BERT home: {leftover[:5]}")
+    hf_state = hf_state_from_minitx(model)
     hf_state["cls.predictions.decoder.weight"] = hf_state["bert.embeddings.word_embeddings.weight"]
     missing, unexpected = hf_model.load_state_dict(hf_state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids") and k not in _TIED_HF]

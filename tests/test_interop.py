@@ -5,7 +5,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from minitx.interop import from_hf_bert, hf_to_minitx_names, to_hf_bert  # noqa: E402
+from minitx.interop import (config_from_hf, from_hf_bert, hf_to_minitx_names, minitx_state_from_hf,  # noqa: E402
+                            to_hf_bert)
 from minitx.model import BertConfig, BertForMaskedLM  # noqa: E402
 
 CONFIGS = [  # (layers, hidden, heads, intermediate, vocab, max_pos, eps)
@@ -100,3 +101,66 @@ def test_unsupported_hf_configs_are_refused():
     pre_ln = BertForMaskedLM(BertConfig(vocab_size=20, d_model=16, n_heads=2, norm_first=True))
     with pytest.raises(ValueError, match="norm_first"):
         to_hf_bert(pre_ln)
+
+
+def hf_with(**options):
+    """A tiny random HF BertForMaskedLM built with extra config options."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, attn_implementation="eager",
+                                     **options)
+    return transformers.BertForMaskedLM(config).eval()
+
+
+@pytest.mark.parametrize("option, value", [("tie_word_embeddings", False), ("is_decoder", True)])
+def test_hf_models_minitx_would_compute_differently_are_refused_by_name(option, value):
+    """Issue 10 row 15: an untied decoder was tied anyway (logits off by 0.55), causal attention was made
+    bidirectional (off by 4e-3); both converted silently. Now each is refused naming the option."""
+    hf = hf_with(**{option: value})
+    with pytest.raises(ValueError, match=f"hf_config.{option}"):
+        from_hf_bert(hf)
+
+
+def test_the_refused_options_really_change_the_logits():
+    """Why they are refused: the same weights give other logits under each option (so converting is wrong)."""
+    ids = torch.randint(1, 30, (2, 7), generator=torch.Generator().manual_seed(0))
+    base = hf_with()
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+        causal = hf_with(is_decoder=True)
+        causal.load_state_dict(base.state_dict())
+        untied = hf_with(tie_word_embeddings=False)
+        untied.load_state_dict(base.state_dict(), strict=False)
+        untied.cls.predictions.decoder.weight.add_(torch.randn_like(untied.cls.predictions.decoder.weight))
+        assert (causal(input_ids=ids).logits - expected).abs().max() > 1e-4
+        assert (untied(input_ids=ids).logits - expected).abs().max() > 1e-2
+
+
+def test_a_decoder_that_differs_from_the_embeddings_is_refused():
+    """A state dict whose stored decoder is not the word-embedding matrix (a tied config, edited weights)."""
+    hf = hf_with()
+    state = {k: v.clone() for k, v in hf.state_dict().items()}
+    state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"] + 1.0
+    with pytest.raises(ValueError, match="cls.predictions.decoder.weight differs"):
+        minitx_state_from_hf(state, 1)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("add_cross_attention", True), ("is_encoder_decoder", True), ("position_embedding_type", "relative_key"),
+    ("hidden_act", "gelu_new"), ("model_type", "roberta"), ("pruned_heads", {"0": [1]}),
+    ("tie_word_embeddings", False), ("is_decoder", True)])
+def test_config_json_options_minitx_cannot_represent_are_refused(option, value):
+    config = {"model_type": "bert", "vocab_size": 30, "hidden_size": 16, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 32}
+    assert config_from_hf(config).d_model == 16
+    with pytest.raises(ValueError, match=f"hf_config.{option}"):
+        config_from_hf({**config, option: value})
+
+
+def test_an_untied_decoder_is_no_obstacle_to_the_encoder_alone():
+    """Fine-tuning uses the encoder only, so tie_word_embeddings=False is accepted there (mlm_head=False)."""
+    hf = hf_with(tie_word_embeddings=False)
+    config = config_from_hf(hf.config, mlm_head=False)
+    ours, extra = minitx_state_from_hf(hf.state_dict(), config.n_layers, mlm_head=False)
+    assert all(k.startswith("bert.") for k in ours) and not extra
+    assert torch.equal(ours["bert.embeddings.token.weight"], hf.bert.embeddings.word_embeddings.weight)
