@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
                  "fine-tune a pretrained checkpoint for classification (full, lora, adapter, bitfit)"),
     "classify": (None, "minitx.finetune:classify_main", "classify texts with a fine-tuned checkpoint"),
     "bench": (None, "minitx.bench:bench_main", "benchmarks: `minitx bench attention|training ...`"),
+    "export": (None, "minitx.export:export_main",
+               "write a run as a Hugging Face checkpoint directory (or, with --peft, a PEFT adapter directory)"),
 }
 
 

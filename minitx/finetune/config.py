@@ -27,7 +27,8 @@ class FinetuneConfig(TrainConfig):
     out_dir: str = _f("runs/finetune", "run directory: weights, tokenizer, config, metrics.jsonl, summary.json")
     # The starting point
     from_checkpoint: Optional[str] = dataclasses.field(default=None, metadata={
-        "help": "pretraining run directory (or its checkpoint.pt); omit to train from scratch",
+        "help": "pretraining run directory (or its checkpoint.pt), or a Hugging Face BERT directory "
+                "(save_pretrained: config.json, weights, vocab.txt); omit to train from scratch",
         "aliases": ["--from"]})
     model_config: str = _f("", "from scratch: a model_config.json (e.g. a pretraining run's, for the same "
                                "architecture); default: minitx pretrain's default architecture")

@@ -83,6 +83,9 @@ def starting_point(config: FinetuneConfig) -> tuple[BertForSequenceClassificatio
     """The classifier before fine-tuning: a pretrained encoder (--from) or random weights of a stated shape."""
     from minitx.pretrain import PretrainConfig, load_pretrained, model_config
     overrides = {"dropout": config.dropout, "attention_dropout": config.dropout}
+    from minitx.hf_checkpoint import is_hf_checkpoint_dir
+    if config.from_checkpoint and is_hf_checkpoint_dir(config.from_checkpoint):
+        return from_hf_directory(config, overrides)
     if config.from_checkpoint:
         mlm, tokenizer = load_pretrained(config.from_checkpoint)
         mlm.config = dataclasses.replace(mlm.config, **overrides)  # our own fresh copy: the classifier's dropout
@@ -100,6 +103,21 @@ def starting_point(config: FinetuneConfig) -> tuple[BertForSequenceClassificatio
     torch.manual_seed(config.seed)
     model = BertForSequenceClassification(dataclasses.replace(bert_config, **overrides), config.num_labels,
                                           config.use_pooler)
+    return model, tokenizer
+
+
+def from_hf_directory(config: FinetuneConfig, overrides: dict[str, Any]) -> tuple[BertForSequenceClassification,
+                                                                                  WordPieceTokenizer]:
+    """The classifier on a Hugging Face BERT directory's encoder (minitx.hf_checkpoint); its pooler too, with
+    use_pooler, when the checkpoint has one (BertForPreTraining, BertModel), else a fresh seeded pooler."""
+    from minitx.hf_checkpoint import load_hf_encoder
+    bert_config, encoder, pooler, tokenizer = load_hf_encoder(config.from_checkpoint)
+    torch.manual_seed(config.seed)  # the new head, as from_pretrained_mlm seeds it
+    model = BertForSequenceClassification(dataclasses.replace(bert_config, **overrides), config.num_labels,
+                                          config.use_pooler)
+    model.bert.load_state_dict({k[len("bert."):]: v for k, v in encoder.items()})
+    if config.use_pooler and pooler:
+        model.pooler.load_state_dict({k[len("pooler."):]: v for k, v in pooler.items()})
     return model, tokenizer
 
 
