@@ -116,10 +116,11 @@ def read_hf_tokenizer(path: str | Path) -> WordPieceTokenizer:
 def load_hf_encoder(path: str | Path) -> tuple[BertConfig, dict[str, torch.Tensor], dict[str, torch.Tensor],
                                               WordPieceTokenizer]:
     """(config, minitx encoder state "bert.*", pooler state "pooler.*" (empty if the checkpoint has none),
-    tokenizer) of any BERT checkpoint directory (BertModel, BertForMaskedLM, BertForPreTraining, ...)."""
+    tokenizer) of any BERT checkpoint directory (BertModel, BertForMaskedLM, BertForPreTraining, a classifier:
+    its head is left out, as a new head is trained)."""
     config = config_from_hf(read_hf_config(path), mlm_head=False)
     ours, extra = minitx_state_from_hf(read_hf_state(path), config.n_layers, mlm_head=False,
-                                       allowed_extra=("bert.pooler.",))
+                                       allowed_extra=("bert.pooler.", "classifier."))
     pooler = {POOLER[k]: v for k, v in extra.items() if k in POOLER}
     tokenizer = read_hf_tokenizer(path)
     _check_vocab(config, tokenizer, path)
