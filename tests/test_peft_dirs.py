@@ -109,7 +109,8 @@ def test_minitx_finetune_lora_run_exports_a_peft_adapter_with_equal_outputs(hf_d
 
 
 @pytest.mark.parametrize("option, value", [("use_dora", True), ("fan_in_fan_out", True), ("bias", "all"),
-                                           ("rank_pattern", {"query": 2}), ("peft_type", "IA3")])
+                                           ("rank_pattern", {"query": 2}), ("peft_type", "IA3"),
+                                           ("use_bdlora", {"blocks": 2}), ("kasa_config", {"k": 1})])
 def test_adapter_options_minitx_cannot_represent_are_refused_by_name(tmp_path, option, value):
     hf = hf_mlm(60)
     ours = from_hf_bert(hf)

@@ -31,6 +31,9 @@ _UNSUPPORTED = {"use_dora": False, "fan_in_fan_out": False, "bias": "none", "lor
                 "target_parameters": None, "trainable_token_indices": None, "use_qalora": False,
                 "alora_invocation_tokens": None, "megatron_config": None}
 
+# Only how A and B were initialised, which the saved weights make irrelevant.
+_INIT_ONLY = {"loftq_config", "eva_config", "corda_config", "lora_ga_config"}
+
 
 def hf_parameter_names(model: nn.Module) -> dict[str, str]:
     """minitx parameter name -> Hugging Face name, for a BertForMaskedLM or a BertForSequenceClassification."""
@@ -130,6 +133,11 @@ def read_peft_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch
         value = config.get(name, supported)
         if value != supported and not (supported in (None, {}) and not value):
             raise ValueError(f"adapter_config.{name}: minitx's LoRA supports only {supported!r}, got {value!r}")
+    for name, value in config.items():  # variants newer PEFT versions add: use_* switches and *_config blocks
+        variant = (name.startswith("use_") and name != "use_rslora") or (
+            name.endswith("_config") and name not in _INIT_ONLY)
+        if variant and value:
+            raise ValueError(f"adapter_config.{name}: a LoRA variant minitx's LoRA does not implement, got {value!r}")
     if (path / "adapter_model.safetensors").is_file():
         from safetensors.torch import load_file
         state = load_file(str(path / "adapter_model.safetensors"))
