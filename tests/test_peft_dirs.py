@@ -15,7 +15,7 @@ from minitx.finetune import load_finetuned  # noqa: E402
 from minitx.interop import from_hf_bert  # noqa: E402
 from minitx.peft import LoRALinear, apply_lora  # noqa: E402
 from minitx.peft.hf_adapter import load_peft_adapter, read_peft_adapter, save_peft_adapter  # noqa: E402
-from test_hf_dirs import TEXTS, batch, finetune_args, hf_dir, hf_mlm  # noqa: E402,F401 (hf_dir: a fixture)
+from test_hf_dirs import batch, finetune_args, hf_dir, hf_mlm  # noqa: E402,F401 (hf_dir: a fixture)
 
 
 def randomize_lora(model, seed=0):

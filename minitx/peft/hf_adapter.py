@@ -41,8 +41,8 @@ def hf_parameter_names(model: nn.Module) -> dict[str, str]:
     names = {ours: hf for hf, ours in hf_to_minitx_names(n_layers).items()}
     if isinstance(model, BertForSequenceClassification):
         names = {o: h for o, h in names.items() if h.startswith("bert.")}
-        names.update({"pooler.dense.weight": "bert.pooler.dense.weight", "pooler.dense.bias": "bert.pooler.dense.bias",
-                      "classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"})
+        names.update({f"pooler.dense.{k}": f"bert.pooler.dense.{k}" for k in ("weight", "bias")})
+        names.update({f"classifier.{k}": f"classifier.{k}" for k in ("weight", "bias")})
     elif not isinstance(model, BertForMaskedLM):
         raise TypeError(f"model: expected a minitx BertForMaskedLM or BertForSequenceClassification, "
                         f"got {type(model).__name__}")
@@ -179,7 +179,8 @@ def load_peft_adapter(model: nn.Module, path: str | Path) -> list[str]:
         raise ValueError(f"adapter_model: names with no place in this minitx model: {unknown[:5]}")
     broken = [m for m, ab in loras.items() if set(ab) != {"lora_A", "lora_B"}]
     if not loras or broken:
-        raise ValueError(f"adapter_model: expected lora_A and lora_B for each adapted module, got {broken[:3] or 'none'}")
+        raise ValueError(f"adapter_model: expected lora_A and lora_B for each adapted module, "
+                         f"got {broken[:3] or 'none'}")
     targets = ["re:" + re.escape(to_ours[m]) for m in sorted(loras)]
     kept = sorted({params[k].rsplit(".", 1)[0] for k in whole})
     names = apply_lora(model, targets, int(config["r"]), float(config["lora_alpha"]),
