@@ -89,28 +89,59 @@ def read_hf_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_hf_tokenizer(path: str | Path) -> WordPieceTokenizer:
-    """vocab.txt (one token per line, id = line number) with tokenizer_config.json's casing (do_lower_case,
-    BERT's default True). Options minitx's pre-tokenizer does not follow are refused by name."""
+    """The WordPiece tokenizer of a checkpoint directory: vocab.txt (one token per line, id = line number) with
+    tokenizer_config.json's casing (do_lower_case, BERT's default True), or else tokenizer.json (what
+    transformers 5 writes). Options minitx's pre-tokenizer does not follow are refused by name."""
     path = Path(path)
-    vocab_file = path / "vocab.txt"
-    if not vocab_file.is_file():
-        raise ValueError(f"path: {str(path)!r} has no vocab.txt (only BERT WordPiece tokenizers are supported)")
     settings = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
-    lowercase = settings.get("do_lower_case", True)
+    if (path / "vocab.txt").is_file():
+        lowercase = settings.get("do_lower_case", True)
+        _check_normalizer(lowercase, settings.get("strip_accents"), settings.get("tokenize_chinese_chars", True),
+                          "tokenizer_config")
+        return _from_vocab_file(path / "vocab.txt", lowercase)
+    if (path / "tokenizer.json").is_file():
+        return _from_tokenizer_json(_read_json(path / "tokenizer.json"))
+    raise ValueError(f"path: {str(path)!r} has neither vocab.txt nor tokenizer.json (only BERT WordPiece "
+                     f"tokenizers are supported)")
+
+
+def _check_normalizer(lowercase: Any, strip_accents: Any, chinese: Any, where: str) -> None:
     if not isinstance(lowercase, bool):
-        raise ValueError(f"tokenizer_config.do_lower_case: expected true or false, got {lowercase!r}")
-    strip = settings.get("strip_accents")
-    if strip is not None and strip != lowercase:  # minitx strips accents exactly when it lowercases, as BERT
-        raise ValueError(f"tokenizer_config.strip_accents: minitx strips accents iff it lowercases "
-                         f"(do_lower_case={lowercase}), got {strip!r}")
-    if settings.get("tokenize_chinese_chars", True) is not True:
-        raise ValueError("tokenizer_config.tokenize_chinese_chars: minitx always splits CJK characters, got "
-                         f"{settings['tokenize_chinese_chars']!r}")
+        raise ValueError(f"{where}.do_lower_case: expected true or false, got {lowercase!r}")
+    if strip_accents is not None and strip_accents != lowercase:  # minitx strips accents iff it lowercases
+        raise ValueError(f"{where}.strip_accents: minitx strips accents exactly when it lowercases "
+                         f"(lowercase={lowercase}), got {strip_accents!r}")
+    if chinese is not True:
+        raise ValueError(f"{where}.tokenize_chinese_chars: minitx always splits CJK characters, got {chinese!r}")
+
+
+def _from_vocab_file(file: Path, lowercase: bool) -> WordPieceTokenizer:
     if hasattr(WordPieceTokenizer, "from_vocab_file"):  # special ids found by name, in any order
-        return WordPieceTokenizer.from_vocab_file(vocab_file, lowercase=lowercase)
-    text = vocab_file.read_text(encoding="utf-8")
+        return WordPieceTokenizer.from_vocab_file(file, lowercase=lowercase)
+    text = file.read_text(encoding="utf-8")
     vocab = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
     return WordPieceTokenizer([t.rstrip("\r") for t in vocab], lowercase=lowercase)
+
+
+def _from_tokenizer_json(state: dict[str, Any]) -> WordPieceTokenizer:
+    """A `tokenizers` JSON file with BERT's normalizer, pre-tokenizer and a WordPiece model."""
+    model, norm = state.get("model") or {}, state.get("normalizer") or {}
+    checks = (("model.type", model.get("type"), "WordPiece"), ("normalizer.type", norm.get("type"), "BertNormalizer"),
+              ("pre_tokenizer.type", (state.get("pre_tokenizer") or {}).get("type"), "BertPreTokenizer"),
+              ("model.continuing_subword_prefix", model.get("continuing_subword_prefix", "##"), "##"),
+              ("model.unk_token", model.get("unk_token", "[UNK]"), "[UNK]"))
+    for name, got, expected in checks:
+        if got != expected:
+            raise ValueError(f"tokenizer.json {name}: minitx reads BERT WordPiece tokenizers ({expected!r}), "
+                             f"got {got!r}")
+    lowercase = norm.get("lowercase", True)
+    _check_normalizer(lowercase, norm.get("strip_accents"), norm.get("handle_chinese_chars", True), "tokenizer.json")
+    ids = model.get("vocab")
+    if not isinstance(ids, dict) or sorted(ids.values()) != list(range(len(ids))):
+        raise ValueError("tokenizer.json model.vocab: expected {token: id} with ids 0..n-1")
+    vocab = sorted(ids, key=ids.get)
+    return WordPieceTokenizer(vocab, lowercase=lowercase,
+                              max_input_chars_per_word=model.get("max_input_chars_per_word", 100))
 
 
 def load_hf_encoder(path: str | Path) -> tuple[BertConfig, dict[str, torch.Tensor], dict[str, torch.Tensor],

@@ -119,6 +119,24 @@ def test_token_ids_equal_bert_tokenizer_both_ways(tmp_path, lowercase):
         assert back(text)["input_ids"] == ours.encode(text).ids, text
 
 
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_a_tokenizer_saved_by_transformers_is_read(tmp_path, lowercase):
+    """transformers 5's save_pretrained writes tokenizer.json (no vocab.txt): read it, same ids."""
+    write_vocab(tmp_path / "in", SPECIALS + vocab_words(), lowercase)
+    hf = transformers.BertTokenizer.from_pretrained(tmp_path / "in")
+    hf.save_pretrained(tmp_path / "saved")
+    (tmp_path / "saved" / "vocab.txt").unlink(missing_ok=True)  # the tokenizer.json path, whatever the version
+    ours = read_hf_tokenizer(tmp_path / "saved")
+    assert ours.lowercase is lowercase
+    for text in TEXTS:
+        assert ours.encode(text).ids == hf(text)["input_ids"], text
+    state = json.loads((tmp_path / "saved" / "tokenizer.json").read_text())
+    state["normalizer"]["strip_accents"] = not lowercase
+    (tmp_path / "saved" / "tokenizer.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="strip_accents"):
+        read_hf_tokenizer(tmp_path / "saved")
+
+
 def test_hf_vocab_order_specials_found_by_name(tmp_path):
     """BERT's own vocab.txt has [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103."""
     if not hasattr(WordPieceTokenizer, "from_vocab_file"):
