@@ -232,3 +232,23 @@ def test_export_of_a_pretraining_run(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=b["input_ids"]).logits, run.model.eval()(b["input_ids"]).logits,
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_a_bare_bert_model_dir_gives_its_encoder_and_pooler(tmp_path):
+    """A save_pretrained BertModel (keys without "bert.", with a pooler): the classifier's encoder computes the
+    same hidden states, and with use_pooler it starts from the checkpoint's pooler."""
+    from minitx.finetune.recipe import starting_point
+    vocab = SPECIALS + vocab_words()
+    hf = hf_mlm(len(vocab))
+    torch.manual_seed(3)
+    bare = transformers.BertModel(hf.config).eval()
+    bare.save_pretrained(tmp_path)
+    write_vocab(tmp_path, vocab)
+    model, tokenizer = starting_point(FinetuneConfig(from_checkpoint=str(tmp_path), use_pooler=True, out_dir=""))
+    assert torch.equal(model.pooler.dense.weight, bare.pooler.dense.weight)
+    b = batch(tokenizer)
+    with torch.no_grad():
+        expected = bare(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        got = model.eval().bert(b["input_ids"], b["attention_mask"])
+    real = b["attention_mask"].bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
