@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
                  "fine-tune a pretrained checkpoint for classification (full, lora, adapter, bitfit)"),
     "classify": (None, "minitx.finetune:classify_main", "classify texts with a fine-tuned checkpoint"),
     "bench": (None, "minitx.bench:bench_main", "benchmarks: `minitx bench attention|training ...`"),
+    "train-lm": ("minitx.lm:LMConfig", "minitx.lm:run_lm",
+                 "causal language modelling (GPT): --corpus shakespeare with a character vocabulary, or --text"),
+    "generate": (None, "minitx.lm_generate:generate_main", "stream text from a train-lm run: generate RUN \"prompt\""),
 }
 
 
