@@ -94,3 +94,19 @@ def test_generate_checks_its_arguments_and_restores_training_mode():
         generate(torch.nn.Linear(2, 2), ids, 2)
     out = generate(model, ids, 2, seed=0)
     assert out.shape == (1, 5) and model.training
+
+
+def test_cache_projects_each_token_once():
+    """(dec.8): rows through the q/k/v projections. Without a cache step s reprojects its whole context
+    (sum of context lengths); with one, each token is projected exactly once."""
+    model = tiny()
+    rows = []
+    hook = model.blocks[0].attention.k_proj.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[1]))
+    prompt, new = torch.zeros(1, 4, dtype=torch.long), 10
+    generate(model, prompt, new, temperature=0)
+    cached = sum(rows)
+    rows.clear()
+    generate(model, prompt, new, temperature=0, use_cache=False)
+    hook.remove()
+    assert cached == 4 + new - 1  # the prompt, then one row per step (the last token is never fed back)
+    assert sum(rows) == sum(4 + s for s in range(new))  # 4 + 5 + ... + 13

@@ -121,3 +121,13 @@ def test_config_round_trips_through_a_dict():
     assert GPTConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown"):
         GPTConfig.from_dict({"width": 3})
+
+
+def test_embedding_is_token_plus_position():
+    """(dec.1): x_i = E[t_i] + P[i]."""
+    model = tiny()
+    ids = torch.randint(0, 31, (2, 6))
+    want = model.token.weight[ids] + model.position.weight[:6]
+    assert torch.allclose(model.embed(ids), want)
+    shifted = model.embed(ids, torch.arange(3, 9)[None])
+    assert torch.allclose(shifted, model.token.weight[ids] + model.position.weight[3:9])
