@@ -27,7 +27,7 @@ import torch
 
 __all__ = ["ByteBPETokenizer", "bytes_to_unicode", "pre_tokenize_bytes"]
 
-_PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+|_+| ?_+""")
+_PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -96,10 +96,10 @@ def learn_merges(word_counts: dict[bytes, int], n_merges: int) -> list[tuple[byt
             where[pair].add(word)
     merges = []
     for _ in range(n_merges):
-        best = max(((n, p) for p, n in counts.items() if n > 0), key=lambda t: (t[0], _neg(t[1])), default=None)
-        if best is None:
+        live = [(p, n) for p, n in counts.items() if n > 0]
+        if not live:
             break
-        pair = best[1]
+        pair = min(live, key=lambda item: (-item[1], item[0]))[0]  # most frequent; ties: smallest bytes
         merges.append(pair)
         for word in list(where.pop(pair, ())):
             if word not in words:
@@ -114,11 +114,6 @@ def learn_merges(word_counts: dict[bytes, int], n_merges: int) -> list[tuple[byt
                 where[p].add(new)
         counts.pop(pair, None)
     return merges
-
-
-def _neg(pair: tuple[bytes, bytes]) -> tuple[list[int], list[int]]:
-    """A key that sorts the smaller pair first under max()."""
-    return tuple([-b for b in pair[0]] + [1], ) + tuple([-b for b in pair[1]] + [1], )
 
 
 class ByteBPETokenizer:

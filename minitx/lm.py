@@ -26,7 +26,6 @@ import torch
 from minitx import distributed as D
 from minitx.char_tokenizer import CharTokenizer
 from minitx.models.gpt import GPT, GPTConfig, next_token_loss
-from minitx.plots import loss_curve
 from minitx.seeding import seed_for
 from minitx.train import TrainConfig, TrainResult, _f, train
 
@@ -146,7 +145,7 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
 
 
 @torch.no_grad()
-def split_loss(model: GPT, data: torch.Tensor, block_size: int, batch_size: int = 64) -> float:
+def split_loss(model: GPT, data: torch.Tensor, block_size: int, batch_size: int = 16) -> float:
     """Mean (dec.4) over consecutive non-overlapping windows covering all of `data` (every target once)."""
     n = (len(data) - 1) // block_size
     x = data[:n * block_size].view(n, block_size)  # (windows, T)
@@ -220,6 +219,7 @@ def run_lm(config: LMConfig) -> LMResult:
         model.eval()
         summary["val_loss_full_split"] = round(split_loss(model, val_ids, config.block_size), 4)
         if out is not None:
+            from minitx.plots import loss_curve  # matplotlib only once training is over (peak memory)
             loss_curve(result.history, keys=("loss",), title="causal LM", path=out / "loss_curve.png")
             if config.sample_tokens:
                 (out / "sample.txt").write_text(_sample(model, tokenizer, config) + "\n", encoding="utf-8")

@@ -24,20 +24,20 @@ def test_bytes_to_unicode_is_a_bijection_onto_printable_characters():
 
 
 def test_round_trip_is_lossless_on_any_text(tok):
-    for text in (TEXT, "naïve café — 東京 🙂\t\r\n  x", "", "   ", "it's 2024's"):
+    for text in (TEXT, "naïve café — 東京 🙂\t\r\n  x", "", "   ", "it's 2024's", "snake_case __x_ 3_000"):
         assert tok.decode(tok.encode(text)) == text
 
 
 def test_training_learns_merges_that_shorten_text(tok):
     assert tok.vocab_size == 300 and len(tok.merges) == 44
     assert len(tok.encode(TEXT)) < 0.5 * len(TEXT.encode())
-    assert tok.merges[0] == max(tok.merges[:1])  # determinism: the same text, the same merges
     assert ByteBPETokenizer.train([TEXT], 300).merges == tok.merges
     assert b" speak" in tok.tokens or b" spe" in tok.tokens
 
 
 def test_pre_tokens_never_merge_across_words():
     assert pre_tokenize_bytes("Hello, world  it's") == [b"Hello", b",", b" world", b" ", b" it", b"'s"]
+    assert pre_tokenize_bytes("a _b") == [b"a", b" _", b"b"]  # GPT-2 counts "_" as punctuation
 
 
 def test_save_and_load(tok, tmp_path):
@@ -56,7 +56,7 @@ def test_gpt2_files_agree_with_hf_gpt2_tokenizer(tok, tmp_path):
     transformers = pytest.importorskip("transformers")
     vocab, merges = tok.save_gpt2_files(tmp_path)
     hf = transformers.GPT2Tokenizer(str(vocab), str(merges))
-    probe = TEXT + "Unseen words: rather famished, proceeding!? 42 times\n"
+    probe = TEXT + "Unseen words: rather famished, proceeding!? 42 times, snake_case __x\n"
     assert hf.encode(probe) == tok.encode(probe)
     # ...and the files HF just read load here into a tokenizer that encodes as HF does
     loaded = ByteBPETokenizer.from_gpt2_files(vocab, merges)
