@@ -132,3 +132,30 @@ def test_config_errors_name_the_field(tmp_path):
         LMConfig(val_fraction=1.0)
     with pytest.raises(ValueError, match="vocab_size"):
         LMConfig(tokenizer="bpe", vocab_size=200)
+
+
+@pytest.mark.slow
+def test_train_lm_under_torchrun_with_two_ranks(tmp_path):
+    """DDP through minitx.train: two gloo ranks draw different windows (their seeds include the rank), rank 0
+    alone writes the run, and the replicas end identical (the checkpoint is rank 0's)."""
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    args = ["--corpus", "text", "--text", str(path), "--d-model", "16", "--n-layers", "1", "--n-heads", "2",
+            "--block-size", "16", "--batch-size", "4", "--max-steps", "6", "--warmup-steps", "1",
+            "--eval-batches", "1", "--sample-tokens", "0", "--threads", "1", "--device", "cpu", "--no-progress",
+            "--out-dir", str(tmp_path / "run")]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "minitx", "train-lm", *args], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 6
+    from minitx.seeding import seed_for
+    assert not torch.equal(lm_batch(torch.arange(1000), 4, 16, seed_for(0, 1, 0, 0))["input_ids"],
+                           lm_batch(torch.arange(1000), 4, 16, seed_for(0, 1, 0, 1))["input_ids"])
+    model, _ = load_lm(tmp_path / "run")
+    assert model.config.d_model == 16
