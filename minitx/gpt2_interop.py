@@ -88,6 +88,8 @@ def to_hf_gpt2(model: GPT) -> Any:
     except ImportError as err:  # an interop helper: transformers is a dev extra, never a runtime dependency
         raise ImportError("to_hf_gpt2 needs `transformers` (pip install 'minitx[dev]')") from err
     c = model.config
+    if not c.bias:
+        raise ValueError("model: GPT-2 has biases everywhere; a GPTConfig(bias=False) model has none to give")
     act = {"gelu": "gelu", "gelu_tanh": "gelu_new"}[c.activation]
     hf_config = transformers.GPT2Config(
         vocab_size=c.vocab_size, n_positions=c.max_position, n_embd=c.d_model, n_layer=c.n_layers,

@@ -84,6 +84,7 @@ class LMConfig(TrainConfig):
     block_size: int = _f(128, "context length in tokens (learned positions)")
     dropout: float = _f(0.0, "dropout on embeddings, residual branches and attention weights")
     activation: str = _f("gelu", "gelu (exact) or gelu_tanh (GPT-2's)", choices=("gelu", "gelu_tanh"))
+    bias: bool = _f(True, "biases in linear layers and LayerNorms (nanoGPT's default: --no-bias)")
     attention_backend: str = _f("sdpa", "attention backend; sdpa is the fastest correct one on a CPU",
                                 choices=("math", "sdpa", "flash"))
     # Batches, evaluation, sample
@@ -190,7 +191,7 @@ def run_lm(config: LMConfig) -> LMResult:
     gpt_config = GPTConfig(vocab_size=tokenizer.vocab_size, max_position=config.block_size, d_model=config.d_model,
                            n_layers=config.n_layers, n_heads=config.n_heads, d_ff=config.d_ff,
                            dropout=config.dropout, attention_dropout=config.dropout, activation=config.activation,
-                           attention_backend=config.attention_backend)
+                           attention_backend=config.attention_backend, bias=config.bias)
     torch.manual_seed(config.seed)
     model = GPT(gpt_config)
     if main and out is not None:

@@ -159,3 +159,18 @@ def test_flash_backend_agrees_with_math_and_so_does_cached_generation(monkeypatc
         got = model(ids, attention_mask=mask).logits
     assert torch.allclose(ref[mask.bool()], got[mask.bool()], atol=1e-4)
     assert torch.equal(generate(model, ids[:, :3], 3, temperature=0), greedy)
+
+
+def test_bias_free_as_nanogpt():
+    """bias=False (nanoGPT's default) removes every linear and LayerNorm bias and keeps the model causal."""
+    model = tiny(bias=False)
+    assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in tiny().parameters())
+    ids = torch.randint(0, 31, (1, 8))
+    edited = ids.clone()
+    edited[0, 5] = (edited[0, 5] + 1) % 31
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits[0, :5], model(edited).logits[0, :5], atol=1e-6)
+    from minitx.gpt2_interop import to_hf_gpt2
+    with pytest.raises(ValueError, match="bias"):
+        to_hf_gpt2(model)

@@ -63,6 +63,8 @@ class GPTConfig:
                                                            choices=ACTIVATIONS))
     attention_backend: str = field(default="math", metadata=_help("attention backend: math, sdpa or flash"))
     initializer_range: float = field(default=0.02, metadata=_help("std of the normal initial weights"))
+    bias: bool = field(default=True, metadata=_help("biases in linear layers and LayerNorms (GPT-2: yes; "
+                                                    "nanoGPT's default: no)"))
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_position", "d_model", "n_layers", "n_heads"):
@@ -110,7 +112,17 @@ def decoder_block(config: GPTConfig) -> EncoderBlock:
                          layer_norm_eps=config.layer_norm_eps, backend=config.attention_backend)
     if config.activation == "gelu_tanh":
         block.feed_forward = TanhFeedForward(config.d_model, config.ff_width)
+    if not config.bias:
+        _drop_biases(block)
     return block
+
+
+def _drop_biases(module: nn.Module) -> None:
+    """nanoGPT's bias=False: every nn.Linear and LayerNorm bias removed (None: functional.layer_norm and
+    torch's linear take no shift)."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, LayerNorm)) and sub.bias is not None:
+            sub.bias = None
 
 
 class GPT(nn.Module):
@@ -126,6 +138,8 @@ class GPT(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(decoder_block(config) for _ in range(config.n_layers))
         self.final_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        if not config.bias:
+            _drop_biases(self.final_norm)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
