@@ -202,15 +202,7 @@ def run_lm(config: LMConfig) -> LMResult:
     def batch_fn(step: int, micro: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
         return lm_batch(train_ids, config.batch_size, config.block_size, seed_for(config.seed, step, micro, rank))
 
-    eval_sets = {name: [lm_batch(data, config.batch_size, config.block_size, seed_for(config.seed, -1, i, k))
-                        for i in range(config.eval_batches)]
-                 for k, (name, data) in enumerate((("train", train_ids), ("val", val_ids)))}
-
-    def eval_fn(m: GPT) -> dict[str, float]:  # nanoGPT's estimate_loss, on fixed windows
-        losses = {name: sum(float(m(b["input_ids"], targets=b["targets"]).loss) for b in batches)
-                  / max(len(batches), 1) for name, batches in eval_sets.items()}
-        return {"loss": losses["val"], "perplexity": math.exp(losses["val"]), "train_loss": losses["train"]}
-
+    eval_fn = _estimate_loss(config, train_ids, val_ids)
     extra = {"model_config": gpt_config.to_dict(), "tokenizer": tokenizer.state()}
     result = train(model, batch_fn, causal_lm_loss, config, eval_fn=eval_fn if config.eval_batches else None,
                    extra_state=extra)
@@ -228,6 +220,20 @@ def run_lm(config: LMConfig) -> LMResult:
         print(json.dumps({k: summary[k] for k in ("steps", "wall_time_s", "parameters", "eval",
                                                   "val_loss_full_split")}))
     return LMResult(summary, model, tokenizer, result)
+
+
+def _estimate_loss(config: LMConfig, train_ids: torch.Tensor, val_ids: torch.Tensor):
+    """nanoGPT's estimate_loss as an eval_fn: mean loss over `eval_batches` windows-batches of each split,
+    fixed once (so successive evaluations differ only by the model)."""
+    eval_sets = {name: [lm_batch(data, config.batch_size, config.block_size, seed_for(config.seed, -1, i, k))
+                        for i in range(config.eval_batches)]
+                 for k, (name, data) in enumerate((("train", train_ids), ("val", val_ids)))}
+
+    def eval_fn(m: GPT) -> dict[str, float]:
+        losses = {name: sum(float(m(b["input_ids"], targets=b["targets"]).loss) for b in batches)
+                  / max(len(batches), 1) for name, batches in eval_sets.items()}
+        return {"loss": losses["val"], "perplexity": math.exp(losses["val"]), "train_loss": losses["train"]}
+    return eval_fn
 
 
 def _sample(model: GPT, tokenizer: Any, config: LMConfig) -> str:
