@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
     "bench": (None, "minitx.bench:bench_main", "benchmarks: `minitx bench attention|training ...`"),
     "export": (None, "minitx.export:export_main",
                "write a run as a Hugging Face checkpoint directory (or, with --peft, a PEFT adapter directory)"),
+    "train-lm": ("minitx.lm:LMConfig", "minitx.lm:run_lm",
+                 "causal language modelling (GPT): --corpus shakespeare with a character vocabulary, or --text"),
+    "generate": (None, "minitx.lm_generate:generate_main", "stream text from a train-lm run: generate RUN \"prompt\""),
 }
 
 

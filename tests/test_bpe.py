@@ -1,0 +1,87 @@
+"""Byte-level BPE (GPT-2's scheme): lossless on any text, trained deterministically, and its files agree
+with Hugging Face's GPT2Tokenizer (a reference no one here wrote) in both directions."""
+
+import json
+
+import pytest
+
+from minitx.bpe import ByteBPETokenizer, bytes_to_unicode, pre_tokenize_bytes
+from minitx.lm import shakespeare_text
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 3
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return ByteBPETokenizer.train([TEXT], 300)
+
+
+def test_bytes_to_unicode_is_a_bijection_onto_printable_characters():
+    table = bytes_to_unicode()
+    assert len(set(table.values())) == 256
+    assert table[ord("A")] == "A" and table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ"  # GPT-2's own
+
+
+def test_round_trip_is_lossless_on_any_text(tok):
+    for text in (TEXT, "naïve café — 東京 🙂\t\r\n  x", "", "   ", "it's 2024's", "snake_case __x_ 3_000"):
+        assert tok.decode(tok.encode(text)) == text
+
+
+def test_training_learns_merges_that_shorten_text(tok):
+    assert tok.vocab_size == 300 and len(tok.merges) == 44
+    assert len(tok.encode(TEXT)) < 0.5 * len(TEXT.encode())
+    assert ByteBPETokenizer.train([TEXT], 300).merges == tok.merges
+    assert b" speak" in tok.tokens or b" spe" in tok.tokens
+
+
+def test_pre_tokens_never_merge_across_words():
+    assert pre_tokenize_bytes("Hello, world  it's") == [b"Hello", b",", b" world", b" ", b" it", b"'s"]
+    assert pre_tokenize_bytes("a _b") == [b"a", b" _", b"b"]  # GPT-2 counts "_" as punctuation
+
+
+def test_save_and_load(tok, tmp_path):
+    tok.save(tmp_path / "bpe.json")
+    again = ByteBPETokenizer.load(tmp_path / "bpe.json")
+    assert again.encode(TEXT) == tok.encode(TEXT)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="path"):
+        ByteBPETokenizer.load(tmp_path / "bad.json")
+    (tmp_path / "bad2.json").write_text(json.dumps({"type": "char", "chars": []}))
+    with pytest.raises(ValueError, match="bpe"):
+        ByteBPETokenizer.load(tmp_path / "bad2.json")
+
+
+def test_gpt2_files_agree_with_hf_gpt2_tokenizer(tok, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    vocab, merges = tok.save_gpt2_files(tmp_path)
+    hf = transformers.GPT2Tokenizer(str(vocab), str(merges))
+    probe = TEXT + "Unseen words: rather famished, proceeding!? 42 times, snake_case __x\n"
+    assert hf.encode(probe) == tok.encode(probe)
+    # ...and the files HF just read load here into a tokenizer that encodes as HF does
+    loaded = ByteBPETokenizer.from_gpt2_files(vocab, merges)
+    assert loaded.encode(probe) == hf.encode(probe)
+
+
+def test_trained_on_shakespeare_compresses_it():
+    text = shakespeare_text()[:200_000]
+    tok = ByteBPETokenizer.train([text], 512)
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert len(ids) / len(text) < 0.55  # 256 merges: about one token per two characters
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size"):
+        ByteBPETokenizer.train([TEXT], 100)
+    with pytest.raises(TypeError, match="texts"):
+        ByteBPETokenizer.train(TEXT, 300)
+    tok = ByteBPETokenizer.train([TEXT], 260)
+    with pytest.raises(ValueError, match="ids"):
+        tok.decode([10_000])
+    with pytest.raises(ValueError, match="tokens"):
+        ByteBPETokenizer([b"a"], [])
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b c\n")
+    (tmp_path / "vocab.json").write_text(json.dumps({"a": 0}))
+    with pytest.raises(ValueError):
+        ByteBPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
