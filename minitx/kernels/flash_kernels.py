@@ -23,7 +23,7 @@ Conventions shared by all the kernels (here and in `flash_bwd_kernels.py`):
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # a global a kernel reads must be a constexpr
 
 
 @triton.jit
