@@ -52,7 +52,7 @@ def _inner_ranges(start, len_outer, len_inner, c, dl, dr,
     Inner index u may be used by outer index t iff u < len_inner and t + c - dl <= u <= t + c + dr (each
     side only if it exists). Returns (lo, a, b, hi): tiles in [lo, a) and [b, hi) need the element mask,
     tiles in [a, b) are allowed for every outer index of the tile and lie inside len_inner; nothing outside
-    [lo, hi) is allowed for any outer index of the tile (flash.12). lo and a are multiples of B_IN.
+    [lo, hi) is allowed for any outer index of the tile (flash.12). lo and a are multiples of B_IN (or = hi).
     """
     last = tl.minimum(start + B_OUT, len_outer) - 1
     lo = 0
@@ -66,6 +66,7 @@ def _inner_ranges(start, len_outer, len_inner, c, dl, dr,
     if HAS_HI:
         hi = tl.minimum(len_inner, tl.maximum(0, last + c + dr + 1))
         full = tl.minimum(full, tl.maximum(0, start + c + dr + 1) // B_IN * B_IN)
+    lo = tl.minimum(lo, hi)
     a = tl.minimum(a, hi)
     b = tl.maximum(a, tl.minimum(full, hi))
     return lo, a, b, hi
