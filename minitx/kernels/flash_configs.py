@@ -18,12 +18,15 @@ from minitx.kernels.flash_accepted import ACCEPTED
 # (BLOCK_N, BLOCK_M, num_warps, num_stages): BLOCK_N tiles the queries, BLOCK_M the keys.
 CANDIDATES: dict[str, list[tuple[int, int, int, int]]] = {
     "fwd": [(64, 32, 4, 2), (64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
-            (128, 128, 8, 2), (64, 128, 4, 2), (128, 32, 8, 2), (64, 32, 4, 3), (32, 32, 4, 2)],
-    "dkdv": [(32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 2), (64, 64, 8, 3),
-             (128, 128, 8, 2), (32, 32, 4, 2), (16, 64, 4, 2), (32, 64, 8, 2), (16, 32, 4, 2)],
-    "dq": [(64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 128, 8, 2), (128, 32, 8, 2),
-           (64, 64, 8, 3), (32, 32, 4, 2), (64, 16, 4, 2), (32, 64, 4, 2), (32, 16, 4, 2)],
+            (128, 128, 8, 2), (64, 128, 4, 2), (32, 32, 4, 2)],
+    "dkdv": [(32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 2), (32, 32, 4, 2),
+             (16, 64, 4, 2), (32, 64, 8, 2), (16, 32, 4, 2)],
+    "dq": [(64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2), (32, 32, 4, 2),
+           (64, 16, 4, 2), (32, 64, 4, 2), (32, 16, 4, 2)],
 }
+# fp32 inputs (IEEE dots, no tensor cores) are a correctness path on a GPU, not a fast one: one small config,
+# checked by the report for every kernel and head dim.
+FP32_CONFIG = (32, 32, 4, 2)
 ARCHS = (80, 90, 100)
 # Shared memory per block, opt-in maximum, bytes: A100 163 KB; H100/H200 and B200 227 KB.
 SHARED_LIMIT = {80: 166912, 90: 232448, 100: 232448}
@@ -39,16 +42,22 @@ def accepted(kernel: str, arch: int, block_d: int) -> list[tuple[int, int, int, 
     """The candidate configs the report accepts for `kernel` on `arch` at head dim BLOCK_D (in candidate
     order). An architecture without a verdict of its own (sm_75, sm_120, ...) takes sm_80's."""
     table = ACCEPTED.get(kernel, {})
-    chosen = table.get(arch, table.get(80, {})).get(block_d)
+    chosen = table.get(arch, table.get(80, {})).get(report_head_dim(block_d))
     if chosen is None:
         raise ValueError(f"block_d: no accepted {kernel} config for BLOCK_D={block_d} on sm_{arch}; "
                          f"have {sorted(table.get(arch, {}))}")
     return [tuple(c[:4]) for c in chosen]
 
 
+def report_head_dim(block_d: int) -> int:
+    """The report compiles D = 64, 128, 256; a smaller padded head dim takes the D = 64 verdict (its tiles
+    hold fewer values, so they fit where D = 64's do)."""
+    return max(64, block_d)
+
+
 def _shared_bytes(kernel: str, arch: int, block_d: int) -> dict[tuple[int, int, int, int], int]:
     table = ACCEPTED.get(kernel, {})
-    return {tuple(c[:4]): c[4] for c in table.get(arch, table.get(80, {})).get(block_d, [])}
+    return {tuple(c[:4]): c[4] for c in table.get(arch, table.get(80, {})).get(report_head_dim(block_d), [])}
 
 
 def _device_limits() -> tuple[int, int]:
@@ -67,6 +76,8 @@ def make_pruner(kernel: str):
     def prune(configs, named_args, **kwargs):
         arch, limit = _device_limits()
         block_d = kwargs["BLOCK_D"]
+        if str(named_args["Q"].dtype) == "torch.float32":
+            return [c for c in configs if _key(c) == FP32_CONFIG]
         keep = set(accepted(kernel, arch, block_d))
         shared = _shared_bytes(kernel, arch, block_d)
         fits = [c for c in configs if _key(c) in keep and shared.get(_key(c), 0) <= limit]
@@ -84,6 +95,6 @@ def autotuned(kernel_fn, kernel: str):
     Key: the lengths, the head dim and the mask structure, so a causal or windowed call never reuses a
     timing taken without them (the dtypes of the tensor arguments are added by Triton)."""
     configs = [triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=s)
-               for bn, bm, w, s in CANDIDATES[kernel]]
+               for bn, bm, w, s in dict.fromkeys(CANDIDATES[kernel] + [FP32_CONFIG])]
     key = ["N", "M", "HEAD_DIM", "HAS_MASK", "HAS_LEFT", "HAS_RIGHT", "HAS_ALIBI", "VARLEN"]
     return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": make_pruner(kernel)})(kernel_fn)
