@@ -40,13 +40,20 @@ def arch_of(capability: tuple[int, int]) -> int:
 
 def accepted(kernel: str, arch: int, block_d: int) -> list[tuple[int, int, int, int]]:
     """The candidate configs the report accepts for `kernel` on `arch` at head dim BLOCK_D (in candidate
-    order). An architecture without a verdict of its own (sm_75, sm_120, ...) takes sm_80's."""
-    table = ACCEPTED.get(kernel, {})
-    chosen = table.get(arch, table.get(80, {})).get(report_head_dim(block_d))
+    order). An architecture or head dim without a verdict of its own (sm_75, sm_120, sm_100 at D = 64)
+    takes sm_80's."""
+    chosen = _verdict(kernel, arch, block_d)
     if chosen is None:
         raise ValueError(f"block_d: no accepted {kernel} config for BLOCK_D={block_d} on sm_{arch}; "
                          f"have {sorted(table.get(arch, {}))}")
     return [tuple(c[:4]) for c in chosen]
+
+
+def _verdict(kernel: str, arch: int, block_d: int):
+    """The report's accepted list for (kernel, arch, head dim); sm_80's where that arch lacks the head dim."""
+    table = ACCEPTED.get(kernel, {})
+    d = report_head_dim(block_d)
+    return table.get(arch, {}).get(d, table.get(80, {}).get(d))
 
 
 def report_head_dim(block_d: int) -> int:
@@ -56,8 +63,7 @@ def report_head_dim(block_d: int) -> int:
 
 
 def _shared_bytes(kernel: str, arch: int, block_d: int) -> dict[tuple[int, int, int, int], int]:
-    table = ACCEPTED.get(kernel, {})
-    return {tuple(c[:4]): c[4] for c in table.get(arch, table.get(80, {})).get(report_head_dim(block_d), [])}
+    return {tuple(c[:4]): c[4] for c in _verdict(kernel, arch, block_d) or []}
 
 
 def _device_limits() -> tuple[int, int]:
