@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -159,13 +161,25 @@ def compile_all(specs: list[CompileSpec], workers: int = 1, progress=None) -> li
     for proc, shard in zip(procs, shards):
         proc.stdin.write(json.dumps([asdict(s) for s in shard]))
         proc.stdin.close()
-    by_spec = {}
-    for proc in procs:
+    lines: queue.Queue = queue.Queue()
+
+    def pump(proc):  # one reader per worker, so no worker blocks on a full pipe while another is read
         for line in proc.stdout:
-            record = json.loads(line)
-            by_spec[CompileSpec(**{k: record[k] for k in CompileSpec.__dataclass_fields__})] = record
-            if progress:
-                progress(record)
+            lines.put(line)
+        lines.put(None)
+    for proc in procs:
+        threading.Thread(target=pump, args=(proc,), daemon=True).start()
+    by_spec, finished = {}, 0
+    while finished < len(procs):
+        line = lines.get()
+        if line is None:
+            finished += 1
+            continue
+        record = json.loads(line)
+        by_spec[CompileSpec(**{k: record[k] for k in CompileSpec.__dataclass_fields__})] = record
+        if progress:
+            progress(record)
+    for proc in procs:
         if proc.wait():
             raise RuntimeError(f"compile worker exited with status {proc.returncode}")
     return [by_spec[s] for s in specs]

@@ -23,6 +23,9 @@ INTERPRETER_BLOCKS = {"BLOCK_N": 32, "BLOCK_M": 32}
 # for sm_90 and newer when the strides allow it (`tma_ok`).
 FORCE_TMA = {"fwd": False}
 _TUNED = {}
+# name -> (config, registers, spilled registers) of the last autotuned launch on a GPU, to set beside the
+# compile report's prediction (benchmarks/gpu_check.py).
+LAST_LAUNCH: dict = {}
 _KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
 
 
@@ -53,7 +56,9 @@ def _launch(name: str, n_rows: int, n_programs: int, *args, **kwargs) -> None:
         return
     if name not in _TUNED:
         _TUNED[name] = autotuned(_KERNELS[name], name)
-    _TUNED[name][grid](*args, **kwargs)
+    compiled = _TUNED[name][grid](*args, **kwargs)
+    LAST_LAUNCH[name] = (str(_TUNED[name].best_config), getattr(compiled, "n_regs", None),
+                         getattr(compiled, "n_spills", None))
 
 
 def block_d(d: int) -> int:
