@@ -103,3 +103,13 @@ def test_grid_covers_every_kernel_config_head_dim_and_arch():
     assert {(s.kernel, s.arch, s.head_dim) for s in specs} == want | {(k, 100, 128) for k in CANDIDATES}
     assert {(s.block_n, s.block_m, s.num_warps, s.num_stages) for s in specs if s.kernel == "dq"} == set(CANDIDATES["dq"]) | {FP32_CONFIG}
     assert specs[0].arch in (80, 90) and specs[0].head_dim <= 128  # the no-spill rule's cases come first
+
+
+def test_cli_has_the_compile_subcommand(capsys):
+    from minitx.bench import bench_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["compile", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--write-accepted" in text and "sm_80" in text

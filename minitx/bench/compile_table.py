@@ -45,6 +45,8 @@ def accepted_table(records: list[dict]) -> dict:
     fit (no spill, shared memory within the limit) in every variant and dtype compiled for that head dim."""
     groups: dict = {}
     for r in records:
+        if r["dtype"] == "fp32":  # the fp32 path has its own single config (FP32_CONFIG), judged apart
+            continue
         key = (r["kernel"], r["arch"], r["head_dim"])
         cfg = (r["block_n"], r["block_m"], r["num_warps"], r["num_stages"])
         verdict = groups.setdefault(key, {}).setdefault(cfg, [True, 0])
@@ -77,7 +79,8 @@ def markdown(document: dict) -> str:
     """One row per (kernel, arch, D, config): the worst registers / stack / shared over its variants."""
     rows: dict = {}
     for r in document["records"]:
-        key = (r["kernel"], r["arch"], r["head_dim"], r["block_n"], r["block_m"], r["num_warps"], r["num_stages"])
+        key = (r["kernel"], r["arch"], r["head_dim"], r["block_n"], r["block_m"], r["num_warps"], r["num_stages"],
+               " (fp32)" if r["dtype"] == "fp32" else "")
         rows.setdefault(key, []).append(r)
     out = [f"Compiled on a CPU with triton {document['triton']} for {', '.join(f'sm_{a}' for a in document['archs'])}; "
            f"{len(document['records'])} compiles. Per config: the worst over its variants "
@@ -93,10 +96,45 @@ def markdown(document: dict) -> str:
         mma = "/".join(sorted({m for r in ok for m in ("mma.sync", "wgmma", "tcgen05")
                                if r[m.replace(".", "_")]})) or "-"
         verdict = "fits" if all(r["fits"] for r in rs) else ("error: " + err[:60] if err else "rejected")
-        out.append(f"| {key[0]} | sm_{key[1]} | {key[2]} | {key[3]}x{key[4]}, {key[5]}, {key[6]} | {worst('registers')} "
+        out.append(f"| {key[0]} | sm_{key[1]} | {key[2]} | {key[3]}x{key[4]}, {key[5]}, {key[6]}{key[7]} | {worst('registers')} "
                    f"| {worst('stack_bytes')} | {worst('shared_bytes') / 1024:.0f} / "
                    f"{rs[0]['shared_limit'] / 1024 if 'shared_limit' in rs[0] else 0:.0f} | {mma} | "
                    f"{'yes' if worst('tma') else 'no'} | {worst('vector_loads')} | {worst('loops')} | {verdict} |")
+    return "\n".join(out) + "\n"
+
+
+def summary_markdown(document: dict) -> str:
+    """Per kernel x arch x D (16-bit dtypes): how many candidates fit, the autotuner's first pick and the
+    worst rejection; then the fp32 config's verdicts."""
+    groups: dict = {}
+    for r in document["records"]:
+        if r["dtype"] != "fp32":
+            groups.setdefault((r["kernel"], r["arch"], r["head_dim"]), []).append(r)
+    out = ["| kernel | arch | D | configs accepted | first accepted: tiles, warps, stages -> regs, shared KiB "
+           "| MMA | TMA | worst rejected: regs, stack B |", "|---|---|---|---|---|---|---|---|"]
+    for (kernel, arch, d), rs in sorted(groups.items()):
+        by_cfg: dict = {}
+        for r in rs:
+            by_cfg.setdefault((r["block_n"], r["block_m"], r["num_warps"], r["num_stages"]), []).append(r)
+        ok = [c for c, cr in by_cfg.items() if all(x["fits"] for x in cr)]
+        first = ""
+        if ok:
+            cr = [x for x in by_cfg[ok[0]] if "error" not in x]
+            first = (f"{ok[0][0]}x{ok[0][1]}, {ok[0][2]}, {ok[0][3]} -> {max(x['registers'] for x in cr)}, "
+                     f"{max(x['shared_bytes'] for x in cr) / 1024:.0f}")
+        bad = [x for x in rs if not x["fits"] and "error" not in x]
+        worst = max(bad, key=lambda x: x["stack_bytes"], default=None)
+        mma = "/".join(m for m in ("mma_sync", "wgmma", "tcgen05") if any(x.get(m) for x in rs)).replace("_", ".")
+        worst_text = f"{worst['registers']}, {worst['stack_bytes']}" if worst else "-"
+        tma = "yes" if any(x.get("tma") for x in rs) else "no"
+        out.append(f"| {kernel} | sm_{arch} | {d} | {len(ok)} / {len(by_cfg)} | {first or 'none'} | {mma} | "
+                   f"{tma} | {worst_text} |")
+    fp32 = [r for r in document["records"] if r["dtype"] == "fp32" and "error" not in r]
+    if fp32:
+        out += ["", "fp32 (IEEE dots, FMA instead of tensor cores), one config per kernel: "
+                + "; ".join(f"{r['kernel']} sm_{r['arch']} D={r['head_dim']} {r['block_n']}x{r['block_m']}: "
+                            f"{r['registers']} regs, stack {r['stack_bytes']} B"
+                            for r in sorted(fp32, key=lambda r: (r["kernel"], r["arch"], r["head_dim"])))]
     return "\n".join(out) + "\n"
 
 
