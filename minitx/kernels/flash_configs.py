@@ -43,9 +43,6 @@ def accepted(kernel: str, arch: int, block_d: int) -> list[tuple[int, int, int, 
     order). An architecture or head dim without a verdict of its own (sm_75, sm_120, sm_100 at D = 64)
     takes sm_80's."""
     chosen = _verdict(kernel, arch, block_d)
-    if chosen is None:
-        raise ValueError(f"block_d: no accepted {kernel} config for BLOCK_D={block_d} on sm_{arch}; "
-                         f"have {sorted(table.get(arch, {}))}")
     return [tuple(c[:4]) for c in chosen]
 
 
@@ -53,7 +50,11 @@ def _verdict(kernel: str, arch: int, block_d: int):
     """The report's accepted list for (kernel, arch, head dim); sm_80's where that arch lacks the head dim."""
     table = ACCEPTED.get(kernel, {})
     d = report_head_dim(block_d)
-    return table.get(arch, {}).get(d, table.get(80, {}).get(d))
+    chosen = table.get(arch, {}).get(d, table.get(80, {}).get(d))
+    if chosen is None:  # a head dim the report did not compile: the smallest tile, the least likely to spill
+        smallest = min(CANDIDATES[kernel], key=lambda c: (c[0] * c[1], c[2]))
+        chosen = [smallest + (0,)]
+    return chosen
 
 
 def report_head_dim(block_d: int) -> int:
