@@ -22,10 +22,10 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, backend: str = "mat
                                                             ("cu_seqlens_k", cu_seqlens_k, k))]
     if len(cu[0]) != len(cu[1]):
         raise ValueError(f"cu_seqlens_k: expected {len(cu[0])} offsets as cu_seqlens_q, got {len(cu[1])}")
-    if backend == "flash" and not options.get("dropout_p"):
+    if backend == "flash":
         from minitx.kernels.flash_attention import flash_attention_varlen
 
-        opts = {k_: val for k_, val in options.items() if k_ != "dropout_p"}
+        opts = dict(options)
         opts["causal"] = opts.pop("is_causal", False)
         return flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, **opts)
     outs = []

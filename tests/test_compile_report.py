@@ -22,10 +22,12 @@ REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "co
 
 @pytest.fixture(scope="module")
 def default_compiles():
-    """The first accepted config of each kernel at D = 128 on sm_90, causal bf16, plus fwd with every feature."""
+    """The first accepted config of each kernel at D = 128 on sm_90, causal bf16, plus fwd with every feature
+    and dK/dV with dropout (the kernel that regenerates the most masks)."""
     specs = [CompileSpec(kernel, 90, 128, "causal", "bf16", *accepted(kernel, 90, 128)[0])
              for kernel in ("fwd", "dkdv", "dq")]
     specs.append(CompileSpec("fwd", 90, 128, "features", "bf16", *accepted("fwd", 90, 128)[0]))
+    specs.append(CompileSpec("dkdv", 90, 128, "dropout", "bf16", *accepted("dkdv", 90, 128)[0]))  # (flash.21)
     return compile_all(specs, workers=2)
 
 

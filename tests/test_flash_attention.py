@@ -301,12 +301,12 @@ def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
         flash_attention(*[t.cpu() for t in small()])
 
 
-def test_backend_refuses_general_masks_and_dropout_but_takes_key_padding():
+def test_backend_refuses_general_masks_but_takes_key_padding():
     q, k, v = small()
     with pytest.raises(ValueError, match="Use backend 'math' or 'sdpa'"):
         attention_backend(q, k, v, attn_mask=torch.ones(5, 7, dtype=torch.bool, device=DEVICE).tril())
-    with pytest.raises(ValueError, match="dropout"):
-        attention_backend(q, k, v, dropout_p=0.1)
+    with pytest.raises(ValueError, match="dropout_p"):
+        attention_backend(q, k, v, dropout_p=1.0)
     pad = torch.tensor([[True, True, False, True, True, False, True]], device=DEVICE)
     expected = flash_attention(q, k, v, attention_mask=pad)
     # the same padding as a key padding mask, or as a (B, 1, 1, M) boolean attention mask

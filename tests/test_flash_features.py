@@ -1,6 +1,7 @@
 """What FlashAttention users ask for, in the Triton kernel, against the readable math backend (values and
 gradients): grouped-query / multi-query k, v (flash.18), head dims up to 256 (flash.8), bottom-right causal
-alignment and sliding windows (flash.10), ALiBi (flash.20), packed variable-length sequences (flash.19); and
+alignment and sliding windows (flash.10), ALiBi (flash.20), packed variable-length sequences (flash.19),
+Philox dropout (flash.21, against a reference given the kernel's own mask); and
 the loop split into masked / unmasked ranges (flash.17) checked exhaustively on small grids.
 
 Under the interpreter (no CUDA) at small odd sizes; the math backend gets the same options through the front
@@ -117,6 +118,42 @@ def test_tensor_descriptor_path_gives_the_same_bits(monkeypatch):
     monkeypatch.setitem(flash_autograd.FORCE_TMA, "fwd", True)
     tma = _run(lambda *t: attention(*t, backend="flash", is_causal=True), q, k, v, dout)
     assert all(torch.equal(a, b) for a, b in zip(plain, tma))
+
+
+def test_dropout_in_the_kernel_matches_the_same_mask_applied_by_hand():
+    """(flash.21): out = (P o Z / (1 - p)) V and its gradients, Z the kernel's Philox mask (exported by
+    `dropout_keep_mask`), with GQA so the dK/dV kernel regenerates the mask of every head of a group."""
+    from minitx.kernels.flash_attention import dropout_keep_mask, flash_attention
+
+    q, k, v, dout = _inputs(2, 4, 2, 19, 37, 16, seed=11)
+    p_drop, seed = 0.3, 1234
+    keep = dropout_keep_mask((2, 4, 19, 37), p_drop, seed, device=DEVICE)
+
+    def by_hand(q, k, v):
+        k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+        s = (q @ k.transpose(-2, -1) / 4.0).masked_fill(~torch.ones(19, 37, dtype=torch.bool).tril(18).to(DEVICE),
+                                                        float("-inf"))
+        return (torch.softmax(s, -1) * keep / (1 - p_drop)) @ v
+    got = _run(lambda *t: flash_attention(*t, causal=True, causal_align="bottom_right", dropout_p=p_drop,
+                                          dropout_seed=seed), q, k, v, dout)
+    want = _run(by_hand, q, k, v, dout)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5, msg=lambda m: f"{name}: {m}")
+    again = _run(lambda *t: flash_attention(*t, causal=True, causal_align="bottom_right", dropout_p=p_drop,
+                                            dropout_seed=seed), q, k, v, dout)
+    assert all(torch.equal(a, b) for a, b in zip(got, again))  # deterministic: same seed, same bits
+    kept = keep.float().mean().item()  # 2 x 4 x 19 x 37 = 5624 Bernoulli(0.7) draws: 5 sigma is 0.03
+    assert abs(kept - (1 - p_drop)) < 0.03
+    assert not torch.equal(keep, dropout_keep_mask((2, 4, 19, 37), p_drop, seed + 1, device=DEVICE))
+
+
+def test_front_door_dropout_with_flash_is_reproducible_from_torch_seed():
+    q, k, v, _ = _inputs(1, 2, 2, 9, 9, 16, seed=2)
+    torch.manual_seed(5)
+    first = attention(q, k, v, backend="flash", dropout_p=0.5)
+    torch.manual_seed(5)
+    second = attention(q, k, v, backend="flash", dropout_p=0.5)
+    assert torch.equal(first, second) and not torch.allclose(first, attention(q, k, v, backend="flash"))
 
 
 @triton.jit

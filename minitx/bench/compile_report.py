@@ -38,6 +38,7 @@ VARIANTS = {  # name -> the mask structure compiled; "features" is everything a 
     "padding": dict(HAS_MASK=True),
     "features": dict(HAS_LEFT=True, HAS_RIGHT=True, BOTTOM_RIGHT=True, HAS_ALIBI=True, GROUP=4),
     "varlen": dict(HAS_RIGHT=True, VARLEN=True),
+    "dropout": dict(HAS_RIGHT=True, HAS_DROPOUT=True),
 }
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 SHARED_LIMIT = {80: 166912, 90: 232448, 100: 232448}  # opt-in shared memory per block, bytes
@@ -74,14 +75,14 @@ def _fake_args(spec: CompileSpec) -> dict:
         q_str, kv_str, l_str = (0, q_str[1], d), (0, kv_str[1], d), (0, n)
     args = dict(Q=t, K=t, V=t, O=t, DO=t, DK=t, DV=t, DQ=t, LSE=f32, DELTA=f32, MASK=i8, SLOPES=f32,
                 CU_Q=i32, CU_K=i32, H=h, H_KV=h // group, GROUP=group, N=n, M=n, qk_scale=0.18, scale=0.125,
-                win_left=256, win_right=0)
+                win_left=256, win_right=0, seed=1234, p_drop=0.1)
     for names, strides in (("sqb sqh sqn", q_str), ("skb skh skm", kv_str), ("svb svh svm", kv_str),
                            ("sob soh son", q_str), ("sdb sdh sdn", q_str),
                            ("sgb sgh sgm", q_str if spec.kernel == "dq" else kv_str)):
         args.update(zip(names.split(), strides))
     args.update(slb=l_str[0], slh=l_str[1])
     flags = dict(HAS_MASK=False, HAS_LEFT=False, HAS_RIGHT=False, BOTTOM_RIGHT=False, HAS_ALIBI=False,
-                 VARLEN=False, USE_TMA=spec.kernel == "fwd" and spec.arch >= 90,
+                 VARLEN=False, HAS_DROPOUT=False, USE_TMA=spec.kernel == "fwd" and spec.arch >= 90,
                  DOT_PRECISION="ieee" if spec.dtype == "fp32" else "tf32", HEAD_DIM=d, BLOCK_D=block_d(d),
                  BLOCK_N=spec.block_n, BLOCK_M=spec.block_m)
     flags.update({k: val for k, val in v.items() if k in flags})

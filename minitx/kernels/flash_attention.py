@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import triton
 
 from minitx.kernels.flash_autograd import (INTERPRETER_BLOCKS, FlashAttentionFunction, FlashParams,  # noqa: F401
                                           block_d, interpreting)
@@ -106,8 +107,33 @@ def _unit_last_stride(*tensors):
     return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]
 
 
+def _dropout(dropout_p, seed) -> tuple[float, int]:
+    """(p, Philox seed); a seed of None is drawn from torch's default generator, so torch.manual_seed repeats it."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p: expected a number in [0, 1), got {dropout_p!r}")
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if dropout_p > 0 else 0
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ValueError(f"dropout_seed: expected an int in [0, 2**31), got {seed!r}")
+    return float(dropout_p), seed
+
+
+def dropout_keep_mask(shape, dropout_p: float, dropout_seed: int, device=None) -> torch.Tensor:
+    """The bool keep-mask (B, H, N, M) the kernels draw for `dropout_seed` (flash.21), for tests and debugging.
+
+    For packed sequences pass (1, H, max N, max M): element (s H + h, i, j) is then sequence s's."""
+    b, h, n, m = shape
+    out = torch.empty(b, h, n, m, dtype=torch.int8, device=device)
+    from minitx.kernels.flash_kernels import _dropout_mask_kernel
+
+    block = INTERPRETER_BLOCKS["BLOCK_N"] if interpreting() else 64
+    _dropout_mask_kernel[(triton.cdiv(n, block), triton.cdiv(m, block), b * h)](
+        out, dropout_seed, float(dropout_p), n, m, BLOCK_N=block, BLOCK_M=block)
+    return out.bool()
+
+
 def flash_attention(q, k, v, causal=False, scale=None, attention_mask=None, return_lse=False, *,
-                    causal_align="top_left", window=None, alibi_slopes=None):
+                    causal_align="top_left", window=None, alibi_slopes=None, dropout_p=0.0, dropout_seed=None):
     """softmax(scale q k^T + bias) v, fused, with causal, sliding-window, key-padding masks and ALiBi.
 
     q (B, H, N, D); k, v (B, H_kv, M, D) with H_kv dividing H (grouped-query / multi-query attention: query
@@ -117,6 +143,8 @@ def flash_attention(q, k, v, causal=False, scale=None, attention_mask=None, retu
         needs: the last query sees every key).
     window: (left, right), sliding-window (local) attention: j - i - off in [-left, right]; -1 = unbounded.
     alibi_slopes: (H,) float: adds -slope_h |j - i - off| to the scores (flash.20); not differentiated.
+    dropout_p, dropout_seed: inverted dropout on the attention weights from a Philox stream (flash.21): the
+        same seed gives the same mask (`dropout_keep_mask`); None draws a seed from torch's generator.
     scale: defaults to 1/sqrt(D).
     attention_mask: (B, M), 1/True = real token, 0/False = padding (flash.10). A query with no allowed key
         returns zeros and zero gradients (flash.11).
@@ -127,7 +155,8 @@ def flash_attention(q, k, v, causal=False, scale=None, attention_mask=None, retu
     slopes = _check_slopes(alibi_slopes, q, q.shape[1])
     scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
     mask = None if attention_mask is None else (attention_mask != 0).to(torch.int8).contiguous()
-    params = FlashParams(scale, left, right, bottom_right, False, q.shape[0], q.shape[2], k.shape[2])
+    p_drop, seed = _dropout(dropout_p, dropout_seed)
+    params = FlashParams(scale, left, right, bottom_right, False, q.shape[0], q.shape[2], k.shape[2], p_drop, seed)
     out, lse = FlashAttentionFunction.apply(*_unit_last_stride(q, k, v), mask, slopes, None, None, params)
     return (out, lse) if return_lse else out
 
@@ -143,7 +172,8 @@ def _check_cu_seqlens(name: str, cu, total: int, device) -> torch.Tensor:
 
 
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=False, scale=None, return_lse=False, *,
-                           causal_align="top_left", window=None, alibi_slopes=None):
+                           causal_align="top_left", window=None, alibi_slopes=None, dropout_p=0.0,
+                           dropout_seed=None):
     """`flash_attention` over variable-length sequences packed without padding (flash.19).
 
     q (T_q, H, D) and k, v (T_k, H_kv, D) hold sequence s in rows cu_seqlens_q[s]:cu_seqlens_q[s+1] (and
@@ -159,7 +189,9 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=False, sc
     slopes = _check_slopes(alibi_slopes, q, q.shape[1])
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
     max_n, max_m = int((cu_q[1:] - cu_q[:-1]).max()), int((cu_k[1:] - cu_k[:-1]).max())
-    params = FlashParams(scale, left, right, bottom_right, True, cu_q.numel() - 1, max(max_n, 1), max(max_m, 1))
+    p_drop, seed = _dropout(dropout_p, dropout_seed)
+    params = FlashParams(scale, left, right, bottom_right, True, cu_q.numel() - 1, max(max_n, 1), max(max_m, 1),
+                         p_drop, seed)
     # (T, H, D) -> (1, H, T, D) views: the kernels index rows c_s + i through the row stride
     q4, k4, v4 = (t.transpose(0, 1).unsqueeze(0) for t in _unit_last_stride(q, k, v))
     out, lse = FlashAttentionFunction.apply(q4, k4, v4, None, slopes, cu_q, cu_k, params)
@@ -170,18 +202,16 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=False, sc
 def attention_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=False, dropout_p=0.0,
                       scale=None, causal_align="top_left", window=None, alibi_slopes=None):
     """The "flash" backend for `minitx.attention`: key padding, causal (either alignment), sliding windows,
-    ALiBi and grouped-query k, v natively; no dropout.
+    ALiBi, grouped-query k, v and dropout (Philox, seeded from torch's generator) natively.
 
     A boolean attn_mask that only varies along the keys, shape (B or 1, 1, 1, M), is a key padding mask
     written as an attention mask and is accepted; any other attn_mask is refused.
     """
-    if dropout_p:
-        raise ValueError(f"dropout_p: the flash kernel has no dropout, got {dropout_p}; use backend 'math' or "
-                         f"'sdpa' for attention dropout")
     if attn_mask is not None:
         key_padding_mask = _merge_key_padding(attn_mask, key_padding_mask, q.shape[0], k.shape[2])
     return flash_attention(q, k, v, causal=bool(is_causal), scale=scale, attention_mask=key_padding_mask,
-                           causal_align=causal_align, window=window, alibi_slopes=alibi_slopes)
+                           causal_align=causal_align, window=window, alibi_slopes=alibi_slopes,
+                           dropout_p=dropout_p)
 
 
 # What `minitx.attention` may hand this backend as is rather than lowering it into masks and repeated heads.

@@ -45,6 +45,8 @@ class FlashParams:
     n_seq: int = 1          # sequences (B, or len(cu_seqlens) - 1 when packed)
     max_n: int = 0
     max_m: int = 0
+    dropout_p: float = 0.0
+    seed: int = 0           # Philox stream of the dropout mask (flash.21)
 
 
 def _launch(name: str, n_rows: int, n_programs: int, *args, **kwargs) -> None:
@@ -91,6 +93,7 @@ def _flags(q, mask, slopes, p: FlashParams) -> dict:
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     return dict(HAS_MASK=mask is not None, HAS_LEFT=p.win_left >= 0, HAS_RIGHT=p.win_right >= 0,
                 BOTTOM_RIGHT=p.bottom_right, HAS_ALIBI=slopes is not None, VARLEN=p.varlen,
+                HAS_DROPOUT=p.dropout_p > 0.0,
                 DOT_PRECISION=precision, HEAD_DIM=q.shape[3], BLOCK_D=block_d(q.shape[3]))
 
 
@@ -110,7 +113,7 @@ class FlashAttentionFunction(torch.autograd.Function):
                 _or(cu_q, dummy), _or(cu_k, dummy), *_rows_strides(q, p.varlen), *_rows_strides(k, p.varlen),
                 *_rows_strides(v, p.varlen), *_rows_strides(out, p.varlen), *_rows_strides(lse[..., None], p.varlen)[:2],
                 H, H // H_kv, p.max_n, p.max_m, p.scale * math.log2(math.e), p.win_left, p.win_right,
-                USE_TMA=_use_tma(k, v), **flags)
+                p.seed, p.dropout_p, USE_TMA=_use_tma(k, v), **flags)
         ctx.save_for_backward(q, k, v, out, lse, mask, slopes, cu_q, cu_k)
         ctx.params = p
         lse_natural = lse * math.log(2.0)  # the kernels keep L in base 2 (flash.9); users get natural log
@@ -141,7 +144,8 @@ class FlashAttentionFunction(torch.autograd.Function):
         extra = (_or(mask, dummy), _or(slopes, dummy), _or(cu_q, dummy), _or(cu_k, dummy))
         strides = (*_rows_strides(q, p.varlen), *_rows_strides(k, p.varlen), *_rows_strides(v, p.varlen),
                    *_rows_strides(dout, p.varlen), *lse_strides)
-        scalars = (H // H_kv, p.max_n, p.max_m, p.scale, p.scale * math.log2(math.e), p.win_left, p.win_right)
+        scalars = (H // H_kv, p.max_n, p.max_m, p.scale, p.scale * math.log2(math.e), p.win_left, p.win_right,
+                   p.seed, p.dropout_p)
         _launch("dkdv", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, *extra, *strides,
                 *_rows_strides(dk, p.varlen), H_kv, *scalars, **flags)
         _launch("dq", p.max_n, p.n_seq * H, *tensors, dq, *extra, *strides,

@@ -10,7 +10,7 @@ query tile.
 import triton
 import triton.language as tl
 
-from minitx.kernels.flash_kernels import LOG2E, _inner_ranges, _load_rows, _scores, _sequence
+from minitx.kernels.flash_kernels import LOG2E, _dropout_keep, _inner_ranges, _load_rows, _scores, _sequence
 
 
 @triton.jit
@@ -40,10 +40,10 @@ def _row_stats(LSE_h, DELTA_h, rows, n_b, MASKED: tl.constexpr):
 
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, lo, hi, cols, n_b, m_b, off, win_left,
-                win_right, pad_row_ptr, slope2, sqn, sdn, qk_scale,
+                win_right, pad_row_ptr, slope2, sqn, sdn, qk_scale, seed, p_drop, bhq, N, M,
                 MASKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                HAS_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                HAS_ALIBI: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """dV += P^T dO (flash.14), dK += dS^T Q (flash.16) over the query tiles in [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)  # true: lo is a multiple of BLOCK_N (_inner_ranges)
@@ -55,8 +55,14 @@ def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, lo, hi, cols, n
         s = _scores(s, rows, cols, n_b, m_b, off, win_left, win_right, pad_row_ptr, slope2,
                     MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
         p = tl.math.exp2(s - lse[:, None])  # (flash.13)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+        p_kept = p
+        if HAS_DROPOUT:  # (flash.21): the forward's mask again; dV sees the dropped weights, dP flows through them
+            keep = _dropout_keep(seed, p_drop, bhq, rows, cols, N, M)
+            p_kept = tl.where(keep, p / (1.0 - p_drop), 0.0)
+        dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision=DOT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (flash.14)
+        if HAS_DROPOUT:
+            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
         ds = p * (dp - delta[:, None])                               # (flash.15)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
     return dk, dv
@@ -65,10 +71,10 @@ def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, lo, hi, cols, n
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
                      sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
-                     sgb, sgh, sgm, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right,
+                     sgb, sgh, sgm, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right, seed, p_drop,
                      HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                      BOTTOM_RIGHT: tl.constexpr, HAS_ALIBI: tl.constexpr, VARLEN: tl.constexpr,
-                     DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """dV = P^T dO (flash.14) and dK = scale dS^T Q (flash.16) for one tile of BLOCK_M keys of one key/value
     head, summed over the GROUP query heads that read it (flash.18). Written once (strides sg*): no atomics."""
@@ -106,8 +112,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
             if part != 0 or HAS_RIGHT:  # the lower query bound comes from the right window edge
                 dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, start, end, cols, n_b,
                                      m_b, off, win_left, win_right, pad_row_ptr, slope2, sqn, sdn, qk_scale,
-                                     part != 1, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI, DOT_PRECISION,
-                                     HEAD_DIM, BLOCK_N, BLOCK_D)
+                                     seed, p_drop, b * H_KV * GROUP + h, N, M, part != 1, HAS_MASK, HAS_LEFT,
+                                     HAS_RIGHT, HAS_ALIBI, HAS_DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_N,
+                                     BLOCK_D)
     ok = (cols[:, None] < m_b) & (dims[None, :] < HEAD_DIM)
     offs = b * sgb + kv_h * sgh + (k0 + cols[:, None]) * sgm + dims[None, :]
     tl.store(DK + offs, (dk * scale).to(DK.dtype.element_ty), mask=ok)
@@ -116,10 +123,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
 
 @triton.jit
 def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, lo, hi, rows, n_b, m_b, off, win_left, win_right,
-              pad_row_ptr, slope2, skm, svm, qk_scale,
+              pad_row_ptr, slope2, skm, svm, qk_scale, seed, p_drop, bhq, N, M,
               MASKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-              HAS_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+              HAS_ALIBI: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """dQ += dS K (flash.16) over the key tiles in [lo, hi)."""
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
@@ -131,6 +138,8 @@ def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, lo, hi, rows, n_b, m_b, off, 
                     MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
         p = tl.math.exp2(s - lse[:, None])  # (flash.13)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if HAS_DROPOUT:  # (flash.21)
+            dp = tl.where(_dropout_keep(seed, p_drop, bhq, rows, cols, N, M), dp / (1.0 - p_drop), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     return dq
@@ -139,10 +148,10 @@ def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, lo, hi, rows, n_b, m_b, off, 
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, SLOPES, CU_Q, CU_K,
                    sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
-                   sgb, sgh, sgm, H, GROUP, N, M, scale, qk_scale, win_left, win_right,
+                   sgb, sgh, sgm, H, GROUP, N, M, scale, qk_scale, win_left, win_right, seed, p_drop,
                    HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                    BOTTOM_RIGHT: tl.constexpr, HAS_ALIBI: tl.constexpr, VARLEN: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+                   HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """dQ = scale dS K (flash.16) for one tile of BLOCK_N queries; written once (strides sg*), no atomics."""
     b, h, q0, k0, n_b, m_b = _sequence(tl.program_id(1), H, N, M, CU_Q, CU_K, VARLEN)
@@ -174,8 +183,9 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, SLOPES, CU_Q, CU_K,
             start, end = b_, hi
         if part != 0 or HAS_LEFT:
             dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, start, end, rows, n_b, m_b, off, win_left,
-                           win_right, pad_row_ptr, slope2, skm, svm, qk_scale, part != 1, HAS_MASK, HAS_LEFT,
-                           HAS_RIGHT, HAS_ALIBI, DOT_PRECISION, HEAD_DIM, BLOCK_M, BLOCK_D)
+                           win_right, pad_row_ptr, slope2, skm, svm, qk_scale, seed, p_drop, b * H + h, N, M,
+                           part != 1, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI, HAS_DROPOUT, DOT_PRECISION,
+                           HEAD_DIM, BLOCK_M, BLOCK_D)
     ok = (rows[:, None] < n_b) & (dims[None, :] < HEAD_DIM)
     offs = b * sgb + h * sgh + (q0 + rows[:, None]) * sgm + dims[None, :]
     tl.store(DQ + offs, (dq * scale).to(DQ.dtype.element_ty), mask=ok)

@@ -95,6 +95,15 @@ def _scores(s, rows, cols, n_b, m_b, off, win_left, win_right, pad_row_ptr, slop
 
 
 @triton.jit
+def _dropout_keep(seed, p_drop, bhq, rows, cols, N, M):
+    """(BLOCK_N, BLOCK_M) bool keep-mask of inverted dropout, Philox-counter-based (flash.21): element
+    (b h, i, j) draws uniform number ((b H + h) N + i) M + j of stream `seed`, so both backward kernels
+    regenerate exactly the forward's mask without storing it."""
+    offs = (bhq * N + rows[:, None]).to(tl.int64) * M + cols[None, :]
+    return tl.rand(seed, offs) >= p_drop
+
+
+@triton.jit
 def _load_rows(ptr, rows, n_rows, stride_row, MASKED: tl.constexpr, HEAD_DIM: tl.constexpr,
                BLOCK_D: tl.constexpr):
     """A (len(rows), BLOCK_D) tile; masked on the rows only where it may cross the end (MASKED), on the
@@ -112,10 +121,10 @@ def _load_rows(ptr, rows, n_rows, stride_row, MASKED: tl.constexpr, HEAD_DIM: tl
 
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_src, v_src, lo, hi, rows, n_b, m_b, off, win_left, win_right, pad_row_ptr,
-               slope2, skm, svm, qk_scale,
+               slope2, skm, svm, qk_scale, seed, p_drop, bhq, N, M,
                MASKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-               HAS_ALIBI: tl.constexpr, USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr,
-               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+               HAS_ALIBI: tl.constexpr, USE_TMA: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+               DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """The online softmax (flash.3) over the key tiles in [lo, hi)."""
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)  # true: lo is a multiple of BLOCK_M (_inner_ranges)
@@ -134,7 +143,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_src, v_src, lo, hi, rows, n_b, m_b, off, win_
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.math.exp2(m_i - m_shift)  # rescales what was summed under the old max (flash.3)
         p = tl.math.exp2(s - m_shift[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the softmax's own sum: dropout acts on the normalised weights
+        if HAS_DROPOUT:  # (flash.21) inverted dropout on P, as (attn.5)
+            p = tl.where(_dropout_keep(seed, p_drop, bhq, rows, cols, N, M), p / (1.0 - p_drop), 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -143,10 +154,10 @@ def _fwd_tiles(acc, l_i, m_i, q, k_src, v_src, lo, hi, rows, n_b, m_b, off, win_
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, MASK, SLOPES, CU_Q, CU_K,
                 sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sob, soh, son, slb, slh,
-                H, GROUP, N, M, qk_scale, win_left, win_right,
+                H, GROUP, N, M, qk_scale, win_left, win_right, seed, p_drop,
                 HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                 BOTTOM_RIGHT: tl.constexpr, HAS_ALIBI: tl.constexpr, VARLEN: tl.constexpr, USE_TMA: tl.constexpr,
-                DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+                HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """O = softmax(scale Q K^T + bias) V for one tile of BLOCK_N query rows, by the online softmax (flash.3,
     flash.4). Also stores the row logsumexp L2 = m + log2(l) (flash.5, base 2), all the backward needs."""
@@ -185,9 +196,10 @@ def _fwd_kernel(Q, K, V, O, LSE, MASK, SLOPES, CU_Q, CU_K,
             start, end = b_, hi
         if part != 0 or HAS_LEFT:  # without a left window edge [lo, a) is empty: emit no loop for it
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_src, v_src, start, end, rows, n_b, m_b, off,
-                                       win_left, win_right, pad_row_ptr, slope2, skm, svm, qk_scale, part != 1,
-                                       HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI, USE_TMA, DOT_PRECISION,
-                                       HEAD_DIM, BLOCK_M, BLOCK_D)
+                                       win_left, win_right, pad_row_ptr, slope2, skm, svm, qk_scale, seed,
+                                       p_drop, b * H + h, N, M, part != 1, HAS_MASK, HAS_LEFT, HAS_RIGHT,
+                                       HAS_ALIBI, USE_TMA, HAS_DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_M,
+                                       BLOCK_D)
 
     # (flash.4) normalise once at the end; an empty row (l = 0) gives 0, not 0/0 (flash.11)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -197,3 +209,14 @@ def _fwd_kernel(Q, K, V, O, LSE, MASK, SLOPES, CU_Q, CU_K,
     tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (dims[None, :] < HEAD_DIM))
     lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))  # (flash.5), base-2 units
     tl.store(LSE + b * slb + h * slh + q0 + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def _dropout_mask_kernel(OUT, seed, p_drop, N, M, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Write the keep-mask (B H, N, M) the attention kernels draw for `seed` (flash.21): a test hook."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    bhq = tl.program_id(2)
+    keep = _dropout_keep(seed, p_drop, bhq, rows, cols, N, M)
+    ok = (rows[:, None] < N) & (cols[None, :] < M)
+    tl.store(OUT + (bhq * N + rows[:, None]).to(tl.int64) * M + cols[None, :], keep.to(tl.int8), mask=ok)
