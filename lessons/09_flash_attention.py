@@ -196,3 +196,29 @@ visited = sum(math.ceil(min(m_show, n0 + block_n) / block_m) for n0 in range(0, 
 total = math.ceil(n_show / block_n) * math.ceil(m_show / block_m)
 print(f"N={n_show}, M={m_show}, tiles {block_n}x{block_m}: causal visits {visited} of {total} tiles")
 assert visited < total
+
+# %% [markdown]
+# ## 5. What users ask of a FlashAttention kernel: a KV cache, shared heads, a window
+#
+# Decoding with a cache asks the *new* queries (the last $N$ positions) to attend to all $M$ cached keys, so the
+# causal diagonal sits at the bottom right: key $j$ is allowed for query $i$ iff $j \le i + M - N$ (flash.10).
+# Grouped-query attention lets $G$ query heads share one key/value head, which the kernel reads in place
+# (flash.18) where the readable math backend repeats it. A sliding window keeps a band around the diagonal,
+# and the kernel splits its key loop into masked edges and an unmasked interior (flash.17). One token decoded
+# against a cache must equal the last row of full causal attention:
+
+# %%
+from minitx.attention import attention  # noqa: E402
+
+g = torch.Generator().manual_seed(1)
+full_q = torch.randn(1, 4, 40, 16, generator=g).to(DEVICE)      # H = 4 query heads
+cache_k, cache_v = (torch.randn(1, 2, 40, 16, generator=g).to(DEVICE) for _ in range(2))  # H_kv = 2
+full = attention(full_q, cache_k, cache_v, backend="flash", is_causal=True)
+step = attention(full_q[:, :, -1:], cache_k, cache_v, backend="flash", is_causal=True, causal_align="bottom_right")
+readable = attention(full_q[:, :, -1:], cache_k, cache_v, backend="math", is_causal=True, causal_align="bottom_right")
+print(f"decode step vs last row of full causal: {(step - full[:, :, -1:]).abs().max().item():.1e}; "
+      f"vs math: {(step - readable).abs().max().item():.1e}")
+assert torch.allclose(step, full[:, :, -1:], atol=1e-5) and torch.allclose(step, readable, atol=1e-5)
+windowed = attention(full_q, cache_k, cache_v, backend="flash", is_causal=True, window=(8, 0))
+assert torch.allclose(windowed, attention(full_q, cache_k, cache_v, backend="math", is_causal=True, window=(8, 0)),
+                      atol=1e-5)

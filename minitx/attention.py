@@ -8,6 +8,12 @@
 * ``"flash"``: the Triton kernel, imported from `minitx.kernels.flash_attention` on first use only.
 
 `MultiHeadAttention` is equations (mha.1)-(mha.4): project, split into heads, attend, concatenate, project.
+
+Beyond plain masks the front door takes what FlashAttention users ask for: grouped-query k, v (fewer heads
+than q), `causal_align="bottom_right"` (decoding with a KV cache), sliding `window`s, `alibi_slopes`, and
+packed variable-length sequences (`varlen_attention`). A backend that declares one in `fn.native_features`
+(the flash kernel) gets it as is; for the others `minitx.attention_masks` lowers it into masks, a bias and
+repeated heads, so the readable math path computes the same thing.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ from einops import rearrange
 from torch import nn
 
 from minitx import functional as F
+from minitx.attention_checks import _check_dropout, _check_masks, _check_qkv
+from minitx.attention_masks import check_options, lower
+from minitx.functional._checks import _check_scale
 
-__all__ = ["register_backend", "get_backend", "available_backends", "attention", "merge_masks",
-           "MultiHeadAttention"]
+__all__ = ["register_backend", "get_backend", "available_backends", "attention", "varlen_attention",
+           "merge_masks", "MultiHeadAttention"]
 
 Backend = Callable[..., torch.Tensor]
 _BACKENDS: dict[str, Backend] = {}
@@ -74,7 +83,7 @@ def merge_masks(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor |
         return pad
     if attn_mask.dtype == torch.bool:
         return attn_mask & pad
-    return attn_mask.masked_fill(~pad, float("-inf"))
+    return torch.where(pad, attn_mask, float("-inf"))  # broadcasts both ways, unlike masked_fill
 
 
 def _math_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=False, dropout_p=0.0,
@@ -116,62 +125,35 @@ register_backend("math", _math_backend)
 register_backend("sdpa", _sdpa_backend)
 
 
-def _check_qkv(q, k, v) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name}: expected shape (B, H, L, D), got {tuple(t.shape)}")
-        if t.dtype != q.dtype or t.device != q.device:
-            raise TypeError(f"{name}: expected dtype {q.dtype} on {q.device} like q, got {t.dtype} on {t.device}")
-    if k.shape[:2] != q.shape[:2] or v.shape[:2] != q.shape[:2]:
-        raise ValueError(f"k, v: expected batch and heads {tuple(q.shape[:2])} as q, "
-                         f"got {tuple(k.shape[:2])} and {tuple(v.shape[:2])}")
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"k: expected head dim {q.shape[-1]} as q, got {k.shape[-1]}")
-    if v.shape[2] != k.shape[2]:
-        raise ValueError(f"v: expected key length {k.shape[2]} as k, got {v.shape[2]}")
-
-
-def _check_masks(q, k, attn_mask, key_padding_mask) -> None:
-    b, h, n, _ = q.shape
-    m = k.shape[2]
-    if attn_mask is not None:
-        if not isinstance(attn_mask, torch.Tensor):
-            raise TypeError(f"attn_mask: expected a bool or float Tensor, got {type(attn_mask).__name__}")
-        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
-            raise TypeError(f"attn_mask: expected bool (True = may attend) or float (added), got {attn_mask.dtype}")
-        shape = tuple(attn_mask.shape)
-        target = (b, h, n, m)[4 - len(shape):] if len(shape) <= 4 else ()
-        if len(shape) > 4 or any(s not in (1, t) for s, t in zip(shape, target)):
-            raise ValueError(f"attn_mask: expected a shape broadcastable to (B, H, N, M) = {(b, h, n, m)}, "
-                             f"got {shape}")
-    if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-            got = key_padding_mask.dtype if isinstance(key_padding_mask, torch.Tensor) else type(key_padding_mask)
-            raise TypeError(f"key_padding_mask: expected a bool Tensor (True = real token), got {got}")
-        if tuple(key_padding_mask.shape) != (b, m):
-            raise ValueError(f"key_padding_mask: expected shape (B, M) = {(b, m)}, "
-                             f"got {tuple(key_padding_mask.shape)}")
-
-
 def attention(q, k, v, *, backend: str = "math", attn_mask=None, key_padding_mask=None, is_causal: bool = False,
-              dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+              dropout_p: float = 0.0, scale: float | None = None, causal_align: str = "top_left",
+              window: tuple[int, int] | None = None, alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v, equation (mha.2), computed by the named backend.
 
-    q (B, H, N, D), k (B, H, M, D), v (B, H, M, Dv) -> (B, H, N, Dv). `attn_mask` is bool (True = may attend)
+    q (B, H, N, D), k (B, H_kv, M, D), v (B, H_kv, M, Dv) -> (B, H, N, Dv); H_kv divides H (grouped-query
+    attention: query head h reads key/value head h // (H / H_kv)). `attn_mask` is bool (True = may attend)
     or float (added to the scores), broadcastable to (B, H, N, M); `key_padding_mask` is bool (B, M), True =
-    real token. A query with no allowed key gets zeros.
+    real token. `causal_align` "top_left" (torch SDPA's is_causal) or "bottom_right" (FlashAttention's: the
+    last query sees every key, as a KV cache needs); `window` (left, right) keeps keys j with
+    -left <= j - i - off <= right (-1 = unbounded; off = M - N when bottom-right aligned, else 0);
+    `alibi_slopes` (H,) adds -slope_h |j - i - off|. A query with no allowed key gets zeros.
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a str, got {type(backend).__name__}")
     _check_qkv(q, k, v)
     _check_masks(q, k, attn_mask, key_padding_mask)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p: expected a probability in [0, 1), got {dropout_p}")
+    _check_dropout(dropout_p)
+    _check_scale(scale, q.shape[-1])
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal: expected a bool, got {type(is_causal).__name__}")
+    check_options(causal_align, window, alibi_slopes, q.shape[1])
+    if attn_mask is not None and attn_mask.dim() < 4:  # (M,) or (N, M): make every backend see (.., .., N, M)
+        attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
     fn = get_backend(backend)
+    k, v, attn_mask, is_causal, extra = lower(q, k, v, attn_mask, is_causal, causal_align, window, alibi_slopes,
+                                              getattr(fn, "native_features", frozenset()))
     return fn(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal,
-              dropout_p=dropout_p, scale=scale)
+              dropout_p=dropout_p, scale=scale, **extra)
 
 
 class MultiHeadAttention(nn.Module):
@@ -184,21 +166,26 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True,
-                 backend: str = "math"):
+                 backend: str = "math", n_kv_heads: int | None = None):
         super().__init__()
-        for name, value in (("d_model", d_model), ("n_heads", n_heads)):
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        for name, value in (("d_model", d_model), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         if d_model % n_heads:
             raise ValueError(f"d_model: expected a multiple of n_heads={n_heads}, got {d_model}")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads: expected a divisor of n_heads={n_heads} (grouped-query attention), "
+                             f"got {n_kv_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.n_kv_heads = n_kv_heads  # fewer than n_heads: grouped-query (1: multi-query) attention, (flash.18)
         self.dropout = dropout
         self.backend = backend
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
     @property
@@ -244,27 +231,55 @@ class MultiHeadAttention(nn.Module):
             raise TypeError(f"context: expected dtype {x.dtype} as x, got {context.dtype}")
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, attention_mask=None,
-                is_causal: bool = False, return_weights: bool = False):
-        """x (B, N, C) attends to `context` (B, M, C), or to itself. Returns (B, N, C) [, weights (B, H, N, M)]."""
+                is_causal: bool = False, return_weights: bool = False, *, causal_align: str = "top_left",
+                window: tuple[int, int] | None = None, alibi_slopes: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None):
+        """x (B, N, C) attends to `context` (B, M, C), or to itself. Returns (B, N, C) [, weights (B, H, N, M)].
+
+        causal_align, window, alibi_slopes: as in `attention`. cu_seqlens (n_seq + 1,): x is (1, T, C) holding
+        sequences packed without padding, each attending within itself (`varlen_attention`; self-attention,
+        no attention_mask, no weights).
+        """
         context = x if context is None else context
         self._check_inputs(x, context)
         (b, n, _), m = x.shape, context.shape[1]
-        attn_mask, key_padding_mask = self._masks(attention_mask, b, n, m)
+        options = dict(causal_align=causal_align, window=window, alibi_slopes=alibi_slopes)
         # (mha.1): one projection per role, then split the width into heads
         q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", h=self.n_heads)  # (B, N, C) -> (B, H, N, D)
-        k = rearrange(self.k_proj(context), "b m (h d) -> b h m d", h=self.n_heads)  # (B, M, C) -> (B, H, M, D)
-        v = rearrange(self.v_proj(context), "b m (h d) -> b h m d", h=self.n_heads)  # (B, M, C) -> (B, H, M, D)
+        k = rearrange(self.k_proj(context), "b m (h d) -> b h m d", h=self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
+        v = rearrange(self.v_proj(context), "b m (h d) -> b h m d", h=self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
-        if return_weights:  # only the math path can hand back its weights
+        if cu_seqlens is not None:
+            out = self._packed(q, k, v, context is not x, attention_mask, return_weights, cu_seqlens,
+                               is_causal=is_causal, dropout_p=dropout_p, **options)
+        elif return_weights:  # only the math path can hand back its weights
+            attn_mask, key_padding_mask = self._masks(attention_mask, b, n, m)
+            check_options(causal_align, window, alibi_slopes, self.n_heads)
+            k, v, attn_mask, is_causal, _ = lower(q, k, v, attn_mask, is_causal, causal_align, window,
+                                                  alibi_slopes, frozenset())
             out, weights = _math_backend(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
                                          is_causal=is_causal, dropout_p=dropout_p, return_weights=True)
         else:
+            attn_mask, key_padding_mask = self._masks(attention_mask, b, n, m)
             out = attention(q, k, v, backend=self.backend, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                            is_causal=is_causal, dropout_p=dropout_p)
+                            is_causal=is_causal, dropout_p=dropout_p, **options)
         # (mha.3): concatenate the heads and mix them
         out = self.out_proj(rearrange(out, "b h n d -> b n (h d)"))  # (B, H, N, D) -> (B, N, C)
         return (out, weights) if return_weights else out
 
+    def _packed(self, q, k, v, cross, attention_mask, return_weights, cu_seqlens, **options):
+        if cross or attention_mask is not None or return_weights or q.shape[0] != 1:
+            raise ValueError("cu_seqlens: packed sequences take self-attention on x of shape (1, T, C), "
+                             "without context, attention_mask or return_weights")
+        packed = [rearrange(t, "1 h t d -> t h d") for t in (q, k, v)]  # (1, H, T, D) -> (T, H, D)
+        out = varlen_attention(*packed, cu_seqlens, cu_seqlens, backend=self.backend, **options)
+        return rearrange(out, "t h d -> 1 h t d")  # (T, H, D) -> (1, H, T, D)
+
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, dropout={self.dropout}, backend={self.backend!r}"
+        kv = "" if self.n_kv_heads == self.n_heads else f", n_kv_heads={self.n_kv_heads}"
+        return f"d_model={self.d_model}, n_heads={self.n_heads}{kv}, dropout={self.dropout}, backend={self.backend!r}"
+
+
+# Packed sequences call `attention` per sequence; defined in their own module, importable from here too.
+from minitx.attention_varlen import varlen_attention  # noqa: E402

@@ -25,6 +25,7 @@ __all__ = [
     "rotate_half",
     "alibi_slopes",
     "alibi_bias",
+    "alibi_bias_from_slopes",
 ]
 
 
@@ -177,4 +178,15 @@ def alibi_bias(n_heads: int, n: int, m: int, device=None) -> torch.Tensor:
     i = torch.arange(n, device=device).unsqueeze(1)  # (N, 1)
     j = torch.arange(m, device=device).unsqueeze(0)  # (1, M)
     distance = (j - i).abs().float()  # (N, M)
+    return -slopes[:, None, None] * distance  # (H, 1, 1) * (N, M) -> (H, N, M)
+
+
+def alibi_bias_from_slopes(slopes: torch.Tensor, n: int, m: int, offset: int = 0) -> torch.Tensor:
+    """(H, N, M) bias -slope_h * |j - i - offset| for any slopes (H,), equation (pos.8) with the diagonal
+    moved by `offset` (M - N aligns it bottom-right, as for causal decoding; flash.20 in the flash kernel)."""
+    if not isinstance(slopes, torch.Tensor) or slopes.dim() != 1:
+        raise ValueError(f"slopes: expected a 1-d Tensor (H,), got {slopes!r}")
+    i = torch.arange(n, device=slopes.device).unsqueeze(1)  # (N, 1)
+    j = torch.arange(m, device=slopes.device).unsqueeze(0)  # (1, M)
+    distance = (j - i - offset).abs().to(slopes.dtype if slopes.is_floating_point() else torch.float32)
     return -slopes[:, None, None] * distance  # (H, 1, 1) * (N, M) -> (H, N, M)

@@ -308,3 +308,153 @@ def test_mha_matmul_flops_match_the_cost_formula(n, m, c, h):
         mha(x, context=None if n == m else context)
     projections = 8 * n * c * c if n == m else 4 * n * c * c + 4 * m * c * c
     assert counter.get_total_flops() == projections + 4 * n * m * c
+
+
+# ---------------------------------------------------------------- what FlashAttention users ask for (issue 12)
+# Each option against a reference built by hand here, for math and sdpa (the flash kernel is held to math in
+# tests/test_flash_features.py).
+
+def _reference(q, k, v, allowed=None, bias=None):
+    """softmax(q k^T / sqrt(D) + bias) v over `allowed` keys, k/v repeated to q's heads; empty rows -> 0."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    s = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    if bias is not None:
+        s = s + bias
+    if allowed is not None:
+        s = s.masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return p @ v
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("n, m", [(3, 7), (7, 3), (5, 5)])
+def test_bottom_right_causal_is_what_a_kv_cache_needs(backend, n, m):
+    """(attn.3) with off = M - N: query i sees keys j <= i + M - N, so the last query sees all M keys."""
+    q, k, v = _qkv(1, 2, n, m, 4)
+    allowed = torch.arange(m)[None, :] <= torch.arange(n)[:, None] + (m - n)  # (N, M)
+    assert torch.equal(A.F.causal_mask(n, m, align="bottom_right"), allowed)
+    got = attention(q, k, v, backend=backend, is_causal=True, causal_align="bottom_right")
+    torch.testing.assert_close(got, _reference(q, k, v, allowed))
+    # decoding one token with a cache == the last row of the full causal attention
+    last = attention(q[:, :, -1:], k, v, backend=backend, is_causal=True, causal_align="bottom_right")
+    torch.testing.assert_close(last, got[:, :, -1:])
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_grouped_query_attention_reads_shared_heads(backend):
+    """(flash.18) on the readable path: k, v with H_kv = 2 heads serve H = 6 query heads, gradients summed."""
+    q, k, v = _qkv(2, 6, 5, 7, 3)
+    k, v = (t.detach()[:, :2].clone().requires_grad_() for t in (k, v))
+    got = attention(q, k, v, backend=backend, is_causal=True)
+    torch.testing.assert_close(got, _reference(q, k, v, A.F.causal_mask(5, 7)))
+    got.sum().backward()
+    assert k.grad.shape == (2, 2, 7, 3) and k.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="k: expected a number of heads dividing"):
+        attention(q, k[:, :1].expand(2, 4, 7, 3), v[:, :1].expand(2, 4, 7, 3))
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("window, causal, align", [((2, 1), False, "top_left"), ((3, 0), True, "bottom_right"),
+                                                   ((-1, 0), False, "top_left")])
+def test_sliding_window_keeps_a_band_around_the_aligned_diagonal(backend, window, causal, align):
+    q, k, v = _qkv(1, 2, 6, 9, 4)
+    off = 3 if align == "bottom_right" else 0
+    d = torch.arange(9)[None, :] - torch.arange(6)[:, None] - off  # (N, M)
+    allowed = (d >= -window[0] if window[0] >= 0 else True) & (d <= (0 if causal else window[1]))
+    got = attention(q, k, v, backend=backend, window=window, is_causal=causal, causal_align=align)
+    torch.testing.assert_close(got, _reference(q, k, v, allowed))
+    if window == (-1, 0):  # a window open to the left and closed at 0 is plain causal attention
+        torch.testing.assert_close(got, attention(q, k, v, backend=backend, is_causal=True))
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_alibi_slopes_option_equals_the_bias_it_stands_for(backend):
+    """(pos.8) bottom-right aligned with causal: bias -slope_h |j - i - (M - N)|, here M - N = 2."""
+    from minitx.positional import alibi_bias_from_slopes, alibi_slopes
+
+    q, k, v = _qkv(1, 4, 3, 5, 4)
+    slopes = alibi_slopes(4).double()
+    got = attention(q, k, v, backend=backend, alibi_slopes=slopes, is_causal=True, causal_align="bottom_right")
+    want = _reference(q, k, v, A.F.causal_mask(3, 5, align="bottom_right"), alibi_bias_from_slopes(slopes, 3, 5, 2))
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_packed_sequences_equal_a_padded_batch(backend):
+    """(flash.19): sequences of lengths 3, 5, 1 packed into T = 9 rows == the same batch padded to 5."""
+    from minitx.attention import varlen_attention
+
+    lengths, h, d = [3, 5, 1], 2, 4
+    cu = torch.tensor([0, 3, 8, 9])
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(9, h, d, generator=g, dtype=F64) for _ in range(3))
+    packed = varlen_attention(q, k, v, cu, cu, backend=backend, is_causal=True)
+    for s, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        qs, ks, vs = (rearrange(t[a:b], "t h d -> 1 h t d") for t in (q, k, v))
+        torch.testing.assert_close(rearrange(packed[a:b], "t h d -> 1 h t d"),
+                                   _reference(qs, ks, vs, A.F.causal_mask(lengths[s], lengths[s])))
+    with pytest.raises(ValueError, match="cu_seqlens_q"):
+        varlen_attention(q, k, v, torch.tensor([0, 3, 8]), cu)
+
+
+def test_mha_grouped_query_heads_and_packed_sequences():
+    """MultiHeadAttention(n_kv_heads=...) has smaller k/v projections; cu_seqlens packs without padding and
+    equals running each sequence alone."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, n_kv_heads=2).double()
+    assert mha.k_proj.weight.shape == (8, 16) and mha.v_proj.weight.shape == (8, 16)
+    x = torch.randn(1, 7, 16, dtype=F64)
+    packed = mha(x, cu_seqlens=torch.tensor([0, 4, 7]), is_causal=True, window=(2, 0))
+    for a, b in ((0, 4), (4, 7)):
+        torch.testing.assert_close(packed[:, a:b], mha(x[:, a:b], is_causal=True, window=(2, 0)))
+    out, weights = mha(x, is_causal=True, causal_align="bottom_right", return_weights=True)
+    torch.testing.assert_close(out, mha(x, is_causal=True, causal_align="bottom_right"))
+    assert weights.shape == (1, 4, 7, 7) and torch.all(weights.triu(1) == 0)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        MultiHeadAttention(16, 4, n_kv_heads=3)
+
+
+def test_feature_options_are_checked():
+    q, k, v = _qkv(1, 2, 3, 4, 5, dtype=torch.float32)
+    with pytest.raises(ValueError, match="causal_align"):
+        attention(q, k, v, is_causal=True, causal_align="bottom")
+    with pytest.raises(ValueError, match="window"):
+        attention(q, k, v, window=(2,))
+    with pytest.raises(ValueError, match="alibi_slopes"):
+        attention(q, k, v, alibi_slopes=torch.ones(3))
+
+
+# ---------------------------------------------------------------- issue 10, row 11: sdpa as strict as math
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("kw, error, words", [
+    (dict(scale=float("inf")), ValueError, "scale"), (dict(scale=float("nan")), ValueError, "scale"),
+    (dict(dropout_p="0.1"), ValueError, "dropout_p"), (dict(dropout_p=None), ValueError, "dropout_p"),
+    (dict(is_causal=1), TypeError, "is_causal"),
+])
+def test_every_backend_refuses_the_same_bad_options(backend, kw, error, words):
+    q, k, v = _qkv(1, 2, 3, 4, 5, dtype=torch.float32)
+    with pytest.raises(error, match=words):
+        attention(q, k, v, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_every_backend_refuses_empty_and_integer_inputs(backend):
+    q, k, v = _qkv(1, 2, 3, 4, 5, dtype=torch.float32)
+    with pytest.raises(ValueError, match="k: expected at least one key"):
+        attention(q, k[:, :, :0], v[:, :, :0], backend=backend)
+    with pytest.raises(ValueError, match="head dim D >= 1"):
+        attention(q[..., :0], k[..., :0], v[..., :0], backend=backend)
+    ints = [t.detach().long() for t in (q, k, v)]
+    with pytest.raises(TypeError, match="q: expected a floating-point tensor"):
+        attention(*ints, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_one_dimensional_float_mask_over_the_keys(backend):
+    """A float attn_mask of shape (M,) broadcasts over (B, H, N, M) in every backend."""
+    q, k, v = _qkv(2, 2, 3, 4, 5)
+    bias = torch.tensor([0.0, -1.0, 2.0, float("-inf")], dtype=F64)
+    torch.testing.assert_close(attention(q, k, v, backend=backend, attn_mask=bias),
+                               _reference(q, k, v, bias=bias))

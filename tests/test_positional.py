@@ -140,3 +140,14 @@ def test_bad_input_errors_name_the_argument():
         rope(torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4), positions=torch.arange(4))
     with pytest.raises(ValueError, match="q"):
         rope(torch.zeros(1, 3, 4), torch.zeros(1, 1, 3, 4))
+
+
+def test_alibi_bias_from_slopes_is_alibi_bias_with_a_movable_diagonal():
+    """(pos.8): offset 0 reproduces alibi_bias; offset M - N puts distance 0 on the bottom-right diagonal."""
+    from minitx.positional import alibi_bias, alibi_bias_from_slopes, alibi_slopes
+
+    slopes = alibi_slopes(3)
+    assert torch.equal(alibi_bias_from_slopes(slopes, 4, 6), alibi_bias(3, 4, 6))
+    moved = alibi_bias_from_slopes(slopes, 4, 6, offset=2)
+    assert torch.all(moved[:, torch.arange(4), torch.arange(4) + 2] == 0)
+    assert torch.allclose(moved[:, 0, 0], -2 * slopes)

@@ -8,7 +8,9 @@ environment recorded next to every number.
 - `report`: environment, JSON, `results_table`, plots;
 - `training`, `training_gate`, `training_report`: an MLM training step of minitx against Hugging Face's
   `BertForMaskedLM` with the same weights -- the loss/gradient gate, interleaved timing, tokens/s and ratios;
-- `cli`: `minitx bench attention|training` (`bench_main`).
+- `compile_report`, `compile_table`: the flash kernels compiled for sm_80/90/100 without a GPU -- registers,
+  spills, shared memory, MMA and TMA per config -- and the accepted-config table the autotuner prunes to;
+- `cli`: `minitx bench attention|training|compile` (`bench_main`).
 """
 
 from minitx.bench.attention import AttentionBenchConfig, run_sweep

@@ -1,5 +1,5 @@
-"""`minitx bench attention|training [flags]`: flags map one to one onto `AttentionBenchConfig`'s and
-`TrainingBenchConfig`'s fields."""
+"""`minitx bench attention|training|compile [flags]`: flags map one to one onto `AttentionBenchConfig`'s and
+`TrainingBenchConfig`'s fields; `compile` is the kernels' compile report (`minitx.bench.compile_table`)."""
 
 from __future__ import annotations
 
@@ -103,15 +103,19 @@ def _write_outputs(document: dict, table: str, plot, args: argparse.Namespace) -
 
 
 def bench_main(argv: list[str] | None = None, prog: str = "minitx bench") -> int:
-    """Entry point of `minitx bench`: sub-commands `attention` and `training`."""
+    """Entry point of `minitx bench`: sub-commands `attention`, `training` and `compile`."""
+    from minitx.bench.compile_table import compile_main, compile_parser
+
     parser = argparse.ArgumentParser(prog=prog, description="benchmarks")
-    sub = parser.add_subparsers(dest="which", metavar="{attention,training}", required=True)
+    sub = parser.add_subparsers(dest="which", metavar="{attention,training,compile}", required=True)
     _attention_parser(sub)
     _training_parser(sub)
+    compile_parser(sub)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return training_main(args) if args.which == "training" else attention_main(args)
+    mains = {"training": training_main, "attention": attention_main, "compile": compile_main}
+    return mains[args.which](args)
 
 
 # ---------------------------------------------------------------- training throughput

@@ -16,16 +16,19 @@ from minitx.functional._checks import (_check_broadcasts_to, _check_qkv, _check_
 from minitx.functional._softmax import _softmax_backward, _softmax_forward
 
 
-def causal_mask(n: int, m: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Boolean (N, M) mask, True = may attend: key j allowed for query i iff j <= i (attn.3).
+def causal_mask(n: int, m: int, device: torch.device | str | None = None, align: str = "top_left") -> torch.Tensor:
+    """Boolean (N, M) mask, True = may attend: key j allowed for query i iff j <= i + off (attn.3).
 
-    Top-left aligned, exactly like `is_causal=True` in torch's SDPA when N != M (not FlashAttention-2's
-    bottom-right j <= i + M - N; see docs/math/attention.md).
+    align "top_left" (off = 0, the default) is exactly `is_causal=True` in torch's SDPA when N != M;
+    "bottom_right" (off = M - N) is FlashAttention-2's, what decoding with a KV cache needs: the last query
+    sees every key, and a query with no key left (N > M) sees none (see docs/math/attention.md).
     """
     for name, size in (("n", n), ("m", m)):
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"{name}: expected an int >= 0, got {size!r}")
-    return torch.ones(n, m, dtype=torch.bool, device=device).tril()
+    if align not in ("top_left", "bottom_right"):
+        raise ValueError(f"align: expected 'top_left' or 'bottom_right', got {align!r}")
+    return torch.ones(n, m, dtype=torch.bool, device=device).tril(m - n if align == "bottom_right" else 0)
 
 
 def _attention_scores(q, k, bias, scale):

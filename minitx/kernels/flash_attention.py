@@ -13,56 +13,40 @@ Where it runs: on a CUDA GPU (fp32, fp16, bf16), or on the CPU under Triton's in
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 
-from minitx.kernels.flash_kernels import _bwd_dkdv_kernel, _bwd_dq_kernel, _bwd_preprocess_kernel, _fwd_kernel
+from minitx.kernels.flash_autograd import (INTERPRETER_BLOCKS, FlashAttentionFunction, FlashParams,  # noqa: F401
+                                          block_d, interpreting)
+from minitx.kernels.flash_configs import CANDIDATES  # noqa: F401
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_HEAD_DIM = 128
-# Under the interpreter every tile is a numpy call: few, small tiles keep the tests fast.
-INTERPRETER_BLOCKS = {"BLOCK_N": 32, "BLOCK_M": 32}
-# On a GPU a small search keyed on the problem size; benchmarks/ tunes further.
-GPU_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=s)
-    for bn, bm, w, s in [(64, 32, 4, 2), (64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)]
-]
-_TUNED = {kernel: triton.autotune(GPU_CONFIGS, key=["N", "M", "D"])(kernel)
-          for kernel in (_fwd_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel)}
+MAX_HEAD_DIM = 256
+ALIGNS = ("top_left", "bottom_right")
 
 
-def interpreting() -> bool:
-    """True when Triton runs kernels on the CPU (`TRITON_INTERPRET=1`); tensors then live on the CPU."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _launch(kernel, n_rows: int, bh: int, *args, **kwargs) -> None:
-    """Run `kernel` on a (row tiles, B * H) grid; fixed tiles under the interpreter, autotuned on a GPU."""
-    row_block = "BLOCK_M" if kernel is _bwd_dkdv_kernel else "BLOCK_N"  # dK/dV tiles the keys
-    grid = lambda meta: (triton.cdiv(n_rows, meta[row_block]), bh)  # noqa: E731
-    if interpreting():
-        kernel[grid](*args, **kwargs, **INTERPRETER_BLOCKS)
-    else:
-        _TUNED[kernel][grid](*args, **kwargs)
-
-
-def _check_inputs(q, k, v, causal, scale, attention_mask) -> None:
+def _check_inputs(q, k, v, causal, scale, attention_mask, packed=False) -> None:
     """Refuse what the kernel does not support, saying what it does support."""
+    rank, layout = (3, "(T, H, D)") if packed else (4, "(B, H, N or M, D)")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name}: expected shape (B, H, N or M, D), got {tuple(t.shape)}")
+        if t.dim() != rank:
+            raise ValueError(f"{name}: expected shape {layout}, got {tuple(t.shape)}")
     if k.shape != v.shape:
-        raise ValueError(f"k, v: expected the same shape (B, H, M, D), got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"q, k: expected q (B, H, N, D) and k (B, H, M, D), got {tuple(q.shape)} and {tuple(k.shape)}")
-    if min(q.shape) == 0 or k.shape[2] == 0:
+        raise ValueError(f"k, v: expected the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    heads = -2 if packed else 1
+    if (not packed and q.shape[0] != k.shape[0]) or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q, k: expected q (B, H, N, D) and k (B, H_kv, M, D), got {tuple(q.shape)} and "
+                         f"{tuple(k.shape)}")
+    if k.shape[heads] == 0 or q.shape[heads] % k.shape[heads]:
+        raise ValueError(f"k: expected a number of heads that divides q's {q.shape[heads]} (grouped-query "
+                         f"attention), got {k.shape[heads]}")
+    if min(q.shape) == 0 or min(k.shape) == 0:
         raise ValueError(f"q, k: expected non-empty tensors, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if not 1 <= q.shape[3] <= MAX_HEAD_DIM:
-        raise ValueError(f"q: head dim D must be 1..{MAX_HEAD_DIM}, got {q.shape[3]}")
+    if not 1 <= q.shape[-1] <= MAX_HEAD_DIM:
+        raise ValueError(f"q: head dim D must be 1..{MAX_HEAD_DIM}, got {q.shape[-1]}")
     if not q.dtype == k.dtype == v.dtype:
         raise TypeError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.dtype not in SUPPORTED_DTYPES:
@@ -72,7 +56,8 @@ def _check_inputs(q, k, v, causal, scale, attention_mask) -> None:
     _check_device(q)
     if not isinstance(causal, bool):
         raise TypeError(f"causal: expected bool, got {type(causal).__name__}")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
         raise TypeError(f"scale: expected None or a finite number, got {scale!r}")
     if attention_mask is not None:
         expected = (q.shape[0], k.shape[2])
@@ -94,93 +79,143 @@ def _check_device(q: torch.Tensor) -> None:
                          f"triton) for CPU tensors; got device {q.device}")
 
 
-def _strides(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.stride())  # (B, H, rows, D) strides, in elements
+def _window(causal, causal_align, window) -> tuple[int, int, bool]:
+    """(win_left, win_right, bottom_right) from the options; -1 leaves a side of the band open (flash.10)."""
+    if causal_align not in ALIGNS:
+        raise ValueError(f"causal_align: expected one of {ALIGNS}, got {causal_align!r}")
+    left, right = -1, -1
+    if window is not None:
+        if (not isinstance(window, (tuple, list)) or len(window) != 2
+                or any(isinstance(w, bool) or not isinstance(w, int) or w < -1 for w in window)):
+            raise ValueError(f"window: expected (left, right), ints >= 0 or -1 for unbounded, got {window!r}")
+        left, right = window
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    return left, right, causal_align == "bottom_right"
 
 
-class FlashAttentionFunction(torch.autograd.Function):
-    """Forward (flash.3)-(flash.5) and the recomputing backward (flash.13)-(flash.16) as one autograd op."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, mask, causal, scale):
-        B, H, N, D = q.shape
-        M = k.shape[2]
-        out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
-        lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
-        flags = _flags(q, mask, causal)
-        _launch(_fwd_kernel, N, B * H, q, k, v, out, lse, q if mask is None else mask,
-                *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-                H, N, M, D, scale * math.log2(math.e), **flags)
-        ctx.save_for_backward(q, k, v, out, lse, mask)
-        ctx.causal, ctx.scale = causal, scale
-        lse_natural = lse * math.log(2.0)  # the kernels keep L in base 2 (flash.9); users get natural log
-        ctx.mark_non_differentiable(lse_natural)
-        return out, lse_natural
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, mask = ctx.saved_tensors
-        B, H, N, D = q.shape
-        M = k.shape[2]
-        block_d = _block_d(D)
-        # (flash.15) Delta = rowsum(dO * O), one float per query row
-        delta = torch.empty_like(lse)
-        pre_block = INTERPRETER_BLOCKS["BLOCK_N"] if interpreting() else 64
-        _bwd_preprocess_kernel[(triton.cdiv(N, pre_block), B * H)](
-            out, dout, delta, *_strides(out), *_strides(dout), H, N, D, BLOCK_N=pre_block, BLOCK_D=block_d)
-        dq = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
-        dk = torch.empty(B, H, M, D, dtype=k.dtype, device=k.device)
-        dv = torch.empty(B, H, M, D, dtype=v.dtype, device=v.device)
-        flags = _flags(q, mask, ctx.causal)
-        common = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout),
-                  H, N, M, D, ctx.scale, ctx.scale * math.log2(math.e))
-        mask_arg = q if mask is None else mask  # any pointer will do when HAS_MASK is False: it is never read
-        _launch(_bwd_dkdv_kernel, M, B * H, q, k, v, dout, lse, delta, dk, dv, mask_arg, *common, **flags)
-        _launch(_bwd_dq_kernel, N, B * H, q, k, v, dout, lse, delta, dq, mask_arg, *common, **flags)
-        return dq, dk, dv, None, None, None
+def _check_slopes(slopes, q, heads: int):
+    if slopes is None:
+        return None
+    if not isinstance(slopes, torch.Tensor) or slopes.shape != (heads,) or not slopes.is_floating_point():
+        got = tuple(slopes.shape) if isinstance(slopes, torch.Tensor) else type(slopes).__name__
+        raise ValueError(f"alibi_slopes: expected a float tensor of shape (H,) = ({heads},), got {got}")
+    return slopes.detach().to(device=q.device, dtype=torch.float32).contiguous()
 
 
-def _block_d(d: int) -> int:
-    """The head dim padded to a power of two (tl.arange needs one), at least 16 (tl.dot needs K >= 16)."""
-    return max(16, triton.next_power_of_2(d))
+def _unit_last_stride(*tensors):
+    return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]
 
 
-def _flags(q, mask, causal) -> dict:
-    # fp32 inputs: full-precision dots, as plain PyTorch would do (TF32 would lose ~3 decimal digits).
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    return dict(HAS_MASK=mask is not None, CAUSAL=causal, DOT_PRECISION=precision, BLOCK_D=_block_d(q.shape[3]))
+def _dropout(dropout_p, seed) -> tuple[float, int]:
+    """(p, Philox seed); a seed of None is drawn from torch's default generator, so torch.manual_seed repeats it."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p: expected a number in [0, 1), got {dropout_p!r}")
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if dropout_p > 0 else 0
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ValueError(f"dropout_seed: expected an int in [0, 2**31), got {seed!r}")
+    return float(dropout_p), seed
 
 
-def flash_attention(q, k, v, causal=False, scale=None, attention_mask=None, return_lse=False):
-    """softmax(scale q k^T) v, fused, with optional causal and key-padding masks.
+def dropout_keep_mask(shape, dropout_p: float, dropout_seed: int, device=None) -> torch.Tensor:
+    """The bool keep-mask (B, H, N, M) the kernels draw for `dropout_seed` (flash.21), for tests and debugging.
 
-    q (B, H, N, D); k, v (B, H, M, D), any strides; D in 1..128; float32/float16 (and bfloat16 on a GPU).
-    causal: key j may be seen by query i iff j <= i (top-left aligned, as torch SDPA's is_causal), (flash.10).
+    For packed sequences pass (1, H, max N, max M): element (s H + h, i, j) is then sequence s's."""
+    b, h, n, m = shape
+    out = torch.empty(b, h, n, m, dtype=torch.int8, device=device)
+    from minitx.kernels.flash_kernels import _dropout_mask_kernel
+
+    block = INTERPRETER_BLOCKS["BLOCK_N"] if interpreting() else 64
+    _dropout_mask_kernel[(triton.cdiv(n, block), triton.cdiv(m, block), b * h)](
+        out, dropout_seed, float(dropout_p), n, m, BLOCK_N=block, BLOCK_M=block)
+    return out.bool()
+
+
+def flash_attention(q, k, v, causal=False, scale=None, attention_mask=None, return_lse=False, *,
+                    causal_align="top_left", window=None, alibi_slopes=None, dropout_p=0.0, dropout_seed=None):
+    """softmax(scale q k^T + bias) v, fused, with causal, sliding-window, key-padding masks and ALiBi.
+
+    q (B, H, N, D); k, v (B, H_kv, M, D) with H_kv dividing H (grouped-query / multi-query attention: query
+        head h reads key/value head h // (H / H_kv), flash.18); D in 1..256; float32/float16 (and bf16 on a GPU).
+    causal: key j may be seen by query i iff j <= i + off (flash.10), with off = 0 for causal_align
+        "top_left" (torch SDPA's is_causal) or M - N for "bottom_right" (FlashAttention-2's, what a KV cache
+        needs: the last query sees every key).
+    window: (left, right), sliding-window (local) attention: j - i - off in [-left, right]; -1 = unbounded.
+    alibi_slopes: (H,) float: adds -slope_h |j - i - off| to the scores (flash.20); not differentiated.
+    dropout_p, dropout_seed: inverted dropout on the attention weights from a Philox stream (flash.21): the
+        same seed gives the same mask (`dropout_keep_mask`); None draws a seed from torch's generator.
     scale: defaults to 1/sqrt(D).
     attention_mask: (B, M), 1/True = real token, 0/False = padding (flash.10). A query with no allowed key
         returns zeros and zero gradients (flash.11).
     return_lse: also return the row logsumexp L (B, H, N), float32, natural log, -inf for empty rows (flash.5).
     """
     _check_inputs(q, k, v, causal, scale, attention_mask)
+    left, right, bottom_right = _window(causal, causal_align, window)
+    slopes = _check_slopes(alibi_slopes, q, q.shape[1])
     scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
     mask = None if attention_mask is None else (attention_mask != 0).to(torch.int8).contiguous()
-    out, lse = FlashAttentionFunction.apply(q, k, v, mask, causal, scale)
+    p_drop, seed = _dropout(dropout_p, dropout_seed)
+    params = FlashParams(scale, left, right, bottom_right, False, q.shape[0], q.shape[2], k.shape[2], p_drop, seed)
+    out, lse = FlashAttentionFunction.apply(*_unit_last_stride(q, k, v), mask, slopes, None, None, params)
     return (out, lse) if return_lse else out
 
 
+def _check_cu_seqlens(name: str, cu, total: int, device) -> torch.Tensor:
+    if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.numel() < 2 or cu.is_floating_point():
+        raise ValueError(f"{name}: expected an integer tensor (n_seq + 1,) of offsets 0 = c_0 <= ... = T, got "
+                         f"{cu!r}")
+    lengths = cu[1:] - cu[:-1]
+    if int(cu[0]) != 0 or int(cu[-1]) != total or bool((lengths < 0).any()):
+        raise ValueError(f"{name}: expected non-decreasing offsets from 0 to {total}, got {cu.tolist()}")
+    return cu.to(device=device, dtype=torch.int32).contiguous()
+
+
+def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=False, scale=None, return_lse=False, *,
+                           causal_align="top_left", window=None, alibi_slopes=None, dropout_p=0.0,
+                           dropout_seed=None):
+    """`flash_attention` over variable-length sequences packed without padding (flash.19).
+
+    q (T_q, H, D) and k, v (T_k, H_kv, D) hold sequence s in rows cu_seqlens_q[s]:cu_seqlens_q[s+1] (and
+    likewise for k); every other option is `flash_attention`'s, applied per sequence. Returns (T_q, H, D)
+    [and the logsumexp (H, T_q)].
+    """
+    _check_inputs(q, k, v, causal, scale, None, packed=True)
+    cu_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+    cu_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
+    if cu_q.numel() != cu_k.numel():
+        raise ValueError(f"cu_seqlens_k: expected {cu_q.numel()} offsets as cu_seqlens_q, got {cu_k.numel()}")
+    left, right, bottom_right = _window(causal, causal_align, window)
+    slopes = _check_slopes(alibi_slopes, q, q.shape[1])
+    scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
+    max_n, max_m = int((cu_q[1:] - cu_q[:-1]).max()), int((cu_k[1:] - cu_k[:-1]).max())
+    p_drop, seed = _dropout(dropout_p, dropout_seed)
+    params = FlashParams(scale, left, right, bottom_right, True, cu_q.numel() - 1, max(max_n, 1), max(max_m, 1),
+                         p_drop, seed)
+    # (T, H, D) -> (1, H, T, D) views: the kernels index rows c_s + i through the row stride
+    q4, k4, v4 = (t.transpose(0, 1).unsqueeze(0) for t in _unit_last_stride(q, k, v))
+    out, lse = FlashAttentionFunction.apply(q4, k4, v4, None, slopes, cu_q, cu_k, params)
+    out = out[0].transpose(0, 1)  # (1, H, T, D) -> (T, H, D)
+    return (out, lse[0]) if return_lse else out
+
+
 def attention_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=False, dropout_p=0.0,
-                      scale=None):
-    """The "flash" backend for `minitx.attention`: key padding and causal masks only, no dropout.
+                      scale=None, causal_align="top_left", window=None, alibi_slopes=None):
+    """The "flash" backend for `minitx.attention`: key padding, causal (either alignment), sliding windows,
+    ALiBi, grouped-query k, v and dropout (Philox, seeded from torch's generator) natively.
 
     A boolean attn_mask that only varies along the keys, shape (B or 1, 1, 1, M), is a key padding mask
     written as an attention mask and is accepted; any other attn_mask is refused.
     """
-    if dropout_p:
-        raise ValueError(f"dropout_p: the flash kernel has no dropout, got {dropout_p}; use backend 'math' or "
-                         f"'sdpa' for attention dropout")
     if attn_mask is not None:
         key_padding_mask = _merge_key_padding(attn_mask, key_padding_mask, q.shape[0], k.shape[2])
-    return flash_attention(q, k, v, causal=bool(is_causal), scale=scale, attention_mask=key_padding_mask)
+    return flash_attention(q, k, v, causal=bool(is_causal), scale=scale, attention_mask=key_padding_mask,
+                           causal_align=causal_align, window=window, alibi_slopes=alibi_slopes,
+                           dropout_p=dropout_p)
+
+
+# What `minitx.attention` may hand this backend as is rather than lowering it into masks and repeated heads.
+attention_backend.native_features = frozenset({"gqa", "causal_align", "window", "alibi"})
 
 
 def _merge_key_padding(attn_mask, key_padding_mask, batch: int, m: int):

@@ -1,0 +1,191 @@
+"""The Triton backward programs behind `minitx.kernels.flash_attention` (FlashAttention-2, recomputing).
+
+Read `docs/math/flash_attention.md` sections 8 and 10 alongside; the conventions are those of
+`flash_kernels.py` (one allowed-key rule, masked | unmasked | masked loop ranges, exp2 units, GQA, packing).
+Two kernels each own the rows they write, so there are no atomics and two backward passes are bit-identical:
+dK/dV per key tile and key/value head (looping over the GROUP query heads that share it, flash.18), dQ per
+query tile.
+"""
+
+import triton
+import triton.language as tl
+
+from minitx.kernels.flash_kernels import LOG2E, _dropout_keep, _inner_ranges, _load_rows, _scores, _sequence
+
+
+@triton.jit
+def _bwd_preprocess_kernel(O, DO, DELTA, CU_Q, sob, soh, son, sdb, sdh, sdn, slb, slh, H, N,
+                           VARLEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_D: tl.constexpr):
+    """Delta_i = rowsum(dO * O)_i, which equals rowsum(dP * P)_i (flash.15)."""
+    b, h, q0, _, n_b, _ = _sequence(tl.program_id(1), H, N, N, CU_Q, CU_Q, VARLEN)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    o = _load_rows(O + b * sob + h * soh + q0 * son, rows, n_b, son, True, HEAD_DIM, BLOCK_D)
+    do = _load_rows(DO + b * sdb + h * sdh + q0 * sdn, rows, n_b, sdn, True, HEAD_DIM, BLOCK_D)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + b * slb + h * slh + q0 + rows, delta, mask=rows < n_b)
+
+
+@triton.jit
+def _row_stats(LSE_h, DELTA_h, rows, n_b, MASKED: tl.constexpr):
+    """The saved L2 (with -inf, an empty row, read as 0: its p are 0 anyway, flash.11) and Delta of `rows`."""
+    if MASKED:
+        lse = tl.load(LSE_h + rows, mask=rows < n_b, other=0.0)
+        delta = tl.load(DELTA_h + rows, mask=rows < n_b, other=0.0)
+    else:
+        lse = tl.load(LSE_h + rows)
+        delta = tl.load(DELTA_h + rows)
+    return tl.where(lse == float("-inf"), 0.0, lse), delta
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, lo, hi, cols, n_b, m_b, off, win_left,
+                win_right, pad_row_ptr, slope2, sqn, sdn, qk_scale, seed, p_drop, bhq, N, M,
+                MASKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                HAS_ALIBI: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dV += P^T dO (flash.14), dK += dS^T Q (flash.16) over the query tiles in [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)  # true: lo is a multiple of BLOCK_N (_inner_ranges)
+        rows = start_n + tl.arange(0, BLOCK_N)
+        q = _load_rows(q_ptr, rows, n_b, sqn, MASKED, HEAD_DIM, BLOCK_D)
+        do = _load_rows(do_ptr, rows, n_b, sdn, MASKED, HEAD_DIM, BLOCK_D)
+        lse, delta = _row_stats(lse_ptr, delta_ptr, rows, n_b, MASKED)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        s = _scores(s, rows, cols, n_b, m_b, off, win_left, win_right, pad_row_ptr, slope2,
+                    MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
+        p = tl.math.exp2(s - lse[:, None])  # (flash.13)
+        p_kept = p
+        if HAS_DROPOUT:  # (flash.21): the forward's mask again; dV sees the dropped weights, dP flows through them
+            keep = _dropout_keep(seed, p_drop, bhq, rows, cols, N, M)
+            p_kept = tl.where(keep, p / (1.0 - p_drop), 0.0)
+        dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (flash.14)
+        if HAS_DROPOUT:
+            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
+        ds = p * (dp - delta[:, None])                               # (flash.15)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
+                     sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
+                     sgb, sgh, sgm, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right, seed, p_drop,
+                     HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                     BOTTOM_RIGHT: tl.constexpr, HAS_ALIBI: tl.constexpr, VARLEN: tl.constexpr,
+                     HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dV = P^T dO (flash.14) and dK = scale dS^T Q (flash.16) for one tile of BLOCK_M keys of one key/value
+    head, summed over the GROUP query heads that read it (flash.18). Written once (strides sg*): no atomics."""
+    b, kv_h, q0, k0, n_b, m_b = _sequence(tl.program_id(1), H_KV, N, M, CU_Q, CU_K, VARLEN)
+    start_m = tl.multiple_of(tl.program_id(0) * BLOCK_M, BLOCK_M)
+    if start_m >= m_b:
+        return
+    off = (m_b - n_b) * BOTTOM_RIGHT
+    cols = start_m + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    k = _load_rows(K + b * skb + kv_h * skh + k0 * skm, cols, m_b, skm, True, HEAD_DIM, BLOCK_D)
+    v = _load_rows(V + b * svb + kv_h * svh + k0 * svm, cols, m_b, svm, True, HEAD_DIM, BLOCK_D)
+    pad_row_ptr = MASK + b * M
+    dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # the queries that may see this key tile: q in [j - off - win_right, j - off + win_left] (flash.12, 17)
+    lo, a, b_, hi = _inner_ranges(start_m, m_b, n_b, -off, win_right, win_left, BLOCK_M, BLOCK_N,
+                                  HAS_RIGHT, HAS_LEFT)
+    for g in range(GROUP):
+        h = kv_h * GROUP + g
+        slope2 = 0.0
+        if HAS_ALIBI:
+            slope2 = tl.load(SLOPES + h) * LOG2E
+        q_ptr = Q + b * sqb + h * sqh + q0 * sqn
+        do_ptr = DO + b * sdb + h * sdh + q0 * sdn
+        lse_ptr = LSE + b * slb + h * slh + q0
+        delta_ptr = DELTA + b * slb + h * slh + q0
+        for part in tl.static_range(3):  # masked | interior (no mask) | masked
+            if part == 0:
+                start, end = lo, a
+            elif part == 1:
+                start, end = a, b_
+            else:
+                start, end = b_, hi
+            if part != 0 or HAS_RIGHT:  # the lower query bound comes from the right window edge
+                dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, start, end, cols, n_b,
+                                     m_b, off, win_left, win_right, pad_row_ptr, slope2, sqn, sdn, qk_scale,
+                                     seed, p_drop, b * H_KV * GROUP + h, N, M, part != 1, HAS_MASK, HAS_LEFT,
+                                     HAS_RIGHT, HAS_ALIBI, HAS_DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_N,
+                                     BLOCK_D)
+    ok = (cols[:, None] < m_b) & (dims[None, :] < HEAD_DIM)
+    offs = b * sgb + kv_h * sgh + (k0 + cols[:, None]) * sgm + dims[None, :]
+    tl.store(DK + offs, (dk * scale).to(DK.dtype.element_ty), mask=ok)
+    tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, lo, hi, rows, n_b, m_b, off, win_left, win_right,
+              pad_row_ptr, slope2, skm, svm, qk_scale, seed, p_drop, bhq, N, M,
+              MASKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+              HAS_ALIBI: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dQ += dS K (flash.16) over the key tiles in [lo, hi)."""
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        cols = start_m + tl.arange(0, BLOCK_M)
+        k = _load_rows(k_ptr, cols, m_b, skm, MASKED, HEAD_DIM, BLOCK_D)
+        v = _load_rows(v_ptr, cols, m_b, svm, MASKED, HEAD_DIM, BLOCK_D)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        s = _scores(s, rows, cols, n_b, m_b, off, win_left, win_right, pad_row_ptr, slope2,
+                    MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
+        p = tl.math.exp2(s - lse[:, None])  # (flash.13)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if HAS_DROPOUT:  # (flash.21)
+            dp = tl.where(_dropout_keep(seed, p_drop, bhq, rows, cols, N, M), dp / (1.0 - p_drop), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, SLOPES, CU_Q, CU_K,
+                   sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
+                   sgb, sgh, sgm, H, GROUP, N, M, scale, qk_scale, win_left, win_right, seed, p_drop,
+                   HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                   BOTTOM_RIGHT: tl.constexpr, HAS_ALIBI: tl.constexpr, VARLEN: tl.constexpr,
+                   HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dQ = scale dS K (flash.16) for one tile of BLOCK_N queries; written once (strides sg*), no atomics."""
+    b, h, q0, k0, n_b, m_b = _sequence(tl.program_id(1), H, N, M, CU_Q, CU_K, VARLEN)
+    start_n = tl.multiple_of(tl.program_id(0) * BLOCK_N, BLOCK_N)
+    if start_n >= n_b:
+        return
+    off = (m_b - n_b) * BOTTOM_RIGHT
+    kv_h = h // GROUP
+    rows = start_n + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    q = _load_rows(Q + b * sqb + h * sqh + q0 * sqn, rows, n_b, sqn, True, HEAD_DIM, BLOCK_D)
+    do = _load_rows(DO + b * sdb + h * sdh + q0 * sdn, rows, n_b, sdn, True, HEAD_DIM, BLOCK_D)
+    lse, delta = _row_stats(LSE + b * slb + h * slh + q0, DELTA + b * slb + h * slh + q0, rows, n_b, True)
+    k_ptr = K + b * skb + kv_h * skh + k0 * skm
+    v_ptr = V + b * svb + kv_h * svh + k0 * svm
+    pad_row_ptr = MASK + b * M
+    slope2 = 0.0
+    if HAS_ALIBI:
+        slope2 = tl.load(SLOPES + h) * LOG2E
+    dq = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    lo, a, b_, hi = _inner_ranges(start_n, n_b, m_b, off, win_left, win_right, BLOCK_N, BLOCK_M,
+                                  HAS_LEFT, HAS_RIGHT)
+    for part in tl.static_range(3):  # masked | interior (no mask) | masked
+        if part == 0:
+            start, end = lo, a
+        elif part == 1:
+            start, end = a, b_
+        else:
+            start, end = b_, hi
+        if part != 0 or HAS_LEFT:
+            dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, start, end, rows, n_b, m_b, off, win_left,
+                           win_right, pad_row_ptr, slope2, skm, svm, qk_scale, seed, p_drop, b * H + h, N, M,
+                           part != 1, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI, HAS_DROPOUT, DOT_PRECISION,
+                           HEAD_DIM, BLOCK_M, BLOCK_D)
+    ok = (rows[:, None] < n_b) & (dims[None, :] < HEAD_DIM)
+    offs = b * sgb + h * sgh + (q0 + rows[:, None]) * sgm + dims[None, :]
+    tl.store(DQ + offs, (dq * scale).to(DQ.dtype.element_ty), mask=ok)
