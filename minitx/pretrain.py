@@ -27,7 +27,7 @@ from minitx.corpus import split_of
 from minitx.data import IGNORE_INDEX, SyntheticLanguage, iter_text_files, mlm_batch, seed_for
 from minitx.fill_mask import fill_mask, fill_mask_main, load_pretrained  # noqa: F401 (re-exported)
 from minitx.mlm_eval import evaluate, probe_accuracy  # noqa: F401 (probe_accuracy re-exported)
-from minitx.model import BertConfig, BertForMaskedLM
+from minitx.model import BertConfig, BertForMaskedLM, labelled_logits
 from minitx.plots import loss_curve
 from minitx.tokenizer import WordPieceTokenizer
 from minitx.train import TrainConfig, TrainResult, _f, train
@@ -199,7 +199,7 @@ def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     """(mlm.1) on the batch, plus the share of selected tokens predicted right and exp(loss) (perplexity)."""
     out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], labels=batch["labels"])
     selected = batch["labels"] != IGNORE_INDEX
-    correct = (out.logits.detach().argmax(-1) == batch["labels"]) & selected
+    correct = labelled_logits(out, batch["labels"]).detach().argmax(-1) == batch["labels"][selected]  # (K,)
     accuracy = correct.sum() / selected.sum().clamp(min=1)
     return out.loss, {"masked_accuracy": accuracy, "perplexity": torch.exp(out.loss.detach())}
 

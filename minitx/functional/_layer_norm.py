@@ -1,7 +1,7 @@
 """Layer normalization with a hand-written backward (docs/math/layer_norm.md, labels (ln.*)).
 
-`_layer_norm_backward_textbook` is (ln.5)-(ln.8) as printed. The Function runs the fast form: mean and variance
-in one fused pass (ln.1)-(ln.2), and a backward (ln.9) whose two row means are matrix-vector products with w,
+`_layer_norm_backward_textbook` is (ln.5)-(ln.8) as printed. The Function runs the fast form: the variance (ln.2) as
+a dot product of the centred row with itself (no squared temporary), and a backward (ln.9) whose two row means are matrix-vector products with w,
 reusing g * x_hat, which (ln.7) needs anyway; the rest is in place on one buffer. tests/test_functional.py
 proves the forms equal. Half precision is computed in float32 and cast back (as torch.nn.LayerNorm does).
 """
@@ -41,9 +41,10 @@ class _LayerNorm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps):
         dtype = _compute_dtype(x.dtype)
         xc = x.to(dtype)
-        var, mean = torch.var_mean(xc, dim=-1, correction=0, keepdim=True)   # (ln.1), (ln.2) biased, one pass
+        x_hat = torch.sub(xc, xc.mean(dim=-1, keepdim=True))                # x - mu (ln.1), the one buffer
+        var = torch.linalg.vecdot(x_hat, x_hat).unsqueeze_(-1).div_(xc.shape[-1])   # (ln.2) biased: / C
         rstd = var.add_(eps).rsqrt_()                                        # eps inside the root
-        x_hat = torch.sub(xc, mean).mul_(rstd)                               # (ln.3)
+        x_hat.mul_(rstd)                                                     # (ln.3) in place
         w = None if weight is None else weight.to(dtype)
         if w is not None and bias is not None:
             y = torch.addcmul(bias.to(dtype), x_hat, w)                      # (ln.4) w x_hat + b, one pass
