@@ -41,8 +41,8 @@ def _attention_scores(q, k, bias, scale):
 
 def _dropout_mask(probs, dropout_p, generator):
     """(attn.5): Z / (1 - p) with Z ~ Bernoulli(1 - p), drawn once and saved for the backward (attn.9)."""
-    mask = torch.empty_like(probs).bernoulli_(1.0 - dropout_p, generator=generator)
-    return mask.div_(1.0 - dropout_p)
+    noise = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+    return noise.ge_(dropout_p).div_(1.0 - dropout_p)   # in place: Z = [U >= p], then Z / (1 - p)
 
 
 class _Attention(torch.autograd.Function):

@@ -1,8 +1,9 @@
 """GELU, exact erf form, with a hand-written backward (docs/math/gelu.md, labels (gelu.*)).
 
 `_gelu_textbook` / `_gelu_grad_textbook` are (gelu.1) / (gelu.2) as printed. The Function runs the fast form
-(gelu.4)-(gelu.5): erf is evaluated once, in the forward, and Phi(x) is saved for the backward, each step in
-place on a buffer the Function owns. tests/test_functional.py proves the two forms equal.
+(gelu.4)-(gelu.5): erf is evaluated once, in the forward, and the derivative (gelu.2) is formed there from that
+Phi(x) and saved in place of x (one saved tensor, as for x itself), so the backward is one multiply; every
+step runs in place on a buffer the Function owns, and nothing is kept when no gradient is needed. tests/test_functional.py proves the two forms equal.
 """
 
 from __future__ import annotations
@@ -32,22 +33,28 @@ def _gelu_grad_textbook(x: torch.Tensor) -> torch.Tensor:
 
 class _Gelu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, need_grad):
         cdf = torch.mul(x, _INV_SQRT2).erf_().add_(1.0).mul_(0.5)            # (gelu.4) Phi(x), erf once
-        ctx.save_for_backward(x, cdf)
-        return x * cdf                                                       # (gelu.1) x Phi(x)
+        y = x * cdf                                                          # (gelu.1) x Phi(x)
+        if need_grad:
+            ctx.save_for_backward(_gelu_grad_from_cdf(x, cdf))               # (gelu.5): one saved tensor, as x
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, cdf = ctx.saved_tensors
-        grad = torch.mul(x, x).mul_(-0.5).exp_().mul_(x)                     # x exp(-x^2/2) = sqrt(2 pi) x phi(x)
-        grad = torch.add(cdf, grad, alpha=_INV_SQRT_2PI, out=grad)           # (gelu.5) Phi + x phi = (gelu.2)
-        return grad.mul_(grad_y)                                             # elementwise chain rule
+        (grad,) = ctx.saved_tensors
+        return grad_y * grad, None                                           # elementwise chain rule
+
+
+def _gelu_grad_from_cdf(x: torch.Tensor, cdf: torch.Tensor) -> torch.Tensor:
+    """(gelu.5) = (gelu.2): Phi(x) + x phi(x) from the forward's Phi(x), on one buffer, in place."""
+    grad = torch.mul(x, x).mul_(-0.5).exp_().mul_(x)                         # x exp(-x^2/2) = sqrt(2 pi) x phi(x)
+    return torch.add(cdf, grad, alpha=_INV_SQRT_2PI, out=grad)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU, exact erf form x * Phi(x) (gelu.1); derivative Phi(x) + x * phi(x) (gelu.2), computed as
-    (gelu.4)-(gelu.5) with Phi(x) saved from the forward."""
+    (gelu.4)-(gelu.5) in the forward from the same Phi(x), and saved."""
     _check_float_tensor(x, "x")
-    return _Gelu.apply(x)
+    return _Gelu.apply(x, torch.is_grad_enabled() and x.requires_grad)

@@ -66,7 +66,7 @@ class _LayerNorm(torch.autograd.Function):
         g = grad_y.to(x_hat.dtype)
         g_x_hat = g * x_hat                                                  # (ln.7) before summing rows
         mean_gw, mean_gw_x_hat = _row_means(g, g_x_hat, weight)             # (ln.9)
-        grad_x = torch.addcmul(mean_gw, x_hat, mean_gw_x_hat).neg_()         # -(mean(g w) + x_hat mean(g w x_hat))
+        grad_x = torch.addcmul(mean_gw.neg(), x_hat, mean_gw_x_hat, value=-1.0)   # -mean(gw) - x_hat mean(gw x_hat)
         if weight is None:
             grad_x.add_(g)
         else:
