@@ -34,11 +34,11 @@ def _gelu_grad_textbook(x: torch.Tensor) -> torch.Tensor:
 class _Gelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, need_grad):
-        cdf = torch.mul(x, _INV_SQRT2).erf_().add_(1.0).mul_(0.5)            # (gelu.4) Phi(x), erf once
-        y = x * cdf                                                          # (gelu.1) x Phi(x)
+        # Two fresh buffers only (the output and the saved derivative): a fresh buffer costs page faults.
+        y = torch.mul(x, _INV_SQRT2).erf_().add_(1.0).mul_(0.5)              # (gelu.4) Phi(x), erf once
         if need_grad:
-            ctx.save_for_backward(_gelu_grad_from_cdf(x, cdf))               # (gelu.5): one saved tensor, as x
-        return y
+            ctx.save_for_backward(_gelu_grad_from_cdf(x, y))                 # (gelu.5): one saved tensor, as x
+        return y.mul_(x)                                                     # (gelu.1) x Phi(x), in place
 
     @staticmethod
     @once_differentiable
