@@ -290,10 +290,10 @@ def _run(config: TrainingBenchConfig, extra_impls: dict, progress: Callable[[str
     return list(records.values())
 
 
-# Presets for unset CLI flags: a CPU size that runs in about a minute on two cores, and BERT-base on a GPU.
+# Presets for unset CLI flags: a CPU size that runs in a minute or two on one core, and BERT-base on a GPU.
 PRESETS = {
-    "cpu": dict(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, d_ff=512, seq_len=128, batch_size=16,
-                precision="fp32", repeats=10, warmup=2),
+    "cpu": dict(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, d_ff=1024, seq_len=128, batch_size=16,
+                precision="fp32", repeats=8, warmup=2),
     "gpu": dict(vocab_size=30522, d_model=768, n_layers=12, n_heads=12, d_ff=3072, seq_len=512, batch_size=32,
                 precision="bf16", repeats=20, warmup=3),
 }
