@@ -13,7 +13,8 @@ from torch.autograd.function import once_differentiable
 
 from minitx.functional._checks import (_check_broadcasts_to, _check_qkv, _check_same, _check_scale,
                                        _sum_to_shape)
-from minitx.functional._softmax import _softmax_backward, _softmax_forward
+from minitx.functional import _softmax  # noqa: F401 (registers the softmax bodies used below)
+from minitx.functional._bodies import run
 
 
 def causal_mask(n: int, m: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -48,7 +49,7 @@ def _dropout_mask(probs, dropout_p, generator):
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, dropout_p, scale, generator):
-        probs = _softmax_forward(_attention_scores(q, k, bias, scale), dim=-1)   # (attn.4), (softmax.4)
+        probs = run("softmax.forward", _attention_scores(q, k, bias, scale), -1)   # (attn.4), (softmax.4)
         mask = _dropout_mask(probs, dropout_p, generator) if dropout_p > 0.0 else None
         weights = probs if mask is None else probs * mask   # (attn.5) P~ = P Z / (1 - p)
         out = torch.matmul(weights, v)                      # (attn.6) (..., N, M) @ (..., M, Dv) -> (..., N, Dv)
@@ -77,7 +78,7 @@ class _Attention(torch.autograd.Function):
             grad_v, grad_w = torch.zeros_like(v), grad_weights.clone()
         if mask is not None:
             grad_w.mul_(mask)                                                # (attn.9) dP = dP~ Z / (1 - p)
-        grad_s = _softmax_backward(probs, grad_w, dim=-1, inplace=True)      # (attn.10), on dP's memory
+        grad_s = run("softmax.backward", probs, grad_w, -1, True)      # (attn.10), on dP's memory
         grad_q = torch.matmul(grad_s, k).mul_(ctx.scale)                     # (attn.11) dQ = scale dS K
         grad_k = torch.matmul(grad_s.transpose(-2, -1), q).mul_(ctx.scale)   # (attn.11) dK = scale dS^T Q
         grad_bias = None

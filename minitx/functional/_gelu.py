@@ -13,6 +13,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from minitx.functional._bodies import body, run
 from minitx.functional._checks import _check_float_tensor
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -31,14 +32,22 @@ def _gelu_grad_textbook(x: torch.Tensor) -> torch.Tensor:
     return cdf + x * pdf
 
 
+@body("gelu.forward")
+def _gelu_forward(x: torch.Tensor, need_grad: bool):
+    """(gelu.4) then (gelu.1), and (gelu.5) when a gradient is needed: (y, derivative or None).
+    Two fresh buffers only (the output and the saved derivative): a fresh buffer costs page faults."""
+    y = torch.mul(x, _INV_SQRT2).erf_().add_(1.0).mul_(0.5)                  # (gelu.4) Phi(x), erf once
+    grad = _gelu_grad_from_cdf(x, y) if need_grad else None                  # (gelu.5): saved in place of x
+    return y.mul_(x), grad                                                   # (gelu.1) x Phi(x), in place
+
+
 class _Gelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, need_grad):
-        # Two fresh buffers only (the output and the saved derivative): a fresh buffer costs page faults.
-        y = torch.mul(x, _INV_SQRT2).erf_().add_(1.0).mul_(0.5)              # (gelu.4) Phi(x), erf once
-        if need_grad:
-            ctx.save_for_backward(_gelu_grad_from_cdf(x, y))                 # (gelu.5): one saved tensor, as x
-        return y.mul_(x)                                                     # (gelu.1) x Phi(x), in place
+        y, grad = run("gelu.forward", x, need_grad)
+        if grad is not None:
+            ctx.save_for_backward(grad)                                      # one saved tensor, as x would be
+        return y
 
     @staticmethod
     @once_differentiable

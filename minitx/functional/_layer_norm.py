@@ -13,6 +13,7 @@ from numbers import Real
 import torch
 from torch.autograd.function import once_differentiable
 
+from minitx.functional._bodies import body, run
 from minitx.functional._checks import _check_broadcasts_to, _check_float_tensor, _check_same, _sum_to_shape
 from minitx.functional._softmax import _compute_dtype
 
@@ -36,42 +37,55 @@ def _row_means(g, g_x_hat, weight):
     return (g * weight).mean(dim=-1, keepdim=True), (g_x_hat * weight).mean(dim=-1, keepdim=True)
 
 
+@body("layer_norm.forward")
+def _layer_norm_forward(x, weight, bias, eps):
+    """(ln.1)-(ln.4) in the compute dtype: (y, x_hat, rstd, weight in the compute dtype or None)."""
+    dtype = _compute_dtype(x.dtype)
+    xc = x.to(dtype)
+    x_hat = torch.sub(xc, xc.mean(dim=-1, keepdim=True))                    # x - mu (ln.1), the one buffer
+    var = torch.linalg.vecdot(x_hat, x_hat).unsqueeze_(-1).div_(xc.shape[-1])   # (ln.2) biased: / C
+    rstd = var.add_(eps).rsqrt_()                                            # eps inside the root
+    x_hat.mul_(rstd)                                                         # (ln.3) in place
+    w = None if weight is None else weight.to(dtype)
+    if w is not None and bias is not None:
+        y = torch.addcmul(bias.to(dtype), x_hat, w)                          # (ln.4) w x_hat + b, one pass
+    elif w is not None:
+        y = x_hat * w
+    elif bias is not None:
+        y = x_hat + bias.to(dtype)
+    else:
+        y = x_hat.clone()
+    return y.to(x.dtype), x_hat, rstd, w
+
+
+@body("layer_norm.backward")
+def _layer_norm_backward(grad_y, x_hat, rstd, weight):
+    """(ln.9) = (ln.5)-(ln.6), and the per-row products of (ln.7)-(ln.8): (grad_x, g * x_hat, g)."""
+    g = grad_y.to(x_hat.dtype)
+    g_x_hat = g * x_hat                                                      # (ln.7) before summing rows
+    mean_gw, mean_gw_x_hat = _row_means(g, g_x_hat, weight)                 # (ln.9)
+    grad_x = torch.addcmul(mean_gw.neg(), x_hat, mean_gw_x_hat, value=-1.0)   # -mean(gw) - x_hat mean(gw x_hat)
+    if weight is None:
+        grad_x.add_(g)
+    else:
+        grad_x.addcmul_(g, weight)                                           # + g w = (ln.5)
+    return grad_x.mul_(rstd), g_x_hat, g                                     # (ln.6) = r (...)
+
+
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        dtype = _compute_dtype(x.dtype)
-        xc = x.to(dtype)
-        x_hat = torch.sub(xc, xc.mean(dim=-1, keepdim=True))                # x - mu (ln.1), the one buffer
-        var = torch.linalg.vecdot(x_hat, x_hat).unsqueeze_(-1).div_(xc.shape[-1])   # (ln.2) biased: / C
-        rstd = var.add_(eps).rsqrt_()                                        # eps inside the root
-        x_hat.mul_(rstd)                                                     # (ln.3) in place
-        w = None if weight is None else weight.to(dtype)
-        if w is not None and bias is not None:
-            y = torch.addcmul(bias.to(dtype), x_hat, w)                      # (ln.4) w x_hat + b, one pass
-        elif w is not None:
-            y = x_hat * w
-        elif bias is not None:
-            y = x_hat + bias.to(dtype)
-        else:
-            y = x_hat.clone()
+        y, x_hat, rstd, w = run("layer_norm.forward", x, weight, bias, eps)
         ctx.save_for_backward(x_hat, rstd, w)
         ctx.bias_shape = None if bias is None else bias.shape
         ctx.weight_shape = None if weight is None else weight.shape
-        return y.to(x.dtype)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
         x_hat, rstd, weight = ctx.saved_tensors
-        g = grad_y.to(x_hat.dtype)
-        g_x_hat = g * x_hat                                                  # (ln.7) before summing rows
-        mean_gw, mean_gw_x_hat = _row_means(g, g_x_hat, weight)             # (ln.9)
-        grad_x = torch.addcmul(mean_gw.neg(), x_hat, mean_gw_x_hat, value=-1.0)   # -mean(gw) - x_hat mean(gw x_hat)
-        if weight is None:
-            grad_x.add_(g)
-        else:
-            grad_x.addcmul_(g, weight)                                       # + g w = (ln.5)
-        grad_x.mul_(rstd)                                                    # (ln.6) = r (...)
+        grad_x, g_x_hat, g = run("layer_norm.backward", grad_y, x_hat, rstd, weight)
         grad_weight = None if weight is None else _sum_to_shape(g_x_hat, ctx.weight_shape)     # (ln.7)
         grad_bias = None if ctx.bias_shape is None else _sum_to_shape(g, ctx.bias_shape)      # (ln.8)
         return (grad_x.to(grad_y.dtype), _cast(grad_weight, grad_y.dtype), _cast(grad_bias, grad_y.dtype), None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from minitx.functional._bodies import body, run
 from minitx.functional._checks import _check_float_tensor
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -35,6 +36,7 @@ def _softmax_backward_textbook(y: torch.Tensor, grad_y: torch.Tensor, dim: int) 
     return y * (grad_y - (grad_y * y).sum(dim=dim, keepdim=True))
 
 
+@body("softmax.forward")
 def _softmax_forward(x: torch.Tensor, dim: int) -> torch.Tensor:
     """(softmax.5) = (softmax.1): e = exp(x - max) in one buffer, then e /= sum(e) in place; (softmax.4)
     (an all -inf row: shift by 0, divide by 1) touches only the (..., 1) row statistics; (softmax.7)."""
@@ -47,6 +49,7 @@ def _softmax_forward(x: torch.Tensor, dim: int) -> torch.Tensor:
     return e.div_(total).to(x.dtype)
 
 
+@body("softmax.backward")
 def _softmax_backward(y: torch.Tensor, grad_y: torch.Tensor, dim: int, inplace: bool = False) -> torch.Tensor:
     """(softmax.6) = (softmax.3): t = y * g, then t - y * sum(t) by one addcmul_ in place; (softmax.7).
 
@@ -65,7 +68,7 @@ def _softmax_backward(y: torch.Tensor, grad_y: torch.Tensor, dim: int, inplace: 
 class _Softmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dim):
-        y = _softmax_forward(x, dim)
+        y = run("softmax.forward", x, dim)
         ctx.save_for_backward(y)
         ctx.dim = dim
         return y
@@ -74,7 +77,7 @@ class _Softmax(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y):
         (y,) = ctx.saved_tensors
-        return _softmax_backward(y, grad_y, ctx.dim), None
+        return run("softmax.backward", y, grad_y, ctx.dim), None
 
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
