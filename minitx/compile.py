@@ -17,13 +17,16 @@ import torch
 
 from minitx.functional import _bodies
 
+_COMPILED: dict = {}  # (name, dynamic) -> its torch.compile wrapper
+
 
 def compile_bodies(dynamic: bool | None = None) -> list[str]:
     """Swap every registered body for a `torch.compile`d copy (compiled lazily, on its first call); returns
     the names. Idempotent. `dynamic` is passed to torch.compile (None: its default shape policy)."""
     for name, fn in _bodies.EAGER.items():
-        if _bodies.ACTIVE[name] is fn:
-            _bodies.ACTIVE[name] = torch.compile(fn, dynamic=dynamic)
+        if (name, dynamic) not in _COMPILED:  # one wrapper per body, so switching back and forth reuses it
+            _COMPILED[name, dynamic] = torch.compile(fn, dynamic=dynamic)
+        _bodies.ACTIVE[name] = _COMPILED[name, dynamic]
     return sorted(_bodies.EAGER)
 
 
