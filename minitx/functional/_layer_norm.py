@@ -59,17 +59,22 @@ def _layer_norm_forward(x, weight, bias, eps):
 
 
 @body("layer_norm.backward")
-def _layer_norm_backward(grad_y, x_hat, rstd, weight):
-    """(ln.9) = (ln.5)-(ln.6), and the per-row products of (ln.7)-(ln.8): (grad_x, g * x_hat, g)."""
+def _layer_norm_backward(grad_y, x_hat, rstd, weight, weight_shape, bias_shape):
+    """(ln.9) = (ln.5)-(ln.6), then (ln.7)-(ln.8): (grad_x, grad_weight or None, grad_bias or None). One fresh
+    (..., C) buffer: g * x_hat, which (ln.7) sums and (ln.9) reduces, and which then receives grad_x."""
     g = grad_y.to(x_hat.dtype)
-    g_x_hat = g * x_hat                                                      # (ln.7) before summing rows
-    mean_gw, mean_gw_x_hat = _row_means(g, g_x_hat, weight)                 # (ln.9)
-    grad_x = torch.addcmul(mean_gw.neg(), x_hat, mean_gw_x_hat, value=-1.0)   # -mean(gw) - x_hat mean(gw x_hat)
+    buf = g * x_hat                                                          # (ln.7) before summing rows
+    mean_gw, mean_gw_x_hat = _row_means(g, buf, weight)                     # (ln.9)
+    grad_weight = None if weight_shape is None else _sum_to_shape(buf, weight_shape)       # (ln.7)
+    if grad_weight is buf:  # a weight as large as x: nothing to sum, so keep it out of the reused buffer
+        grad_weight = buf.clone()
+    grad_bias = None if bias_shape is None else _sum_to_shape(g, bias_shape)               # (ln.8)
+    grad_x = torch.addcmul(mean_gw.neg(), x_hat, mean_gw_x_hat, value=-1.0, out=buf)  # -mean(gw) - x_hat mean(gw x_hat)
     if weight is None:
         grad_x.add_(g)
     else:
         grad_x.addcmul_(g, weight)                                           # + g w = (ln.5)
-    return grad_x.mul_(rstd), g_x_hat, g                                     # (ln.6) = r (...)
+    return grad_x.mul_(rstd), grad_weight, grad_bias                         # (ln.6) = r (...)
 
 
 class _LayerNorm(torch.autograd.Function):
@@ -85,9 +90,8 @@ class _LayerNorm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y):
         x_hat, rstd, weight = ctx.saved_tensors
-        grad_x, g_x_hat, g = run("layer_norm.backward", grad_y, x_hat, rstd, weight)
-        grad_weight = None if weight is None else _sum_to_shape(g_x_hat, ctx.weight_shape)     # (ln.7)
-        grad_bias = None if ctx.bias_shape is None else _sum_to_shape(g, ctx.bias_shape)      # (ln.8)
+        grad_x, grad_weight, grad_bias = run("layer_norm.backward", grad_y, x_hat, rstd, weight,
+                                             ctx.weight_shape, ctx.bias_shape)   # (ln.5)-(ln.9)
         return (grad_x.to(grad_y.dtype), _cast(grad_weight, grad_y.dtype), _cast(grad_bias, grad_y.dtype), None)
 
 
