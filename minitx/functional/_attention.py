@@ -49,6 +49,9 @@ def _dropout_mask(probs, dropout_p, generator):
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, dropout_p, scale, generator):
+        # Head-split inputs are strided views; each matmul would copy them, in the forward and again in the
+        # backward. One copy each, saved, serves every matmul (and frees the views' bases, so memory is equal).
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         probs = run("softmax.forward", _attention_scores(q, k, bias, scale), -1)   # (attn.4), (softmax.4)
         mask = _dropout_mask(probs, dropout_p, generator) if dropout_p > 0.0 else None
         weights = probs if mask is None else probs * mask   # (attn.5) P~ = P Z / (1 - p)
@@ -68,6 +71,7 @@ class _Attention(torch.autograd.Function):
         if grad_out is None and grad_weights is None:                        # neither output was used
             grad_out = torch.zeros(probs.shape[:-1] + v.shape[-1:], dtype=v.dtype, device=v.device)
         if grad_out is not None:
+            grad_out = grad_out.contiguous()                                 # one copy for both of its matmuls
             weights = probs if mask is None else probs * mask                # (attn.5) rebuilt
             grad_v = torch.matmul(weights.transpose(-2, -1), grad_out)       # (attn.7) dV = P~^T dO
             del weights

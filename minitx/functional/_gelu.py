@@ -18,6 +18,7 @@ from minitx.functional._checks import _check_float_tensor
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_HALF, _ZERO = torch.tensor(0.5), torch.tensor(0.0)  # 0-dim: broadcast as the scalar terms of fused ops
 
 
 def _gelu_textbook(x: torch.Tensor) -> torch.Tensor:
@@ -35,10 +36,13 @@ def _gelu_grad_textbook(x: torch.Tensor) -> torch.Tensor:
 @body("gelu.forward")
 def _gelu_forward(x: torch.Tensor, need_grad: bool):
     """(gelu.4) then (gelu.1), and (gelu.5) when a gradient is needed: (y, derivative or None).
-    Two fresh buffers only (the output and the saved derivative): a fresh buffer costs page faults."""
-    y = torch.mul(x, _INV_SQRT2).erf_().add_(1.0).mul_(0.5)                  # (gelu.4) Phi(x), erf once
-    grad = _gelu_grad_from_cdf(x, y) if need_grad else None                  # (gelu.5): saved in place of x
-    return y.mul_(x), grad                                                   # (gelu.1) x Phi(x), in place
+
+    Each line is one pass over memory, and only two fresh buffers (the output and the saved derivative):
+    on a CPU a pass costs about as much as the arithmetic in it, and a fresh buffer costs page faults."""
+    cdf = torch.mul(x, _INV_SQRT2).erf_()                                    # erf(x / sqrt 2), erf once
+    cdf = torch.add(_HALF, cdf, alpha=0.5, out=cdf)                          # (gelu.4) Phi = 1/2 + erf/2
+    grad = _gelu_grad_from_cdf(x, cdf) if need_grad else None                # (gelu.5): saved in place of x
+    return cdf.mul_(x), grad                                                 # (gelu.1) x Phi(x), in place
 
 
 class _Gelu(torch.autograd.Function):
@@ -57,9 +61,9 @@ class _Gelu(torch.autograd.Function):
 
 
 def _gelu_grad_from_cdf(x: torch.Tensor, cdf: torch.Tensor) -> torch.Tensor:
-    """(gelu.5) = (gelu.2): Phi(x) + x phi(x) from the forward's Phi(x), on one buffer, in place."""
-    grad = torch.mul(x, x).mul_(-0.5).exp_().mul_(x)                         # x exp(-x^2/2) = sqrt(2 pi) x phi(x)
-    return torch.add(cdf, grad, alpha=_INV_SQRT_2PI, out=grad)
+    """(gelu.5) = (gelu.2): Phi(x) + x phi(x) from the forward's Phi(x), on one buffer, in three passes."""
+    grad = torch.addcmul(_ZERO, x, x, value=-0.5).exp_()                     # exp(-x^2 / 2)
+    return torch.addcmul(cdf, grad, x, value=_INV_SQRT_2PI, out=grad)        # Phi + x exp(-x^2/2) / sqrt(2 pi)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
