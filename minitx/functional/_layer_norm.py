@@ -69,11 +69,8 @@ def _layer_norm_backward(grad_y, x_hat, rstd, weight, weight_shape, bias_shape):
     if grad_weight is buf:  # a weight as large as x: nothing to sum, so keep it out of the reused buffer
         grad_weight = buf.clone()
     grad_bias = None if bias_shape is None else _sum_to_shape(g, bias_shape)               # (ln.8)
-    grad_x = torch.addcmul(mean_gw.neg(), x_hat, mean_gw_x_hat, value=-1.0, out=buf)  # -mean(gw) - x_hat mean(gw x_hat)
-    if weight is None:
-        grad_x.add_(g)
-    else:
-        grad_x.addcmul_(g, weight)                                           # + g w = (ln.5)
+    grad_x = buf.copy_(g) if weight is None else torch.mul(g, weight, out=buf)   # (ln.5) g w, into the buffer
+    grad_x.sub_(mean_gw).addcmul_(x_hat, mean_gw_x_hat, value=-1.0)          # - mean(g w) - x_hat mean(g w x_hat)
     return grad_x.mul_(rstd), grad_weight, grad_bias                         # (ln.6) = r (...)
 
 
