@@ -20,6 +20,7 @@ if torch.cuda.is_available() is False:
 from minitx import functional as mf  # noqa: E402
 from minitx.attention import attention  # noqa: E402
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the same cases run the real kernels
 FLOOR = {torch.float16: 1e-4, torch.bfloat16: 1e-3}
 # FlashAttention's multiple is 2. PyTorch's own SDPA on the CPU (its blocked flash kernel) exceeds 2x the plain
 # composition's error in a few causal half-precision cases (up to ~1.5x the allowance): it is held to 3x, the
@@ -64,24 +65,26 @@ def _textbook(q, k, v, allowed):
 
 
 def _out_and_grads(fn, q, k, v, grad_out, dtype):
-    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    leaves = [t.detach().to(DEVICE, dtype).requires_grad_() for t in (q, k, v)]
     out = fn(*leaves)
-    out.backward(grad_out.to(dtype))
-    return [out.detach().double()] + [t.grad.double() for t in leaves]
+    out.backward(grad_out.to(DEVICE, dtype))
+    return [out.detach().double().cpu()] + [t.grad.double().cpu() for t in leaves]
 
 
 def _backend_fn(backend, mask, padding):
     def fn(q, k, v):
         return attention(q, k, v, backend=backend, is_causal="causal" in mask,
-                         key_padding_mask=padding if "padding" in mask else None)
+                         key_padding_mask=padding.to(q.device) if "padding" in mask else None)
     return fn
 
 
 def _check_rule(backend, dtype, size, mask, seed=0):
     q, k, v, grad_out, padding = _inputs(*size, seed)
     allowed = _allowed(mask, padding, size[2], size[3])
-    ref = _out_and_grads(lambda *t: _textbook(*t, allowed), q, k, v, grad_out, torch.float64)
-    plain = _out_and_grads(lambda *t: _textbook(*t, allowed), q, k, v, grad_out, dtype)
+    def textbook(*t):
+        return _textbook(*t, None if allowed is None else allowed.to(t[0].device))
+    ref = _out_and_grads(textbook, q, k, v, grad_out, torch.float64)
+    plain = _out_and_grads(textbook, q, k, v, grad_out, dtype)
     ours = _out_and_grads(_backend_fn(backend, mask, padding), q, k, v, grad_out, dtype)
     for name, r, p, o in zip(("out", "dq", "dk", "dv"), ref, plain, ours):
         err, allowance = (o - r).abs().max().item(), MULTIPLE[backend] * (p - r).abs().max().item() + FLOOR[dtype]
@@ -97,12 +100,16 @@ def test_half_precision_meets_flash_attentions_rule(backend, mask, size, dtype):
     _check_rule(backend, dtype, size, mask)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("size", SIZES[:3])
 @pytest.mark.parametrize("mask", MASKS)
-def test_flash_kernel_float16_meets_the_same_rule(mask, size):
-    """(attn.13) for the Triton kernel in float16 (under TRITON_INTERPRET=1 on a CPU; the interpreter has no bf16)."""
+def test_flash_kernel_float16_meets_the_same_rule(mask, size, dtype):
+    """(attn.13) for the Triton kernel: float16 under TRITON_INTERPRET=1 on a CPU (the interpreter has no bf16),
+    float16 and bfloat16 on a GPU."""
     pytest.importorskip("triton")
-    _check_rule("flash", torch.float16, size, mask)
+    if dtype == torch.bfloat16 and DEVICE == "cpu":
+        pytest.skip("the Triton interpreter has no bfloat16")
+    _check_rule("flash", dtype, size, mask)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
