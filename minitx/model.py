@@ -45,6 +45,8 @@ class BertConfig:
     attention_backend: str = field(default="math", metadata=_help("attention backend: math, sdpa or flash"))
     pad_token_id: int = 0
     initializer_range: float = 0.02
+    sparse_prediction: bool = field(default=True, metadata=_help(
+        "with labels, run the MLM head only at labelled positions (logits (K, V)); full logits without labels"))
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_position", "type_vocab_size"):
@@ -142,17 +144,34 @@ class MLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
-        """`decoder_weight` is the token embedding matrix (V, C) itself, passed in rather than stored, so the
+        """hidden (..., C) -> logits (..., V): (B, N, C), or (K, C) at the labelled positions only (mlm.7).
+        `decoder_weight` is the token embedding matrix (V, C) itself, passed in rather than stored, so the
         tie is by construction and the state dict holds the matrix once."""
         h = self.norm(gelu(self.dense(hidden)))
-        return torch_F.linear(h, decoder_weight, self.bias)  # (B, N, C) @ (C, V) -> (B, N, V)
+        return torch_F.linear(h, decoder_weight, self.bias)  # (..., C) @ (C, V) -> (..., V)
 
 
 class MaskedLMOutput(NamedTuple):
+    """`logits` is (B, N, V), or (K, V) at the K labelled positions (row-major order, `prediction_mask`
+    True there) when labels were given and `config.sparse_prediction` is on (mlm.7)."""
+
     logits: torch.Tensor
     loss: Optional[torch.Tensor]
     hidden: torch.Tensor
     next_sentence_logits: Optional[torch.Tensor] = None
+    prediction_mask: Optional[torch.Tensor] = None   # (B, N) bool: the rows of a sparse `logits`; None if full
+
+    def labelled_logits(self, labels: torch.Tensor) -> torch.Tensor:
+        """(K, V): the logits at the positions whose label is not -100, from a sparse or a full `logits`."""
+        return labelled_logits(self, labels)
+
+
+def labelled_logits(output, labels: torch.Tensor) -> torch.Tensor:
+    """(K, V) logits at the positions whose label is not -100, whether `output.logits` is already sparse
+    (`output.prediction_mask` set) or full (B, N, V); any object with `.logits` will do."""
+    if getattr(output, "prediction_mask", None) is not None:
+        return output.logits
+    return output.logits[labels != IGNORE_INDEX]  # (B, N, V) -> (K, V)
 
 
 def _init_bert_weights(module: nn.Module, std: float) -> None:
@@ -202,13 +221,7 @@ class BertForMaskedLM(nn.Module):
                 token_type_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 next_sentence_label: Optional[torch.Tensor] = None) -> MaskedLMOutput:
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
-        logits = self.mlm_head(hidden, self.bert.embeddings.token.weight)
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels: expected shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
-            # (B, N, V) -> (B*N, V): one prediction per position; -100 positions carry no loss
-            loss = torch_F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        logits, loss, prediction_mask = self._mlm_logits_and_loss(hidden, input_ids, labels)
         nsp_logits = None
         if self.next_sentence_head is not None:
             nsp_logits = self.next_sentence_head(self.pooler(hidden))  # (B, 2)
@@ -217,7 +230,24 @@ class BertForMaskedLM(nn.Module):
                 loss = nsp_loss if loss is None else loss + nsp_loss
         elif next_sentence_label is not None:
             raise ValueError("next_sentence_label: this model has no next-sentence head (next_sentence=False)")
-        return MaskedLMOutput(logits, loss, hidden, nsp_logits)
+        return MaskedLMOutput(logits, loss, hidden, nsp_logits, prediction_mask)
+
+    def _mlm_logits_and_loss(self, hidden, input_ids, labels):
+        """(mlm.1) over the labelled positions. With `sparse_prediction` the head (mlm.5) runs only at those K
+        positions (mlm.7): the same loss and gradients as the full head, since the others carry no loss."""
+        decoder_weight = self.bert.embeddings.token.weight
+        if labels is None:
+            return self.mlm_head(hidden, decoder_weight), None, None
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels: expected shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        if self.config.sparse_prediction:
+            selected = labels != IGNORE_INDEX                          # (B, N)
+            logits = self.mlm_head(hidden[selected], decoder_weight)   # (B, N, C) -> (K, C) -> (K, V)
+            return logits, torch_F.cross_entropy(logits.float(), labels[selected]), selected
+        logits = self.mlm_head(hidden, decoder_weight)
+        # (B, N, V) -> (B*N, V): one prediction per position; -100 positions carry no loss
+        loss = torch_F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return logits, loss, None
 
 
 class ClassificationOutput(NamedTuple):

@@ -23,11 +23,12 @@ from typing import Any, Iterator
 import torch
 
 from minitx import distributed as D
+from minitx.compile import apply_compile
 from minitx.corpus import split_of
 from minitx.data import IGNORE_INDEX, SyntheticLanguage, iter_text_files, mlm_batch, seed_for
 from minitx.fill_mask import fill_mask, fill_mask_main, load_pretrained  # noqa: F401 (re-exported)
 from minitx.mlm_eval import evaluate, probe_accuracy  # noqa: F401 (probe_accuracy re-exported)
-from minitx.model import BertConfig, BertForMaskedLM
+from minitx.model import BertConfig, BertForMaskedLM, labelled_logits
 from minitx.plots import loss_curve
 from minitx.tokenizer import WordPieceTokenizer
 from minitx.train import TrainConfig, TrainResult, _f, train
@@ -73,6 +74,7 @@ class PretrainConfig(TrainConfig):
     whole_word: bool = _f(False, "select whole words, all their WordPiece pieces together (mlm.4)")
     threads: int = _f(1, "torch CPU threads per process (0: torch's default); one is fastest for a model this "
                           "small when anything else runs on a 2-core machine")
+    compile: bool = _f(False, "torch.compile the hand-written kernel bodies (minitx.compile; pays compile time first)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -199,7 +201,7 @@ def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     """(mlm.1) on the batch, plus the share of selected tokens predicted right and exp(loss) (perplexity)."""
     out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], labels=batch["labels"])
     selected = batch["labels"] != IGNORE_INDEX
-    correct = (out.logits.detach().argmax(-1) == batch["labels"]) & selected
+    correct = labelled_logits(out, batch["labels"]).detach().argmax(-1) == batch["labels"][selected]  # (K,)
     accuracy = correct.sum() / selected.sum().clamp(min=1)
     return out.loss, {"masked_accuracy": accuracy, "perplexity": torch.exp(out.loss.detach())}
 
@@ -211,6 +213,7 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     began = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
+    apply_compile(config.compile)
     main = D.world_info().rank == 0
     out = Path(config.out_dir) if config.out_dir else None
     corpus = build_corpus(config)

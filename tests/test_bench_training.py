@@ -184,7 +184,10 @@ def test_json_records_environment_load_gate_and_consistent_throughput(cli_run):
     assert all(len(doc["load_average"][k]) == 3 for k in ("start", "end"))
     assert doc["config"]["d_model"] == 16 and doc["config"]["precision"] == "fp32"
     records = {r["impl"]: r for r in doc["results"]}
-    assert set(records) == {"minitx:math", "minitx:sdpa", "minitx:flash", "hf:eager", "hf:sdpa"}
+    assert set(records) == {"minitx:math", "minitx:math:full-head", "minitx:sdpa", "minitx:flash", "hf:eager",
+                            "hf:sdpa"}
+    assert records["minitx:math"]["attention"] == "minitx math, head at labelled positions"
+    assert records["minitx:math:full-head"]["attention"] == "minitx math, head at every position"
     assert records["minitx:flash"]["status"] == "skipped" and "interpreter" in records["minitx:flash"]["reason"]
     assert records["hf:sdpa"]["attention"] == "transformers sdpa"
     for r in (r for r in records.values() if r["status"] == "ok"):
@@ -195,13 +198,14 @@ def test_json_records_environment_load_gate_and_consistent_throughput(cli_run):
             assert x["ratio"] == pytest.approx(r["tokens_per_s"] / records[hf]["tokens_per_s"])
             assert x["paired_p25"] <= x["paired_median"] <= x["paired_p75"]
         assert r["parameters"] == records["hf:eager"]["parameters"], "same model, tied weights counted once"
+        assert r["peak_memory_bytes"] > 0 and "profiler" in r["memory_note"]  # CPU: from the profiler's records
 
 
 def test_cli_writes_a_table_derived_from_the_json_and_a_png(cli_run):
     table = cli_run["md"].read_text()
     assert table == training_table(_strict(cli_run["json"].read_text()))
     assert "| vs hf:eager | vs hf:sdpa |" in table and "the ratio to Hugging Face" in table
-    assert "| minitx:math | minitx math |" in table and "**minitx:flash** skipped" in table
+    assert "| minitx:math | minitx math, head at labelled positions |" in table and "**minitx:flash** skipped" in table
     png = cli_run["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])
@@ -214,3 +218,28 @@ def test_gpu_bf16_run_times_flash_and_measures_peak_memory():
     records = {r["impl"]: r for r in run_training_bench(config, progress=None)}
     assert all(r["status"] == "ok" for r in records.values()), records
     assert all(r["peak_memory_bytes"] > 0 for r in records.values())
+
+
+def test_cpu_peak_memory_counts_what_a_call_allocates_beyond_what_was_live():
+    from minitx.bench.training import cpu_peak_memory
+    x = torch.ones(1000, 1000)  # live before: not counted
+
+    def two_live_buffers():
+        a = x * 2          # 4 MB
+        b = a * 3          # 4 MB more while a is alive
+        del a, b
+    peak = cpu_peak_memory(two_live_buffers)
+    assert 8e6 <= peak < 8.2e6
+    assert cpu_peak_memory(lambda: None) == 0
+
+
+def test_impl_names_choose_the_head():
+    config = TrainingBenchConfig(**TINY)
+    torch.manual_seed(0)
+    base = BertForMaskedLM(config.model_config())
+    sparse, _ = build_impl("minitx:math", base, config)
+    full, _ = build_impl("minitx:math:full-head", base, config)
+    assert sparse.config.sparse_prediction and not full.config.sparse_prediction
+    assert base.config.sparse_prediction, "the base model's config is not changed by building a copy"
+    with pytest.raises(ValueError, match="impls"):
+        TrainingBenchConfig(impls=["hf:sdpa:full-head"]).validate()

@@ -510,3 +510,78 @@ def test_fully_masked_rows_give_zeros_and_zero_gradients(kind):
     check_close(dv, live[1])
     ref, _ = ref_attention(q, k, v, allowed)
     check_close(out, ref)
+
+
+# -------------------------------------------------------------------------- fast forms = textbook forms
+# The library runs fast forms (fewer passes, in place on buffers it owns); the textbook forms are kept beside
+# them in the modules, exactly as printed in docs/math, and these tests prove the two equal.
+
+from minitx.functional._gelu import _gelu_grad_textbook, _gelu_textbook  # noqa: E402
+from minitx.functional._layer_norm import _layer_norm_backward_textbook  # noqa: E402
+from minitx.functional._softmax import (_softmax_backward, _softmax_backward_textbook,  # noqa: E402
+                                        _softmax_forward, _softmax_forward_textbook)
+
+
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=3), seed=st.integers(0, 2**16),
+       scale=st.sampled_from([1e-3, 1.0, 30.0]), data=st.data())
+def test_softmax_fast_forms_equal_the_textbook_ones(shape, seed, scale, data):
+    """(softmax.5) = (softmax.1) and (softmax.6) = (softmax.3), -inf rows (softmax.4) included, in float64;
+    the in-place backward leaves the same result as the one that allocates."""
+    x = _randn(shape, seed, scale).detach()
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    if data.draw(st.booleans()):
+        x.select(dim, 0).fill_(float("-inf"))  # some slices partly or fully -inf
+    y = _softmax_forward(x, dim)
+    check_close(y, _softmax_forward_textbook(x, dim), atol=1e-15, rtol=1e-12)
+    g = _randn(shape, seed + 1).detach()
+    want = _softmax_backward_textbook(y, g, dim)
+    check_close(_softmax_backward(y, g, dim), want, atol=1e-15, rtol=1e-12)
+    check_close(_softmax_backward(y, g.clone(), dim, inplace=True), want, atol=1e-15, rtol=1e-12)
+
+
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=3), seed=st.integers(0, 2**16),
+       scale=st.sampled_from([1e-3, 1.0, 10.0]))
+def test_gelu_fast_forms_equal_the_textbook_ones(shape, seed, scale):
+    """(gelu.4) = (gelu.1): the forward; (gelu.5) = (gelu.2): the derivative saved by the forward, in float64."""
+    x = _randn(shape, seed, scale)
+    y = mf.gelu(x)
+    check_close(y, _gelu_textbook(x.detach()), atol=1e-15, rtol=1e-12)
+    g = _randn(shape, seed + 1).detach()
+    (grad,) = torch.autograd.grad(y, x, g)
+    check_close(grad, g * _gelu_grad_textbook(x.detach()), atol=1e-15, rtol=1e-12)
+
+
+def test_gelu_keeps_nothing_for_the_backward_without_grad():
+    """No gradient needed (no_grad, or an input that does not require it): the forward skips (gelu.5)."""
+    x = torch.randn(5, requires_grad=True)
+    with torch.no_grad():
+        y = mf.gelu(x)
+    assert y.grad_fn is None and torch.equal(y, _gelu_textbook(x.detach()))
+    y = mf.gelu(torch.randn(5))
+    assert y.grad_fn is None and not y.requires_grad
+
+
+@pytest.mark.parametrize("weight_shape", [None, (7,), (1, 7), (1,)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_layer_norm_fast_backward_equals_the_textbook_one(weight_shape, with_bias):
+    """(ln.9) = (ln.5)-(ln.8): the row means as matrix-vector products with w (a (C,) weight), or elementwise
+    for other shapes, in float64; plus gradcheck through the fast form."""
+    x = _randn((3, 4, 7), 0, 3.0)
+    w = None if weight_shape is None else _randn(weight_shape, 1)
+    b = _randn((7,), 2) if with_bias else None
+    g = _randn((3, 4, 7), 3).detach()
+    y = mf.layer_norm(x, w, b, 1e-5)
+    grads = _grads(y, [t for t in (x, w, b) if t is not None], g)
+    mean = x.detach().mean(-1, keepdim=True)
+    rstd = ((x.detach() - mean) ** 2).mean(-1, keepdim=True).add(1e-5).rsqrt()
+    x_hat = (x.detach() - mean) * rstd
+    grad_x, g_x_hat = _layer_norm_backward_textbook(g, x_hat, rstd, None if w is None else w.detach())
+    check_close(grads[0], grad_x, atol=1e-12, rtol=1e-10)
+    if w is not None:
+        check_close(grads[1], mf._sum_to_shape(g_x_hat, w.shape), atol=1e-12, rtol=1e-10)
+    inputs = tuple(t for t in (x, w, b) if t is not None)
+
+    def fn(*t):
+        it = iter(t[1:])
+        return mf.layer_norm(t[0], next(it) if w is not None else None, next(it) if b is not None else None, 1e-5)
+    assert torch.autograd.gradcheck(fn, inputs)

@@ -95,7 +95,8 @@ def test_mlm_loss_is_cross_entropy_over_labelled_positions():  # (mlm.1)
     labels = torch.full_like(ids, -100)
     labels[0, 2], labels[1, 5], labels[2, 1] = 7, 11, 13
     out = model(ids, mask, labels=labels)
-    picked = torch.stack([out.logits[0, 2], out.logits[1, 5], out.logits[2, 1]])
+    picked = out.labelled_logits(labels)  # (3, V): the labelled positions in row-major order
+    torch.testing.assert_close(picked, model(ids, mask).logits[labels != -100])
     manual = -torch.log_softmax(picked, -1)[torch.arange(3), torch.tensor([7, 11, 13])].mean()
     torch.testing.assert_close(out.loss, manual)
 

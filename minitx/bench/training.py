@@ -42,7 +42,8 @@ from minitx.model import IGNORE_INDEX, BertConfig, BertForMaskedLM
 from minitx.tokenizer import SPECIAL_TOKENS
 from minitx.train import parameter_groups
 
-DEFAULT_IMPLS = ("minitx:math", "minitx:sdpa", "minitx:flash", "hf:eager", "hf:sdpa")
+DEFAULT_IMPLS = ("minitx:math", "minitx:math:full-head", "minitx:sdpa", "minitx:flash", "hf:eager", "hf:sdpa")
+FULL_HEAD = "full-head"  # impl suffix: minitx with the MLM head at every position (sparse_prediction off)
 HF_ATTENTION = ("eager", "sdpa")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 PAD_ID, MASK_ID = SPECIAL_TOKENS.index("[PAD]"), SPECIAL_TOKENS.index("[MASK]")
@@ -89,10 +90,10 @@ class TrainingBenchConfig:
                              f"got {self.vocab_size}")
         self.model_config()
         for name in self.impls:
-            family, _, which = name.partition(":")
+            family, which, head = split_impl(name)
             allowed = {"minitx": available_backends(), "hf": HF_ATTENTION}.get(family)
-            if allowed is None or which not in allowed:
-                raise ValueError(f"impls: expected 'minitx:<{'|'.join(available_backends())}>' or "
+            if allowed is None or which not in allowed or head not in ("", FULL_HEAD) or (head and family == "hf"):
+                raise ValueError(f"impls: expected 'minitx:<{'|'.join(available_backends())}>[:{FULL_HEAD}]' or "
                                  f"'hf:<{'|'.join(HF_ATTENTION)}>', got {name!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {sorted(PRECISIONS)}, got {self.precision!r}")
@@ -121,9 +122,19 @@ def make_batch(config: TrainingBenchConfig) -> dict[str, torch.Tensor]:
     return {"input_ids": inputs, "attention_mask": real.long(), "labels": labels}
 
 
+def split_impl(name: str) -> tuple[str, str, str]:
+    """'minitx:math:full-head' -> ('minitx', 'math', 'full-head'); 'hf:sdpa' -> ('hf', 'sdpa', '')."""
+    family, _, rest = name.partition(":")
+    which, _, head = rest.partition(":")
+    return family, which, head
+
+
 def build_impl(name: str, base: BertForMaskedLM, config: TrainingBenchConfig) -> tuple[nn.Module | None, str | None]:
-    """(a train-mode copy of `base` on the device running `name`, None), or (None, why it cannot run here)."""
-    family, _, which = name.partition(":")
+    """(a train-mode copy of `base` on the device running `name`, None), or (None, why it cannot run here).
+
+    `minitx:<backend>` is minitx's default step (the MLM head only at labelled positions, sparse_prediction);
+    `minitx:<backend>:full-head` computes the head at every position, as transformers does (like-for-like)."""
+    family, which, head = split_impl(name)
     device = torch.device(config.device)
     if name == "minitx:flash" and device.type != "cuda":
         return None, ("the Triton kernel runs on a CPU only in the interpreter (TRITON_INTERPRET=1), which checks "
@@ -133,6 +144,7 @@ def build_impl(name: str, base: BertForMaskedLM, config: TrainingBenchConfig) ->
                       "time it with --attention-dropout 0, which every implementation then shares")
     if family == "minitx":
         model = copy.deepcopy(base)
+        model.config.sparse_prediction = head != FULL_HEAD  # the deep copy owns its config
         model.bert.set_attention_backend(which)
     else:
         model = to_hf_bert(base)
@@ -143,7 +155,8 @@ def build_impl(name: str, base: BertForMaskedLM, config: TrainingBenchConfig) ->
 def attention_name(model: nn.Module) -> str:
     """The attention code a model runs: minitx's backend, or HF's recorded `attn_implementation`."""
     if isinstance(model, BertForMaskedLM):
-        return f"minitx {model.config.attention_backend}"
+        head = "labelled positions" if model.config.sparse_prediction else "every position"
+        return f"minitx {model.config.attention_backend}, head at {head}"
     return f"transformers {getattr(model.config, '_attn_implementation', 'unknown')}"
 
 
@@ -182,11 +195,29 @@ def time_interleaved(steps: dict[str, Callable[[], object]], *, warmup: int, rep
     return samples
 
 
+def cpu_peak_memory(fn: Callable[[], object]) -> int:
+    """Peak bytes PyTorch's CPU allocator holds while `fn()` runs beyond what was live before it: the running
+    sum of the allocation (+) and free (-) records of `torch.profiler` with profile_memory, at its maximum."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in records:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
 def peak_memory(step: Callable[[], None], device: torch.device) -> tuple[int | None, str]:
-    """Peak bytes allocated during one step beyond what was live before it (CUDA only)."""
-    peak, note = cuda_peak_memory(step, device)
-    if peak is None:
-        return peak, note
+    """Peak bytes allocated during one step beyond what was live before it (CUDA: the allocator's counter;
+    CPU: the profiler's allocation records, `cpu_peak_memory`)."""
+    if device.type == "cuda":
+        peak, note = cuda_peak_memory(step, device)
+    else:
+        peak, note = cpu_peak_memory(step), "torch.profiler(profile_memory=True): allocations minus frees, at most"
     return peak, (f"{note} over one step: activations, gradients and optimizer temporaries beyond the resident "
                   "weights and AdamW state")
 
@@ -259,10 +290,10 @@ def _run(config: TrainingBenchConfig, extra_impls: dict, progress: Callable[[str
     return list(records.values())
 
 
-# Presets for unset CLI flags: a CPU size that runs in about a minute on two cores, and BERT-base on a GPU.
+# Presets for unset CLI flags: a CPU size that runs in a minute or two on one core, and BERT-base on a GPU.
 PRESETS = {
-    "cpu": dict(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, d_ff=512, seq_len=128, batch_size=16,
-                precision="fp32", repeats=10, warmup=2),
+    "cpu": dict(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, d_ff=1024, seq_len=128, batch_size=16,
+                precision="fp32", repeats=8, warmup=2),
     "gpu": dict(vocab_size=30522, d_model=768, n_layers=12, n_heads=12, d_ff=3072, seq_len=512, batch_size=32,
                 precision="bf16", repeats=20, warmup=3),
 }

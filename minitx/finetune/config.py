@@ -60,6 +60,7 @@ class FinetuneConfig(TrainConfig):
     max_length: int = _f(0, "tokens per example, [CLS] and [SEP] included (0: the model's max_position)")
     patience: int = _f(8, "stop after this many validations without a better one (0: never stop early)")
     threads: int = _f(0, "torch CPU threads (0: torch's default)")
+    compile: bool = _f(False, "torch.compile the hand-written kernel bodies (minitx.compile; pays compile time first)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

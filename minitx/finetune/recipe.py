@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from minitx.checkpoint import save_checkpoint
+from minitx.compile import apply_compile
 from minitx.corpus import SyntheticLanguage
 from minitx.finetune.config import FinetuneConfig
 from minitx.finetune.data import BUILTIN_LABEL_NAMES, chunks, encode_split, load_splits, make_batch_fn
@@ -170,6 +171,7 @@ def run_finetuning(config: FinetuneConfig) -> FinetuneResult:
     began = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
+    apply_compile(config.compile)
     model, tokenizer = starting_point(config)
     max_length = config.max_length or model.config.max_position
     if max_length > model.config.max_position:

@@ -13,7 +13,8 @@ from torch.autograd.function import once_differentiable
 
 from minitx.functional._checks import (_check_broadcasts_to, _check_qkv, _check_same, _check_scale,
                                        _sum_to_shape)
-from minitx.functional._softmax import _softmax_backward, _softmax_forward
+from minitx.functional import _softmax  # noqa: F401 (registers the softmax bodies used below)
+from minitx.functional._bodies import run
 
 
 def causal_mask(n: int, m: int, device: torch.device | str | None = None, align: str = "top_left") -> torch.Tensor:
@@ -32,25 +33,36 @@ def causal_mask(n: int, m: int, device: torch.device | str | None = None, align:
 
 
 def _attention_scores(q, k, bias, scale):
-    """(attn.1)-(attn.2): S = scale * Q K^T, plus the additive mask (0 where allowed, -inf where not)."""
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale   # (..., N, D) @ (..., D, M) -> (..., N, M)
-    return scores if bias is None else scores + bias
+    """(attn.1)-(attn.2): S = scale * Q K^T, plus the additive mask (0 where allowed, -inf where not); the
+    scale and the mask are applied in place on the one (..., N, M) buffer the matmul returns."""
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)  # (..., N, D) @ (..., D, M) -> (..., N, M)
+    if bias is None:
+        return scores
+    if torch.broadcast_shapes(scores.shape, bias.shape) == scores.shape:
+        return scores.add_(bias)
+    return scores + bias  # only when v's batch dims enlarge the scores (broadcast against q and k alone)
+
+
+def _dropout_mask(probs, dropout_p, generator):
+    """(attn.5): Z / (1 - p) with Z ~ Bernoulli(1 - p), drawn once and saved for the backward (attn.9)."""
+    noise = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+    return noise.ge_(dropout_p).div_(1.0 - dropout_p)   # in place: Z = [U >= p], then Z / (1 - p)
 
 
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, dropout_p, scale, generator):
-        probs = _softmax_forward(_attention_scores(q, k, bias, scale), dim=-1)   # (attn.4), (softmax.4)
-        keep = None
-        weights = probs
-        if dropout_p > 0.0:
-            # (attn.5) inverted dropout: keep with probability 1 - p, scale survivors by 1 / (1 - p).
-            noise = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
-            keep = noise >= dropout_p
-            weights = probs * keep / (1.0 - dropout_p)
+        # Head-split inputs are strided views; each matmul would copy them, in the forward and again in the
+        # backward. One copy each, saved, serves every matmul (and frees the views' bases, so memory is equal).
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        probs = run("softmax.forward", _attention_scores(q, k, bias, scale), -1)   # (attn.4), (softmax.4)
+        mask = _dropout_mask(probs, dropout_p, generator) if dropout_p > 0.0 else None
+        weights = probs if mask is None else probs * mask   # (attn.5) P~ = P Z / (1 - p)
         out = torch.matmul(weights, v)                      # (attn.6) (..., N, M) @ (..., M, Dv) -> (..., N, Dv)
-        ctx.save_for_backward(q, k, v, probs, weights, keep)
-        ctx.scale, ctx.dropout_p = scale, dropout_p
+        # P~ is not saved: the backward rebuilds it from P and the mask (one multiply), so a layer keeps two
+        # (..., N, M) tensors for its backward, not three.
+        ctx.save_for_backward(q, k, v, probs, mask)
+        ctx.scale = scale
         ctx.bias_shape = None if bias is None else bias.shape
         ctx.set_materialize_grads(False)  # an unused output (weights, usually) gets None, not a zeros tensor
         return out, weights
@@ -58,18 +70,24 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_weights):
-        q, k, v, probs, weights, keep = ctx.saved_tensors
-        if grad_out is None:                                                 # only the weights were used
-            grad_out = torch.zeros(weights.shape[:-1] + v.shape[-1:], dtype=v.dtype, device=v.device)
-        grad_v = torch.matmul(weights.transpose(-2, -1), grad_out)           # (attn.7) dV = P~^T dO
-        grad_w = torch.matmul(grad_out, v.transpose(-2, -1))                 # (attn.8) dP~ = dO V^T
-        if grad_weights is not None:
-            grad_w = grad_w + grad_weights                                   # the weights were also an output
-        # (attn.9) through dropout with the forward's own mask; else dP = dP~.
-        grad_p = grad_w if keep is None else grad_w * keep / (1.0 - ctx.dropout_p)
-        grad_s = _softmax_backward(probs, grad_p, dim=-1)                    # (attn.10) softmax Jacobian
-        grad_q = torch.matmul(grad_s, k) * ctx.scale                         # (attn.11) dQ = scale dS K
-        grad_k = torch.matmul(grad_s.transpose(-2, -1), q) * ctx.scale       # (attn.11) dK = scale dS^T Q
+        q, k, v, probs, mask = ctx.saved_tensors
+        if grad_out is None and grad_weights is None:                        # neither output was used
+            grad_out = torch.zeros(probs.shape[:-1] + v.shape[-1:], dtype=v.dtype, device=v.device)
+        if grad_out is not None:
+            grad_out = grad_out.contiguous()                                 # one copy for both of its matmuls
+            weights = probs if mask is None else probs * mask                # (attn.5) rebuilt
+            grad_v = torch.matmul(weights.transpose(-2, -1), grad_out)       # (attn.7) dV = P~^T dO
+            del weights
+            grad_w = torch.matmul(grad_out, v.transpose(-2, -1))             # (attn.8) dP~ = dO V^T
+            if grad_weights is not None:                                     # the weights were also an output
+                grad_w = grad_w.add_(grad_weights) if grad_w.shape == grad_weights.shape else grad_w + grad_weights
+        else:                                                                # only the weights were used
+            grad_v, grad_w = torch.zeros_like(v), grad_weights.clone()
+        if mask is not None:
+            grad_w.mul_(mask)                                                # (attn.9) dP = dP~ Z / (1 - p)
+        grad_s = run("softmax.backward", probs, grad_w, -1, True)      # (attn.10), on dP's memory
+        grad_q = torch.matmul(grad_s, k).mul_(ctx.scale)                     # (attn.11) dQ = scale dS K
+        grad_k = torch.matmul(grad_s.transpose(-2, -1), q).mul_(ctx.scale)   # (attn.11) dK = scale dS^T Q
         grad_bias = None
         if ctx.needs_input_grad[3]:                                          # a float mask that requires grad
             grad_bias = _sum_to_shape(grad_s, ctx.bias_shape)                # (attn.12) dB = dS, unbroadcast

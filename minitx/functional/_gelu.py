@@ -1,4 +1,10 @@
-"""GELU, exact erf form, with a hand-written backward (docs/math/gelu.md, labels (gelu.*))."""
+"""GELU, exact erf form, with a hand-written backward (docs/math/gelu.md, labels (gelu.*)).
+
+`_gelu_textbook` / `_gelu_grad_textbook` are (gelu.1) / (gelu.2) as printed. The Function runs the fast form
+(gelu.4)-(gelu.5): erf is evaluated once, in the forward, and the derivative (gelu.2) is formed there from that
+Phi(x) and saved in place of x (one saved tensor, as for x itself), so the backward is one multiply; every
+step runs in place on a buffer the Function owns, and nothing is kept when no gradient is needed. tests/test_functional.py proves the two forms equal.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +13,61 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from minitx.functional._bodies import body, run
 from minitx.functional._checks import _check_float_tensor
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_HALF, _ZERO = torch.tensor(0.5), torch.tensor(0.0)  # 0-dim: broadcast as the scalar terms of fused ops
+
+
+def _gelu_textbook(x: torch.Tensor) -> torch.Tensor:
+    """(gelu.1) as printed: x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
+    return 0.5 * x * (1.0 + torch.erf(x * _INV_SQRT2))
+
+
+def _gelu_grad_textbook(x: torch.Tensor) -> torch.Tensor:
+    """(gelu.2) as printed: Phi(x) + x * phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi); erf evaluated again."""
+    cdf = 0.5 * (1.0 + torch.erf(x * _INV_SQRT2))
+    pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+    return cdf + x * pdf
+
+
+@body("gelu.forward")
+def _gelu_forward(x: torch.Tensor, need_grad: bool):
+    """(gelu.4) then (gelu.1), and (gelu.5) when a gradient is needed: (y, derivative or None).
+
+    Each line is one pass over memory, and only two fresh buffers (the output and the saved derivative):
+    on a CPU a pass costs about as much as the arithmetic in it, and a fresh buffer costs page faults."""
+    cdf = torch.mul(x, _INV_SQRT2).erf_()                                    # erf(x / sqrt 2), erf once
+    cdf = torch.add(_HALF, cdf, alpha=0.5, out=cdf)                          # (gelu.4) Phi = 1/2 + erf/2
+    grad = _gelu_grad_from_cdf(x, cdf) if need_grad else None                # (gelu.5): saved in place of x
+    return cdf.mul_(x), grad                                                 # (gelu.1) x Phi(x), in place
 
 
 class _Gelu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return 0.5 * x * (1.0 + torch.erf(x * _INV_SQRT2))                   # (gelu.1)
+    def forward(ctx, x, need_grad):
+        y, grad = run("gelu.forward", x, need_grad)
+        if grad is not None:
+            ctx.save_for_backward(grad)                                      # one saved tensor, as x would be
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        (x,) = ctx.saved_tensors
-        cdf = 0.5 * (1.0 + torch.erf(x * _INV_SQRT2))                        # Phi(x)
-        pdf = _INV_SQRT_2PI * torch.exp(-0.5 * x * x)                        # phi(x)
-        return grad_y * (cdf + x * pdf)                                      # (gelu.2)
+        (grad,) = ctx.saved_tensors
+        return grad_y * grad, None                                           # elementwise chain rule
+
+
+def _gelu_grad_from_cdf(x: torch.Tensor, cdf: torch.Tensor) -> torch.Tensor:
+    """(gelu.5) = (gelu.2): Phi(x) + x phi(x) from the forward's Phi(x), on one buffer, in three passes."""
+    grad = torch.addcmul(_ZERO, x, x, value=-0.5).exp_()                     # exp(-x^2 / 2)
+    return torch.addcmul(cdf, grad, x, value=_INV_SQRT_2PI, out=grad)        # Phi + x exp(-x^2/2) / sqrt(2 pi)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
-    """GELU, exact erf form x * Phi(x) (gelu.1); derivative Phi(x) + x * phi(x) (gelu.2)."""
+    """GELU, exact erf form x * Phi(x) (gelu.1); derivative Phi(x) + x * phi(x) (gelu.2), computed as
+    (gelu.4)-(gelu.5) in the forward from the same Phi(x), and saved."""
     _check_float_tensor(x, "x")
-    return _Gelu.apply(x)
+    return _Gelu.apply(x, torch.is_grad_enabled() and x.requires_grad)

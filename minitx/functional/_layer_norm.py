@@ -1,4 +1,10 @@
-"""Layer normalization with a hand-written backward (docs/math/layer_norm.md, labels (ln.*))."""
+"""Layer normalization with a hand-written backward (docs/math/layer_norm.md, labels (ln.*)).
+
+`_layer_norm_backward_textbook` is (ln.5)-(ln.8) as printed. The Function runs the fast form: the variance (ln.2) as
+a dot product of the centred row with itself (no squared temporary), and a backward (ln.9) whose two row means are matrix-vector products with w,
+reusing g * x_hat, which (ln.7) needs anyway; the rest is in place on one buffer. tests/test_functional.py
+proves the forms equal. Half precision is computed in float32 and cast back (as torch.nn.LayerNorm does).
+"""
 
 from __future__ import annotations
 
@@ -7,41 +13,92 @@ from numbers import Real
 import torch
 from torch.autograd.function import once_differentiable
 
+from minitx.functional._bodies import body, run
 from minitx.functional._checks import _check_broadcasts_to, _check_float_tensor, _check_same, _sum_to_shape
+from minitx.functional._softmax import _compute_dtype
+
+
+def _layer_norm_backward_textbook(grad_y, x_hat, rstd, weight):
+    """(ln.5)-(ln.7) as printed: (grad_x, grad_weight-before-unbroadcasting)."""
+    grad_x_hat = grad_y if weight is None else grad_y * weight                           # (ln.5)
+    grad_x = rstd * (grad_x_hat - grad_x_hat.mean(dim=-1, keepdim=True)
+                     - x_hat * (grad_x_hat * x_hat).mean(dim=-1, keepdim=True))          # (ln.6)
+    return grad_x, grad_y * x_hat                                                        # (ln.7) summed later
+
+
+def _row_means(g, g_x_hat, weight):
+    """(ln.9): mean_c(g w) and mean_c(g w x_hat), each (..., 1). For a (C,) weight they are matrix-vector
+    products with w (no (..., C) temporary); otherwise the textbook elementwise form."""
+    c = g.shape[-1]
+    if weight is None:
+        return g.mean(dim=-1, keepdim=True), g_x_hat.mean(dim=-1, keepdim=True)
+    if weight.dim() == 1 and weight.shape[0] == c:
+        return (g @ weight).unsqueeze_(-1).div_(c), (g_x_hat @ weight).unsqueeze_(-1).div_(c)
+    return (g * weight).mean(dim=-1, keepdim=True), (g_x_hat * weight).mean(dim=-1, keepdim=True)
+
+
+@body("layer_norm.forward")
+def _layer_norm_forward(x, weight, bias, eps):
+    """(ln.1)-(ln.4) in the compute dtype: (y, x_hat, rstd, weight in the compute dtype or None)."""
+    dtype = _compute_dtype(x.dtype)
+    xc = x.to(dtype)
+    x_hat = torch.sub(xc, xc.mean(dim=-1, keepdim=True))                    # x - mu (ln.1), the one buffer
+    var = torch.linalg.vecdot(x_hat, x_hat).unsqueeze_(-1).div_(xc.shape[-1])   # (ln.2) biased: / C
+    rstd = var.add_(eps).rsqrt_()                                            # eps inside the root
+    x_hat.mul_(rstd)                                                         # (ln.3) in place
+    w = None if weight is None else weight.to(dtype)
+    if w is not None and bias is not None:
+        y = torch.addcmul(bias.to(dtype), x_hat, w)                          # (ln.4) w x_hat + b, one pass
+    elif w is not None:
+        y = x_hat * w
+    elif bias is not None:
+        y = x_hat + bias.to(dtype)
+    else:
+        y = x_hat.clone()
+    return y.to(x.dtype), x_hat, rstd, w
+
+
+@body("layer_norm.backward")
+def _layer_norm_backward(grad_y, x_hat, rstd, weight, weight_shape, bias_shape):
+    """(ln.9) = (ln.5)-(ln.6), then (ln.7)-(ln.8): (grad_x, grad_weight or None, grad_bias or None). One fresh
+    (..., C) buffer: g * x_hat, which (ln.7) sums and (ln.9) reduces, and which then receives grad_x."""
+    g = grad_y.to(x_hat.dtype)
+    buf = g * x_hat                                                          # (ln.7) before summing rows
+    mean_gw, mean_gw_x_hat = _row_means(g, buf, weight)                     # (ln.9)
+    grad_weight = None if weight_shape is None else _sum_to_shape(buf, weight_shape)       # (ln.7)
+    if grad_weight is buf:  # a weight as large as x: nothing to sum, so keep it out of the reused buffer
+        grad_weight = buf.clone()
+    grad_bias = None if bias_shape is None else _sum_to_shape(g, bias_shape)               # (ln.8)
+    grad_x = buf.copy_(g) if weight is None else torch.mul(g, weight, out=buf)   # (ln.5) g w, into the buffer
+    grad_x.sub_(mean_gw).addcmul_(x_hat, mean_gw_x_hat, value=-1.0)          # - mean(g w) - x_hat mean(g w x_hat)
+    return grad_x.mul_(rstd), grad_weight, grad_bias                         # (ln.6) = r (...)
 
 
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        mean = x.mean(dim=-1, keepdim=True)                                  # (ln.1)
-        var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)                   # (ln.2) biased: divide by C
-        rstd = torch.rsqrt(var + eps)                                        # eps inside the root
-        x_hat = (x - mean) * rstd                                            # (ln.3)
-        y = x_hat
-        if weight is not None:
-            y = y * weight                                                   # (ln.4)
-        if bias is not None:
-            y = y + bias
-        ctx.save_for_backward(x_hat, rstd, weight)
+        y, x_hat, rstd, w = run("layer_norm.forward", x, weight, bias, eps)
+        ctx.save_for_backward(x_hat, rstd, w)
         ctx.bias_shape = None if bias is None else bias.shape
+        ctx.weight_shape = None if weight is None else weight.shape
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
         x_hat, rstd, weight = ctx.saved_tensors
-        grad_x_hat = grad_y if weight is None else grad_y * weight           # (ln.5)
-        grad_x = rstd * (grad_x_hat                                          # (ln.6)
-                         - grad_x_hat.mean(dim=-1, keepdim=True)
-                         - x_hat * (grad_x_hat * x_hat).mean(dim=-1, keepdim=True))
-        grad_weight = None if weight is None else _sum_to_shape(grad_y * x_hat, weight.shape)   # (ln.7)
-        grad_bias = None if ctx.bias_shape is None else _sum_to_shape(grad_y, ctx.bias_shape)  # (ln.8)
-        return grad_x, grad_weight, grad_bias, None
+        grad_x, grad_weight, grad_bias = run("layer_norm.backward", grad_y, x_hat, rstd, weight,
+                                             ctx.weight_shape, ctx.bias_shape)   # (ln.5)-(ln.9)
+        return (grad_x.to(grad_y.dtype), _cast(grad_weight, grad_y.dtype), _cast(grad_bias, grad_y.dtype), None)
+
+
+def _cast(t, dtype):
+    return None if t is None else t.to(dtype)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                eps: float = 1e-5) -> torch.Tensor:
-    """Layer normalization over the last dim, (ln.1)-(ln.4); hand-written backward (ln.5)-(ln.8).
+    """Layer normalization over the last dim, (ln.1)-(ln.4); hand-written backward (ln.5)-(ln.8), run as (ln.9).
 
     Uses the biased variance (divide by C) with `eps` inside the square root, as `torch.nn.LayerNorm`.
     `weight` and `bias` may be None, or any shape that broadcasts against x without enlarging it
