@@ -26,10 +26,20 @@ class LoRAFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, scaling: float, mask):
-        x_d = x if mask is None else x * mask
-        u = x_d @ lora_A.T  # (..., in) -> (..., r): the rank-r bottleneck
-        # The frozen path is exactly nn.Linear's op, so with B = 0 the output is bit-for-bit the base output.
-        y = torch.nn.functional.linear(x, weight, bias) + scaling * (u @ lora_B.T)  # (..., r) -> (..., out) (lora.1)
+        # Under autocast every operand runs in the autocast dtype, as nn.Linear's matmuls would; the saved
+        # tensors are those copies, so backward multiplies matching dtypes and casts each gradient back.
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype, lora_A.dtype, lora_B.dtype)
+        dtype = _autocast_dtype(x)
+        if dtype is not None:
+            x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, lora_A, lora_B))
+            bias = None if bias is None else bias.to(dtype)
+            mask = None if mask is None else mask.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            x_d = x if mask is None else x * mask
+            u = x_d @ lora_A.T  # (..., in) -> (..., r): the rank-r bottleneck
+            # The frozen path is exactly nn.Linear's op, so with B = 0 the output is bit-for-bit the base output.
+            y = torch.nn.functional.linear(x, weight, bias) + scaling * (u @ lora_B.T)  # (..., r) -> (..., out)
+            # (lora.1)
         ctx.save_for_backward(x, weight, lora_A, lora_B, mask, u)
         ctx.scaling = scaling
         ctx.has_bias = bias is not None
@@ -39,7 +49,7 @@ class LoRAFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, lora_A, lora_B, mask, u = ctx.saved_tensors
         s = ctx.scaling
-        g = grad_out.reshape(-1, grad_out.shape[-1])  # (..., out) -> (T, out)
+        g = grad_out.to(x.dtype).reshape(-1, grad_out.shape[-1])  # (..., out) -> (T, out)
         x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (T, in)
         u2 = u.reshape(-1, u.shape[-1])  # (..., r) -> (T, r)
         m2 = None if mask is None else mask.reshape(-1, mask.shape[-1])  # (..., in) -> (T, in)
@@ -59,7 +69,16 @@ class LoRAFunction(torch.autograd.Function):
             da = s * (gb.T @ x_d)  # (lora.2)
         if ctx.needs_input_grad[4]:
             dbb = s * (g.T @ u2)  # (lora.3)
-        return dx, dw, db, da, dbb, None, None
+        grads = (dx, dw, db, da, dbb)
+        return (*(None if g_ is None else g_.to(t) for g_, t in zip(grads, ctx.dtypes)), None, None)
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would run a matmul on `x` in; None outside autocast."""
+    device = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
 
 
 class LoRALinear(nn.Module):
