@@ -173,6 +173,8 @@ def apply_lora(model: nn.Module, target_modules, r: int, alpha: float, dropout: 
     `trainable_modules` (same rules, e.g. ("classifier",)), require grad.
     """
     patterns = parse_targets(target_modules, "target_modules")
+    if not patterns:  # wrapping nothing would only freeze the whole model
+        raise ValueError("target_modules: expected at least one pattern (e.g. ['q_proj', 'v_proj']), got none")
     names = find_linear_targets(model, patterns, "target_modules")
     kept = find_modules(model, trainable_modules, "trainable_modules")  # checked before anything is wrapped
     for name in names:
@@ -182,14 +184,28 @@ def apply_lora(model: nn.Module, target_modules, r: int, alpha: float, dropout: 
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRALinear (lora.6) and put its plain base `nn.Linear` back in its place; returns `model`."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
+    """Merge every LoRALinear (lora.6) and put its plain base `nn.Linear` back in its place; returns `model`.
+
+    Atomic: every module's merged weight is computed and checked first, so a non-finite one (named in the
+    ValueError) leaves the whole model as it was, no module merged."""
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    merged = {}
+    with torch.no_grad():
+        for name, module in wrapped:
             if not module.merged:
-                module.merge()
-            if name == "":
-                return module.base
-            set_submodule(model, name, module.base)
+                weight = (module.base.weight.float() + module.delta_weight().float()).to(module.base.weight.dtype)
+                if not torch.isfinite(weight).all():
+                    raise ValueError(f"merge_lora: {name or 'model'}: W + scaling * B @ A is not finite (NaN/inf in "
+                                     f"lora_A, lora_B, or overflow); no module was merged")
+                merged[name] = weight
+        for name, module in wrapped:
+            if name in merged:
+                module.base.weight.copy_(merged[name])
+                module.merged = True
+    for name, module in wrapped:
+        if name == "":
+            return module.base
+        set_submodule(model, name, module.base)
     return model
 
 
