@@ -194,7 +194,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # The manifest's keys and the types a reader relies on ("previous_sha256" may be null).
-MANIFEST_TYPES = {"sha256": str, "bytes": int, "step": int}
+MANIFEST_TYPES = {"sha256": str, "bytes": int}
 PAYLOAD_TYPES = {"step": int, "model": dict, "optimizer": (dict, type(None)), "scheduler": (dict, type(None)),
                  "scaler": (dict, type(None)), "rng": dict, "config": (dict, type(None)),
                  "extra_state": (dict, type(None))}
