@@ -19,12 +19,12 @@ import hashlib
 import io
 import json
 import os
-import random
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
+
+from minitx.seeding import rng_state, set_rng_state  # noqa: F401 (re-exported)
 
 FORMAT_VERSION = 1
 
@@ -83,38 +83,6 @@ def _first_non_finite(state: Any, prefix: str = "") -> str | None:
         if bad is not None:
             return bad
     return None
-
-
-# ---------------------------------------------------------------------------------------------------- RNG state
-def rng_state() -> dict[str, Any]:
-    """Every random number generator a training step may draw from, as weights_only-loadable values."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": _to_lists(random.getstate()),
-        # numpy's key is a uint32 array; a list of ints keeps the file free of numpy objects.
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_to_tuples(state["python"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_lists(x: Any) -> Any:
-    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _to_tuples(x: Any) -> Any:
-    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
 # ---------------------------------------------------------------------------------------------------- save

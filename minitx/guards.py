@@ -175,3 +175,12 @@ class InterruptGuard:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+
+def format_record(record: Mapping[str, Any], max_steps: int) -> str:
+    """One plain log line: `step 20/600 train loss 4.1234 lr 1.00e-03 ...` (numbers to 4 significant digits)."""
+    parts = [f"step {record['step']}/{max_steps}", str(record.get("split", ""))]
+    for k, v in record.items():
+        if k not in ("step", "split") and isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"{k} {v:.4g}")
+    return " ".join(parts)

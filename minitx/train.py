@@ -301,7 +301,7 @@ class _Run:
     def _write(self, record: Mapping[str, Any]) -> None:
         """Log one record: metrics.jsonl, and a plain line when progress is on and stderr is not a terminal."""
         if self.main and self.cfg.progress:
-            line = _format_record(record, self.cfg.max_steps)
+            line = guards.format_record(record, self.cfg.max_steps)
             self.bar.write(line) if not self.bar.disable else print(line, flush=True)
         self.history.append(dict(record))
         if self.main and self.metrics_path is not None:
@@ -354,11 +354,3 @@ class _Run:
                             config=dataclasses.asdict(self.cfg), extra_state=self.extra_state)
         D.barrier()  # nobody races ahead (or exits) while rank 0 is still writing
 
-
-def _format_record(record: Mapping[str, Any], max_steps: int) -> str:
-    """One plain log line: `step 20/600 train loss 4.1234 lr 1.00e-03 ...` (numbers to 4 significant digits)."""
-    parts = [f"step {record['step']}/{max_steps}", str(record.get("split", ""))]
-    for k, v in record.items():
-        if k not in ("step", "split") and isinstance(v, (int, float)) and not isinstance(v, bool):
-            parts.append(f"{k} {v:.4g}")
-    return " ".join(parts)
