@@ -59,7 +59,7 @@ class FinetuneConfig(TrainConfig):
     max_length: int = _f(0, "tokens per example, [CLS] and [SEP] included (0: the model's max_position)")
     patience: int = _f(8, "stop after this many validations without a better one (0: never stop early)")
     threads: int = _f(1, "torch CPU threads per process (0: torch's default); one is fastest for models this small "
-                          "on a shared CPU (docs/training.md: BitFit, 150 steps: 6.5 s on 1 thread, 117 s on 2)")
+                          "on a shared CPU (docs/training.md: BitFit, 150 steps: 5-7 s on 1 thread, 113-117 s on 2)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
