@@ -130,7 +130,7 @@ def _interrupted(e: KeyboardInterrupt, argv: list[str], debug: bool) -> int:
         traceback.print_exc()
     checkpoint, code = getattr(e, "checkpoint", None), getattr(e, "exit_code", 130)
     if not hasattr(e, "step"):
-        print("minitx: interrupted (nothing was saved)", file=sys.stderr)
+        print("minitx: interrupted (outside a training step: nothing was saved just now)", file=sys.stderr)
         return code
     name = argv[0] if argv else ""
     if checkpoint is None:

@@ -241,9 +241,10 @@ class _Run:
             if self.ckpt_path is not None and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                                                or step == cfg.max_steps or stopped):
                 self._save(step)
-            self._stop_if_interrupted(step)
             if stopped:
                 break
+            if step < cfg.max_steps:  # a signal during the last step: the run is complete, let it finish
+                self._stop_if_interrupted(step)
         self.bar.close()
         paths = {k: v for k, v in (("out_dir", self.out_dir), ("metrics", self.metrics_path),
                                    ("checkpoint", self.ckpt_path)) if v is not None and v.exists()}
