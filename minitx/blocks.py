@@ -39,6 +39,11 @@ class LayerNorm(nn.Module):
             raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
         if x.dim() == 0 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected last dim {self.d_model}, got shape {tuple(x.shape)}")
+        if torch.is_autocast_enabled(x.device.type) and x.dtype != self.weight.dtype:
+            # Under autocast (bf16/fp16 activations, fp32 parameters) normalize in fp32 and cast back, as torch
+            # autocast runs layer_norm: the mean and variance of a bf16 row lose too many bits otherwise.
+            out = F.layer_norm(x.float(), self.weight.float(), self.bias.float(), self.eps)
+            return out.to(x.dtype)
         return F.layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:

@@ -19,12 +19,12 @@ import hashlib
 import io
 import json
 import os
-import random
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
+
+from minitx.seeding import rng_state, set_rng_state  # noqa: F401 (re-exported)
 
 FORMAT_VERSION = 1
 
@@ -39,43 +39,50 @@ def manifest_path(path: str | os.PathLike) -> Path:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C or a full disk mid-write: leave no checkpoint-sized leftover behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-# ---------------------------------------------------------------------------------------------------- RNG state
-def rng_state() -> dict[str, Any]:
-    """Every random number generator a training step may draw from, as weights_only-loadable values."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": _to_lists(random.getstate()),
-        # numpy's key is a uint32 array; a list of ints keeps the file free of numpy objects.
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete `.checkpoint.pt.tmp.<pid>` (and the manifest's) left by a writer that was killed (SIGKILL gives no
+    chance to clean up): any whose pid is no longer running, or is ours. Returns what was removed."""
+    removed = []
+    for name in (path.name, manifest_path(path).name):
+        for tmp in path.parent.glob(f".{name}.tmp.*"):
+            pid = tmp.name.rsplit(".", 1)[-1]
+            if pid.isdigit() and (int(pid) == os.getpid() or not _running(int(pid))):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_to_tuples(state["python"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
-def _to_lists(x: Any) -> Any:
-    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _to_tuples(x: Any) -> Any:
-    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+def _first_non_finite(state: Any, prefix: str = "") -> str | None:
+    """The key path of the first floating tensor holding inf/NaN in a (nested) state dict, or None."""
+    if isinstance(state, torch.Tensor):
+        return None if not state.is_floating_point() or bool(torch.isfinite(state).all()) else prefix
+    items = state.items() if isinstance(state, Mapping) else enumerate(state) if isinstance(state, list) else ()
+    for key, value in items:
+        bad = _first_non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if bad is not None:
+            return bad
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- save
@@ -89,6 +96,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, step: in
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     payload = {
         "format_version": FORMAT_VERSION,
         "step": int(step),
@@ -100,6 +108,11 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, step: in
         "config": dict(config) if config is not None else None,
         "extra_state": dict(extra_state) if extra_state is not None else None,
     }
+    for part in ("model", "optimizer"):
+        bad = _first_non_finite(payload[part]) if payload[part] is not None else None
+        if bad is not None:
+            raise CheckpointError(f"checkpoint {path}: {part} state {bad} is not finite (inf/NaN); refusing to "
+                                  f"write it (the checkpoint already there, if any, is left untouched)")
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
@@ -115,8 +128,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, step: in
 
 def _current_sha256(path: Path) -> str | None:
     try:
-        return json.loads(manifest_path(path).read_text())["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_manifest(path)["sha256"]
+    except CheckpointError:
         return None
 
 
@@ -130,11 +143,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: file not found")
-    try:
-        manifest = json.loads(manifest_path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: manifest {manifest_path(path).name} missing or unreadable "
-                              f"({e}); cannot verify the file") from e
+    manifest = read_manifest(path)
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest not in (manifest.get("sha256"), manifest.get("previous_sha256")):
@@ -148,7 +157,67 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path}: unreadable with weights_only=True ({e})") from e
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path}: not a minitx checkpoint of format {FORMAT_VERSION}")
+    _check_payload(payload, path)
     return payload
+
+
+# The manifest's keys and the types a reader relies on ("previous_sha256" may be null).
+MANIFEST_TYPES = {"sha256": str, "bytes": int}
+PAYLOAD_TYPES = {"step": int, "model": dict, "optimizer": (dict, type(None)), "scheduler": (dict, type(None)),
+                 "scaler": (dict, type(None)), "rng": dict, "config": (dict, type(None)),
+                 "extra_state": (dict, type(None))}
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (a manifest, model_config.json): CheckpointError naming the file
+    when it is missing, unreadable, not JSON, too deeply nested, or valid JSON of another kind (null, a list)."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{what} {path}: missing or unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{what} {path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """checkpoint.json beside `path`, checked for the keys and types verification needs."""
+    where = manifest_path(path)
+    manifest = read_json_object(where, f"checkpoint {Path(path)}: manifest")
+    for key, tp in MANIFEST_TYPES.items():
+        value = manifest.get(key)
+        if isinstance(value, bool) or not isinstance(value, tp):
+            raise CheckpointError(f"checkpoint {path}: manifest {where.name} key {key!r}: expected "
+                                  f"{tp.__name__}, got {value!r}; cannot verify the file")
+    if not isinstance(manifest.get("previous_sha256"), (str, type(None))):
+        raise CheckpointError(f"checkpoint {path}: manifest {where.name} key 'previous_sha256': expected a "
+                              f"string or null, got {manifest['previous_sha256']!r}")
+    return manifest
+
+
+def _check_payload(payload: dict[str, Any], path: Any) -> None:
+    for key, tp in PAYLOAD_TYPES.items():
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {path}: payload has no {key!r} (not written by save_checkpoint)")
+        if isinstance(payload[key], bool) or not isinstance(payload[key], tp):
+            raise CheckpointError(f"checkpoint {path}: payload {key!r} has type {type(payload[key]).__name__}")
+    bad = [k for k, v in payload["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: model state holds non-tensor entries {_preview(map(str, bad))}")
+
+
+def require_keys(mapping: Any, keys: dict[str, type | tuple[type, ...]], what: str, path: Any) -> None:
+    """`mapping` is a dict holding every key of `keys` with a value of its type: CheckpointError otherwise (for
+    the recipes' extra_state: model_config, tokenizer, classifier)."""
+    if not isinstance(mapping, dict):
+        raise CheckpointError(f"checkpoint {path}: {what}: expected a dict, got {type(mapping).__name__}")
+    for key, tp in keys.items():
+        if key not in mapping:
+            raise CheckpointError(f"checkpoint {path}: {what} has no {key!r}")
+        if isinstance(mapping[key], bool) and tp is not bool or not isinstance(mapping[key], tp):
+            raise CheckpointError(f"checkpoint {path}: {what}[{key!r}]: expected {getattr(tp, '__name__', tp)}, "
+                                  f"got {type(mapping[key]).__name__}")
 
 
 def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Any = "") -> None:
@@ -185,7 +254,8 @@ def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def _preview(items: list[str], n: int = 5) -> str:
+def _preview(items, n: int = 5) -> str:
+    items = list(items)
     return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
@@ -214,5 +284,8 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     if scaler is not None and payload.get("scaler") is not None:
         scaler.load_state_dict(payload["scaler"])
     if restore_rng:
-        set_rng_state(payload["rng"])
+        try:
+            set_rng_state(payload["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {path}: RNG state unreadable ({type(e).__name__}: {e})") from e
     return payload

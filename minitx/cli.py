@@ -2,6 +2,11 @@
 
 Each recipe module exposes a flat config dataclass; `add_config_arguments` maps its fields one to one onto
 `--flag-name` options, so the CLI never grows an 80-argument constructor of its own.
+
+Errors (docs/training.md, "The command line"): a user error prints one line `minitx: error: ...` and exits 2;
+a run that diverges exits 1 the same way; `--debug` (anywhere on the line) or MINITX_DEBUG=1 adds the traceback.
+Ctrl-C / SIGTERM during training save the current step and exit 130 / 143 with the command that resumes.
+A config command refuses an out_dir that already holds a run unless --resume or --overwrite.
 """
 
 from __future__ import annotations
@@ -9,8 +14,13 @@ from __future__ import annotations
 import argparse
 import collections.abc
 import dataclasses
+import contextlib
 import importlib
+import os
+import shlex
 import sys
+import traceback
+import warnings
 import types
 import typing
 from typing import Any, Sequence
@@ -91,6 +101,66 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MINITX_DEBUG", "").strip() not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    with _warnings_as_lines():
+        try:
+            return _run(argv)
+        except KeyboardInterrupt as e:  # TrainingInterrupted (saved, resumable) or a Ctrl-C before training
+            return _interrupted(e, argv, debug)
+        except Exception as e:  # noqa: BLE001 (user errors get one line; anything else is a bug: re-raised)
+            code = _error_code(e)
+            if code is None:
+                raise
+            if debug:
+                traceback.print_exc()
+            print(f"minitx: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return code
+
+
+def _error_code(e: Exception) -> int | None:
+    """2 for a user error (a bad value, file or checkpoint), 1 for a run that diverged, None for anything else."""
+    train = sys.modules.get("minitx.train")
+    if train is not None and isinstance(e, train.NonFiniteLossError):
+        return 1
+    checkpoint = sys.modules.get("minitx.checkpoint")
+    if isinstance(e, (ValueError, TypeError, OSError)) or (
+            checkpoint is not None and isinstance(e, checkpoint.CheckpointError)):
+        return 2
+    return None
+
+
+def _interrupted(e: KeyboardInterrupt, argv: list[str], debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    checkpoint, code = getattr(e, "checkpoint", None), getattr(e, "exit_code", 130)
+    if not hasattr(e, "step"):
+        print("minitx: interrupted (outside a training step: nothing was saved just now)", file=sys.stderr)
+        return code
+    name = argv[0] if argv else ""
+    if checkpoint is None:
+        how = "nothing was saved (out_dir is empty)"
+    elif COMMANDS.get(name, (None,))[0] is not None:
+        rest = [a for a in argv[1:] if a not in ("--overwrite", "--no-resume", "--resume")]
+        how = f"resume with: {shlex.join(['minitx', name, *rest, '--resume'])}"
+    else:
+        how = f"the state after that step is in {checkpoint}"
+    print(f"minitx: {e}; {how}", file=sys.stderr)
+    return code
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Warnings as `minitx: warning: ...` lines, without the source line Python shows by default."""
+    before = warnings.formatwarning
+    warnings.formatwarning = lambda message, *args, **kwargs: f"minitx: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
@@ -102,12 +172,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     func = _resolve(func_spec)
     if config_spec is None:
         # The subcommand parses its own flags (it has positional arguments or sub-subcommands).
+        if name != "bench" and "OMP_NUM_THREADS" not in os.environ:
+            import torch
+            torch.set_num_threads(1)  # the thread policy of every command (the recipes' --threads default)
         return int(func(rest, prog=f"minitx {name}") or 0)
     config_cls = _resolve(config_spec)
     sub_parser = argparse.ArgumentParser(prog=f"minitx {name}", description=help_text)
     add_config_arguments(sub_parser, config_cls)
     args = sub_parser.parse_args(rest)
-    func(config_from_args(config_cls, args))
+    config = config_from_args(config_cls, args)
+    if all(hasattr(config, f) for f in ("out_dir", "resume", "overwrite")):
+        from minitx.guards import check_out_dir
+        check_out_dir(config)
+    func(config)
     return 0
 
 

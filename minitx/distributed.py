@@ -111,3 +111,23 @@ def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
             raise TypeError(f"metrics[{k!r}]: expected a float or scalar tensor, got {type(v).__name__}")
         out[k] = float(v)
     return out
+
+
+def check_device(name: str) -> None:
+    """Refuse a device this build cannot use, naming the field: 'banana', 'cuda' without CUDA, 'cuda:3' on a
+    machine with two GPUs."""
+    if not isinstance(name, str):
+        raise TypeError(f"device: expected a string such as 'auto', 'cpu' or 'cuda:0', got {type(name).__name__}")
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} needs CUDA, which this PyTorch build or machine does not have; "
+                         f"use 'cpu' or 'auto'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {name!r} does not exist ({torch.cuda.device_count()} CUDA device(s))")
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {name!r}")

@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from minitx.checkpoint import check_state_dict, read_checkpoint
+from minitx.checkpoint import CheckpointError, check_state_dict, read_checkpoint, read_json_object, require_keys
 from minitx.model import BertConfig, BertForMaskedLM
 from minitx.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
@@ -33,7 +32,10 @@ def load_pretrained(path: str | Path) -> tuple[BertForMaskedLM, WordPieceTokeniz
     payload = read_checkpoint(ckpt)
     extra = payload.get("extra_state") or {}
     if "model_config" in extra and "tokenizer" in extra:
-        bert_config = BertConfig.from_dict(extra["model_config"])
+        require_keys(extra, {"model_config": dict, "tokenizer": dict}, "extra_state", ckpt)
+        require_keys(extra["tokenizer"], {"vocab": list, "lowercase": bool, "max_input_chars_per_word": int},
+                     "extra_state['tokenizer']", ckpt)
+        bert_config = _model_config(extra["model_config"], ckpt)
         state = extra["tokenizer"]
         tokenizer = WordPieceTokenizer(state["vocab"], state["lowercase"], state["max_input_chars_per_word"])
     else:
@@ -41,12 +43,19 @@ def load_pretrained(path: str | Path) -> tuple[BertForMaskedLM, WordPieceTokeniz
         if not (cfg_file.is_file() and tok_file.is_file()):
             raise ValueError(f"path: {str(path)!r} holds no model config and tokenizer (neither in the "
                              f"checkpoint nor as model_config.json and tokenizer.json beside it)")
-        bert_config = BertConfig.from_dict(json.loads(cfg_file.read_text()))
+        bert_config = _model_config(read_json_object(cfg_file, "model config"), cfg_file)
         tokenizer = WordPieceTokenizer.load(tok_file)
     model = BertForMaskedLM(bert_config)
     check_state_dict(model, payload["model"], ckpt)  # refuse a checkpoint of another shape before loading
     model.load_state_dict(payload["model"])
     return model.eval(), tokenizer
+
+
+def _model_config(values: dict, where: Path) -> BertConfig:
+    try:
+        return BertConfig.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"model config {where}: not a valid BertConfig ({e})") from e
 
 
 def encode_with_masks(tokenizer: WordPieceTokenizer, text: str) -> list[int]:

@@ -8,6 +8,7 @@ Module names follow docs/architecture.md, so `minitx.interop` maps Hugging Face 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
@@ -56,8 +57,18 @@ class BertConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
         for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name}: expected a probability in [0, 1), got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+        for name in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < math.inf:
+                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+        if not isinstance(self.norm_first, bool):
+            raise TypeError(f"norm_first: expected a bool, got {self.norm_first!r}")
+        pad = self.pad_token_id
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
+            raise ValueError(f"pad_token_id: expected an int in [0, vocab_size={self.vocab_size}), got {pad!r}")
         if self.attention_backend not in available_backends():
             raise ValueError(f"attention_backend: expected one of {available_backends()}, "
                              f"got {self.attention_backend!r}")
@@ -72,6 +83,43 @@ class BertConfig:
         if unknown:
             raise ValueError(f"config: unknown fields {unknown}")
         return cls(**values)
+
+
+def _check_ids(name: str, ids, shape: Optional[tuple], low: int, high: int, allowed: tuple[int, ...] = ()) -> None:
+    """`ids` an integer tensor (of `shape`, if given) with values in [low, high) or in `allowed`: one min/max."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of integer ids, got {type(ids).__name__}")
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise TypeError(f"{name}: expected an integer tensor (torch.long), got dtype {ids.dtype}")
+    if shape is not None and tuple(ids.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(ids.shape)}")
+    if ids.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(ids))
+    if lo >= low and hi < high:
+        return
+    bad = ids[((ids < low) | (ids >= high)) & ~torch.isin(ids, torch.tensor(allowed, dtype=ids.dtype,
+                                                                            device=ids.device))]
+    if bad.numel():
+        extra = f" or {', '.join(map(str, allowed))}" if allowed else ""
+        raise ValueError(f"{name}: expected ids in [{low}, {high}){extra}, got {int(bad[0])} "
+                         f"({bad.numel()} out of range; min {lo}, max {hi})")
+
+
+def check_inputs(config: "BertConfig", input_ids, attention_mask=None, token_type_ids=None) -> None:
+    """Refuse model inputs that would fail deep inside torch (an embedding lookup out of range) or be misread:
+    TypeError/ValueError naming the argument. Cheap: one min/max per tensor."""
+    _check_ids("input_ids", input_ids, None, 0, config.vocab_size)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids: expected shape (B, N), got {tuple(input_ids.shape)}")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask: expected a torch.Tensor (B, N), got {type(attention_mask).__name__}")
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (1 = real token), "
+                             f"got {tuple(attention_mask.shape)}")
+    if token_type_ids is not None:
+        _check_ids("token_type_ids", token_type_ids, input_ids.shape, 0, config.type_vocab_size)
 
 
 class BertEmbeddings(nn.Module):
@@ -122,16 +170,23 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids: expected shape (B, N), got {tuple(input_ids.shape)}")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (1 = real token), "
-                             f"got {tuple(attention_mask.shape)}")
+        check_inputs(self.config, input_ids, attention_mask, token_type_ids)
         x = self.embeddings(input_ids, token_type_ids)
         key_mask = None if attention_mask is None else attention_mask.bool()  # (B, M), True = real token
         for block in self.blocks:
             x = block(x, attention_mask=key_mask)
         return x if self.final_norm is None else self.final_norm(x)
+
+
+def _check_labels(config: "BertConfig", input_ids, labels, next_sentence_label) -> None:
+    """MLM labels: the shape of input_ids, ids in [0, V) or IGNORE_INDEX; next-sentence labels 0/1, one per row."""
+    if labels is None and next_sentence_label is None:
+        return
+    check_inputs(config, input_ids)
+    if labels is not None:
+        _check_ids("labels", labels, input_ids.shape, 0, config.vocab_size, allowed=(IGNORE_INDEX,))
+    if next_sentence_label is not None:
+        _check_ids("next_sentence_label", next_sentence_label, input_ids.shape[:1], 0, 2)
 
 
 class MLMHead(nn.Module):
@@ -220,6 +275,7 @@ class BertForMaskedLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 next_sentence_label: Optional[torch.Tensor] = None) -> MaskedLMOutput:
+        _check_labels(self.config, input_ids, labels, next_sentence_label)
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
         logits, loss, prediction_mask = self._mlm_logits_and_loss(hidden, input_ids, labels)
         nsp_logits = None
@@ -260,8 +316,8 @@ class BertForSequenceClassification(nn.Module):
 
     def __init__(self, config: BertConfig, num_labels: int, use_pooler: bool = True) -> None:
         super().__init__()
-        if num_labels < 2:
-            raise ValueError(f"num_labels: expected at least 2, got {num_labels}")
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
+            raise ValueError(f"num_labels: expected an int >= 2, got {num_labels!r}")
         self.config = config
         self.num_labels = num_labels
         self.bert = BertModel(config)
@@ -273,6 +329,9 @@ class BertForSequenceClassification(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None) -> ClassificationOutput:
+        if labels is not None:
+            check_inputs(self.config, input_ids)
+            _check_ids("labels", labels, input_ids.shape[:1], 0, self.num_labels)
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
         pooled = self.pooler(hidden) if self.pooler is not None else hidden[:, 0]  # (B, C)
         logits = self.classifier(self.dropout(pooled))

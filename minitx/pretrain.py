@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from minitx import distributed as D
+from minitx.checkpoint import CheckpointError, read_checkpoint
 from minitx.compile import apply_compile
 from minitx.corpus import split_of
 from minitx.data import IGNORE_INDEX, SyntheticLanguage, iter_text_files, mlm_batch, seed_for
@@ -88,6 +89,8 @@ class PretrainConfig(TrainConfig):
             raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
         if not 0.0 < self.mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability: expected a value in (0, 1], got {self.mlm_probability}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std: expected a finite number > 0, got {self.init_std!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
         if self.max_length < 4:
@@ -203,7 +206,10 @@ def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     selected = batch["labels"] != IGNORE_INDEX
     correct = labelled_logits(out, batch["labels"]).detach().argmax(-1) == batch["labels"][selected]  # (K,)
     accuracy = correct.sum() / selected.sum().clamp(min=1)
-    return out.loss, {"masked_accuracy": accuracy, "perplexity": torch.exp(out.loss.detach())}
+    # A batch with nothing selected (likely at a small mlm_probability and batch size) has a mean over zero
+    # targets, NaN: it contributes zero loss and zero gradient instead.
+    loss = out.loss if bool(selected.any()) else out.logits.sum() * 0.0
+    return loss, {"masked_accuracy": accuracy, "perplexity": torch.exp(loss.detach())}
 
 
 def run_pretraining(config: PretrainConfig) -> PretrainResult:
@@ -244,6 +250,14 @@ def _get_tokenizer(config: PretrainConfig, corpus: Any, out: Path | None) -> Wor
     DDP rank trains the same vocabulary without talking to the others)."""
     if config.tokenizer:
         return WordPieceTokenizer.load(config.tokenizer)
+    if config.resume and out is not None and (out / "checkpoint.pt").is_file():
+        # The checkpoint carries the tokenizer: a damaged tokenizer.json beside it does not block the resume
+        # (it is written again below). A damaged checkpoint is reported by the loop's own load.
+        try:
+            state = read_checkpoint(out / "checkpoint.pt")["extra_state"]["tokenizer"]
+            return WordPieceTokenizer(state["vocab"], state["lowercase"], state["max_input_chars_per_word"])
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            pass
     if config.resume and out is not None and (out / "tokenizer.json").is_file():
         return WordPieceTokenizer.load(out / "tokenizer.json")
     return WordPieceTokenizer.train(corpus.tokenizer_texts(), config.vocab_size)
@@ -260,6 +274,7 @@ def _summary(config: PretrainConfig, result: TrainResult, model: BertForMaskedLM
         "vocab_size": tokenizer.vocab_size,
         "world_size": D.world_info().world_size,
         "corpus": "text files" if config.text else "synthetic",
+        "out_dir": config.out_dir or None,
         "train": {k: v for k, v in result.metrics.items() if k not in ("step", "split")},
         "eval": {k: v for k, v in ev.items() if k in ("loss", "perplexity", "masked_accuracy")},
         "determined": {"accuracy": ev.get("probe_accuracy"), "chance": ev.get("chance"),
@@ -283,5 +298,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             rows.append((f"determined: {kind}", f"{v['accuracy']:.2%}  (chance {v['chance']:.2%}, "
                                                 f"{v['probes']} probes)"))
         rows.append(("determined: all", f"{det['accuracy']:.2%}  (chance {det['chance']:.2%})"))
+    if summary.get("out_dir"):
+        rows.append(("run directory", f"{summary['out_dir']}  (checkpoint, metrics.jsonl, summary.json, "
+                                      f"loss_curve.png)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(["MLM pretraining summary", "-" * (width + 30)] + [f"{k:<{width}}  {v}" for k, v in rows])

@@ -10,7 +10,10 @@ A recipe hands over three things and the loop does the rest:
   `"stop"` in its record ends the run after that step, on every rank (early stopping); the step is checkpointed.
 
 Steps are numbered 1..max_steps: step t is the t-th optimizer update, `lr_at(t)` is the rate it uses, metrics
-logged as step t describe it, and a checkpoint at step t holds the state after it. The math is in
+logged as step t describe it, and a checkpoint at step t holds the state after it. Before writing one the loop
+checks that state: finite weights and optimizer moments, and a finite loss of the updated weights on the step's
+last batch (one more `loss_fn` call, in eval mode under no_grad); otherwise it stops with NonFiniteLossError.
+Ctrl-C or SIGTERM ends the run after the current step with a checkpoint of it (TrainingInterrupted). The math is in
 docs/math/optimization.md, labels (opt.1)..(opt.10).
 """
 
@@ -19,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -32,15 +37,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from minitx import distributed as D
+from minitx import guards
 from minitx.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from minitx.optim import lr_at, parameter_groups  # also minitx.train's public names
+from minitx.guards import TrainingInterrupted  # noqa: F401 (re-exported)
 from minitx.seeding import seed_everything, step_seed  # also minitx.train's public names
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
-# Fields that may change between a run and its resumption: they steer logging and I/O, not the math.
-RESUMABLE_OVERRIDES = frozenset({"resume", "progress", "log_every", "eval_every", "checkpoint_every", "out_dir",
-                                 "device"})
+# Fields that may change between a run and its resumption: they steer logging and I/O, not the math; and
+# max_steps, so a finished run can be extended (the schedule is then the new max_steps' schedule).
+RESUMABLE_OVERRIDES = frozenset({"resume", "overwrite", "progress", "log_every", "eval_every", "checkpoint_every",
+                                 "out_dir", "device", "max_steps", "threads", "compile"})
 
 
 def _f(default: Any, help: str, **extra: Any) -> Any:
@@ -70,12 +78,21 @@ class TrainConfig:
     eval_every: int = _f(0, "run eval_fn every this many steps (0: only at the end)")
     checkpoint_every: int = _f(0, "save checkpoint.pt every this many steps (0: only at the end)")
     out_dir: str = _f("runs/train", "directory for metrics.jsonl and checkpoint.pt ('' writes nothing)")
-    resume: bool = _f(False, "continue from out_dir/checkpoint.pt if it exists")
-    progress: bool = _f(True, "show a tqdm progress bar (rank 0 only)")
+    resume: bool = _f(False, "continue from out_dir/checkpoint.pt if it exists (with a larger max_steps: extend "
+                             "a finished run)")
+    overwrite: bool = _f(False, "replace the run already in out_dir (without it or --resume, the CLI refuses)")
+    progress: bool = _f(True, "report progress (rank 0 only): a tqdm bar on a terminal, else plain lines every "
+                              "log_every steps and at every eval")
     device: str = _f("auto", "'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda:0', ...")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.betas, (tuple, list)) or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.betas):
+            raise TypeError(f"betas: expected two numbers, got {self.betas!r}")
         self.betas = tuple(float(b) for b in self.betas)
+        guards.check_field_types(self)
+        guards.check_seed(self.seed)
+        D.check_device(self.device)
         checks = {
             "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "eps": self.eps > 0,
             "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
@@ -89,10 +106,12 @@ class TrainConfig:
             if not ok:
                 help_text = next(f.metadata["help"] for f in dataclasses.fields(self) if f.name == name)
                 raise ValueError(f"{name}: got {getattr(self, name)!r}, which is out of range ({help_text})")
+        guards.warn_short_warmup(self.warmup_steps, self.max_steps)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or gradient norm became inf/NaN; the run stops and the last good checkpoint is left as it was."""
+    """The loss, gradient norm or updated weights became inf/NaN; the run stops, and no checkpoint whose weights
+    or optimizer state are non-finite (or give a non-finite loss on the step's last batch) is ever written."""
 
 
 @dataclass
@@ -137,7 +156,8 @@ def train(model: nn.Module, batch_fn: Callable[[int, int, int, int], Any],
         raise ValueError(f"precision: fp16 needs a CUDA device (GradScaler), got device {device}; use bf16 or fp32")
     created_group = D.init_distributed(device)
     try:
-        return _Run(model, batch_fn, loss_fn, config, eval_fn, extra_state, device).run()
+        with guards.InterruptGuard() as interrupts:
+            return _Run(model, batch_fn, loss_fn, config, eval_fn, extra_state, device, interrupts).run()
     finally:
         if created_group:
             torch.distributed.destroy_process_group()
@@ -146,8 +166,9 @@ def train(model: nn.Module, batch_fn: Callable[[int, int, int, int], Any],
 class _Run:
     """One training run's state; each method is one part of the loop."""
 
-    def __init__(self, model, batch_fn, loss_fn, config, eval_fn, extra_state, device):
+    def __init__(self, model, batch_fn, loss_fn, config, eval_fn, extra_state, device, interrupts):
         self.batch_fn, self.loss_fn, self.eval_fn, self.cfg = batch_fn, loss_fn, eval_fn, config
+        self.interrupts, self.last_batch, self.saved_step = interrupts, None, None
         self.extra_state, self.device, self.world = extra_state, device, D.world_info()
         self.main = self.world.rank == 0
         seed_everything(config.seed)
@@ -180,29 +201,35 @@ class _Run:
                                   ignore_config_fields=self.cfg.resumable_fields,
                                   restore_rng=True)
         step = int(payload["step"])
+        if step > self.cfg.max_steps:
+            raise CheckpointError(f"max_steps: the checkpoint in {self.out_dir} is at step {step}, past "
+                                  f"max_steps={self.cfg.max_steps}; pass max_steps >= {step} to resume (larger: "
+                                  f"extend the run)")
+        self.saved_step = step
         self._trim_metrics(step)
         return step
 
     def _trim_metrics(self, step: int) -> None:
-        """Keep the log records up to the checkpoint's step; later ones belong to the run that died."""
+        """Keep the log records up to the checkpoint's step; later ones belong to the run that died (and a
+        damaged line, e.g. one cut short by a kill, is dropped with a warning)."""
         exists = self.metrics_path is not None and self.metrics_path.exists()
-        lines = self.metrics_path.read_text().splitlines() if exists else []
-        self.history = [r for r in map(json.loads, filter(str.strip, lines)) if r["step"] <= step]
+        self.history = [r for r in guards.read_metrics(self.metrics_path) if r["step"] <= step] if exists else []
         D.barrier()  # every rank has read the log before rank 0 rewrites it (all ranks reach this line)
         if self.main and exists:
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     def run(self) -> TrainResult:
-        cfg, last_eval = self.cfg, {}
-        # A run resumed after its last step trains no more; it still reports what was logged.
+        cfg = self.cfg
+        # A run resumed after its last step trains no more; it still reports what was logged (train and eval).
         last = next((r for r in reversed(self.history) if r["split"] == "train"), {})
-        bar = tqdm(total=cfg.max_steps, initial=self.start - 1, disable=not (cfg.progress and self.main),
-                   desc="train", dynamic_ncols=True)
+        last_eval = next((r for r in reversed(self.history) if r["split"] == "eval"), {})
+        self.bar = tqdm(total=cfg.max_steps, initial=self.start - 1, desc="train", dynamic_ncols=True,
+                        disable=not (cfg.progress and self.main and sys.stderr.isatty()))
         step, stopped = self.start - 1, False
         for step in range(self.start, cfg.max_steps + 1):
             record = self._step(step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             last = record
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 self._write(record)
@@ -216,7 +243,9 @@ class _Run:
                 self._save(step)
             if stopped:
                 break
-        bar.close()
+            if step < cfg.max_steps:  # a signal during the last step: the run is complete, let it finish
+                self._stop_if_interrupted(step)
+        self.bar.close()
         paths = {k: v for k, v in (("out_dir", self.out_dir), ("metrics", self.metrics_path),
                                    ("checkpoint", self.ckpt_path)) if v is not None and v.exists()}
         return TrainResult(max(step, self.start - 1), last, last_eval, self.history, paths, stopped)
@@ -244,17 +273,17 @@ class _Run:
             for k, v in {**D.to_floats(metrics), "loss": float(loss.detach())}.items():
                 sums[k] = sums.get(k, 0.0) + v / accum
             tokens += count_tokens(batch)
+        self.last_batch = batch
         record = D.average_over_ranks(sums, self.device)
         if not math.isfinite(record["loss"]):
-            raise NonFiniteLossError(f"step {step}: loss is {record['loss']}; stopping (the last good "
-                                     f"checkpoint, if any, is left untouched)")
+            raise NonFiniteLossError(f"step {step}: loss is {record['loss']}; stopping ({self._kept()})")
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))  # pre-clip norm (opt.8)
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
             # Under fp16 an overflow is routine: GradScaler skips the step and lowers the scale instead.
             raise NonFiniteLossError(f"step {step}: gradient norm is {grad_norm} (loss {record['loss']:.6g}); "
-                                     f"stopping (the last good checkpoint, if any, is left untouched)")
+                                     f"stopping ({self._kept()})")
         lr = lr_at(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -265,7 +294,16 @@ class _Run:
         return {"step": step, "split": "train", "loss": record.pop("loss"), "lr": lr, "grad_norm": grad_norm,
                 "tokens_per_s": tokens_per_s, **record}
 
+    def _kept(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the checkpoint of step {self.saved_step} in {self.out_dir} is left untouched"
+
     def _write(self, record: Mapping[str, Any]) -> None:
+        """Log one record: metrics.jsonl, and a plain line when progress is on and stderr is not a terminal."""
+        if self.main and self.cfg.progress:
+            line = guards.format_record(record, self.cfg.max_steps)
+            self.bar.write(line) if not self.bar.disable else print(line, flush=True)
         self.history.append(dict(record))
         if self.main and self.metrics_path is not None:
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,9 +322,36 @@ class _Run:
         D.barrier()
         return record
 
+    def _stop_if_interrupted(self, step: int) -> None:
+        """After a whole step: on Ctrl-C/SIGTERM (any rank's), save this step's state and stop."""
+        if not D.sum_over_ranks(float(self.interrupts.signum is not None), self.device):
+            return
+        if self.ckpt_path is not None and self.saved_step != step:
+            self._save(step)
+        self.bar.close()
+        raise TrainingInterrupted(step, self.interrupts.signum or signal.SIGTERM, self.ckpt_path)
+
+    def _unsafe_state(self) -> str | None:
+        """Why the state after this step must not be saved: non-finite weights or optimizer moments, or weights
+        that give a non-finite loss on the step's last batch (lr = 1e20 leaves finite but exploded weights)."""
+        bad = guards.first_non_finite(self.model, self.optimizer)
+        if bad is None and self.last_batch is not None:
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                loss = float(self.loss_fn(self.model, self.last_batch)[0])
+            self.model.train()
+            bad = None if math.isfinite(loss) else f"the loss of the updated weights on the last batch ({loss})"
+        return bad
+
     def _save(self, step: int) -> None:
+        bad = self._unsafe_state() if self.main else None
+        if D.sum_over_ranks(float(bad is not None), self.device) > 0:
+            raise NonFiniteLossError(f"step {step}: {bad or 'rank 0 found non-finite state'} is not finite; "
+                                     f"refusing to write the checkpoint ({self._kept()})")
+        self.saved_step = step
         if self.main:
             save_checkpoint(self.ckpt_path, model=self.model, step=step, optimizer=self.optimizer,
                             scheduler={"step": step, "schedule": self.cfg.schedule}, scaler=self.scaler,
                             config=dataclasses.asdict(self.cfg), extra_state=self.extra_state)
         D.barrier()  # nobody races ahead (or exits) while rank 0 is still writing
+

@@ -119,8 +119,10 @@ def test_resume_under_a_different_config_is_refused(tmp_path):
     loss_fn = lambda m, x: (m.out(m.norm(m.fc(x))).pow(2).mean(), {})  # noqa: E731
     base = dict(max_steps=2, out_dir=str(tmp_path), progress=False)
     train(model, batch_fn, loss_fn, TrainConfig(**base))
-    with pytest.raises(CheckpointError, match="max_steps: checkpoint 2 vs now 3"):
-        train(Small(), batch_fn, loss_fn, TrainConfig(**{**base, "max_steps": 3, "resume": True}))
+    with pytest.raises(CheckpointError, match="lr: checkpoint 0.001 vs now 0.002"):
+        train(Small(), batch_fn, loss_fn, TrainConfig(**{**base, "lr": 2e-3, "resume": True}))
+    with pytest.raises(CheckpointError, match="at step 2, past max_steps=1"):  # shrinking is refused
+        train(Small(), batch_fn, loss_fn, TrainConfig(**{**base, "max_steps": 1, "resume": True}))
 
 
 class _Payload:

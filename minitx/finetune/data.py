@@ -75,6 +75,8 @@ def _jsonl_rows(path: Path, arg: str):
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: expected a JSON object, got invalid JSON ({err.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{where}: expected a JSON object, got JSON nested too deeply to read") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected a JSON object with 'text' and 'label', got "
                                  f"{type(row).__name__}")
@@ -87,12 +89,20 @@ def read_labelled_file(path: str | Path, num_labels: int, arg: str = "path") -> 
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".json"):
         raise ValueError(f"{arg}: expected a .csv or .jsonl file, got {str(path)!r}")
+    if not path.is_file():
+        raise ValueError(f"{arg}: expected an existing file, got {str(path)!r}")
     rows = _csv_rows(path, arg) if suffix == ".csv" else _jsonl_rows(path, arg)
     out = LabelledSplit([], [])
-    for where, row in rows:
-        text, label = _check_row(row, num_labels, where)
-        out.texts.append(text)
-        out.labels.append(label)
+    try:
+        for where, row in rows:
+            text, label = _check_row(row, num_labels, where)
+            out.texts.append(text)
+            out.labels.append(label)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{arg}: expected UTF-8 text, got undecodable bytes in {str(path)!r} at byte "
+                         f"{err.start} (a binary file?)") from None
+    except csv.Error as err:
+        raise ValueError(f"{arg}: {str(path)!r} is not a readable CSV file ({err})") from None
     if not out.texts:
         raise ValueError(f"{arg}: expected at least one labelled row, got none in {str(path)!r}")
     return out

@@ -8,11 +8,14 @@ from typing import Any, Sequence
 
 import torch
 
-from minitx.checkpoint import check_state_dict, read_checkpoint
+from minitx.checkpoint import CheckpointError, check_state_dict, read_checkpoint, require_keys
 from minitx.finetune.recipe import ADAPTER_TARGETS
 from minitx.model import BertConfig, BertForSequenceClassification
 from minitx.peft import apply_adapters
 from minitx.tokenizer import WordPieceTokenizer
+
+
+TOKENIZER_KEYS = {"vocab": list, "lowercase": bool, "max_input_chars_per_word": int}
 
 
 def load_finetuned(path: str | Path) -> tuple[BertForSequenceClassification, WordPieceTokenizer, dict[str, Any]]:
@@ -31,9 +34,16 @@ def load_finetuned(path: str | Path) -> tuple[BertForSequenceClassification, Wor
     if "classifier" not in extra:
         raise ValueError(f"path: {str(path)!r} is not a fine-tuning run (its checkpoint has no classifier info; "
                          f"a pretraining run is used with `minitx fill-mask` or `minitx finetune --from`)")
+    require_keys(extra, {"classifier": dict, "tokenizer": dict, "model_config": dict}, "extra_state", ckpt)
     info, state = extra["classifier"], extra["tokenizer"]
-    model = BertForSequenceClassification(BertConfig.from_dict(extra["model_config"]), info["num_labels"],
-                                          info["use_pooler"])
+    require_keys(info, {"num_labels": int, "use_pooler": bool, "method": str, "adapter_bottleneck": int},
+                 "extra_state['classifier']", ckpt)
+    require_keys(state, TOKENIZER_KEYS, "extra_state['tokenizer']", ckpt)
+    try:
+        bert_config = BertConfig.from_dict(extra["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: extra_state['model_config'] is not a model config ({e})") from e
+    model = BertForSequenceClassification(bert_config, info["num_labels"], info["use_pooler"])
     if info["method"] == "adapter":
         apply_adapters(model, ADAPTER_TARGETS, info["adapter_bottleneck"])
     check_state_dict(model, payload["model"], ckpt)

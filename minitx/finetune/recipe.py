@@ -193,7 +193,7 @@ def run_finetuning(config: FinetuneConfig) -> FinetuneResult:
         "steps_run": steps_run, "stopped_early": result.stopped_early,
         "trainable_parameters": trainable, "total_parameters": total, "trainable_share": share,
         "modules_changed": len(changed), "train_time_s": round(trained_s, 2),
-        "wall_time_s": round(time.perf_counter() - began, 2), "lr": config.lr,
+        "wall_time_s": round(time.perf_counter() - began, 2), "lr": config.lr, "out_dir": config.out_dir or None,
         "config": dataclasses.asdict(config),
     }
     paths = save_run(config, model, tokenizer, summary) if config.out_dir else {}
@@ -272,5 +272,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                                 + (" (stopped early)" if summary["stopped_early"] else "")),
             ("test accuracy", "n/a (no test split)" if acc is None else f"{acc:.2%}"),
             ("wall time", f"{summary['wall_time_s']:.1f} s")]
+    if summary.get("out_dir"):
+        rows.append(("run directory", f"{summary['out_dir']}  (checkpoint, metrics.jsonl, summary.json)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(["fine-tuning summary", "-" * (width + 40)] + [f"{k:<{width}}  {v}" for k, v in rows])

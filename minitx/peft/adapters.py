@@ -46,7 +46,10 @@ def apply_adapters(model: nn.Module, target_modules=("out_proj", "fc_out"), bott
     Patterns match as in `apply_lora`. Afterwards only adapter parameters (and `trainable_modules`, e.g. the
     layer norms and classifier Houlsby also train) require grad.
     """
-    names = find_linear_targets(model, parse_targets(target_modules, "target_modules"), "target_modules")
+    patterns = parse_targets(target_modules, "target_modules")
+    if not patterns:  # wrapping nothing would only freeze the whole model
+        raise ValueError("target_modules: expected at least one pattern (e.g. ['out_proj', 'fc_out']), got none")
+    names = find_linear_targets(model, patterns, "target_modules")
     kept = find_modules(model, trainable_modules, "trainable_modules")  # checked before anything is wrapped
     for name in names:
         set_submodule(model, name, AdapterLinear(model.get_submodule(name), bottleneck))

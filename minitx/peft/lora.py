@@ -26,10 +26,20 @@ class LoRAFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, scaling: float, mask):
-        x_d = x if mask is None else x * mask
-        u = x_d @ lora_A.T  # (..., in) -> (..., r): the rank-r bottleneck
-        # The frozen path is exactly nn.Linear's op, so with B = 0 the output is bit-for-bit the base output.
-        y = torch.nn.functional.linear(x, weight, bias) + scaling * (u @ lora_B.T)  # (..., r) -> (..., out) (lora.1)
+        # Under autocast every operand runs in the autocast dtype, as nn.Linear's matmuls would; the saved
+        # tensors are those copies, so backward multiplies matching dtypes and casts each gradient back.
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype, lora_A.dtype, lora_B.dtype)
+        dtype = _autocast_dtype(x)
+        if dtype is not None:
+            x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, lora_A, lora_B))
+            bias = None if bias is None else bias.to(dtype)
+            mask = None if mask is None else mask.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            x_d = x if mask is None else x * mask
+            u = x_d @ lora_A.T  # (..., in) -> (..., r): the rank-r bottleneck
+            # The frozen path is exactly nn.Linear's op, so with B = 0 the output is bit-for-bit the base output.
+            y = torch.nn.functional.linear(x, weight, bias) + scaling * (u @ lora_B.T)  # (..., r) -> (..., out)
+            # (lora.1)
         ctx.save_for_backward(x, weight, lora_A, lora_B, mask, u)
         ctx.scaling = scaling
         ctx.has_bias = bias is not None
@@ -39,7 +49,7 @@ class LoRAFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, lora_A, lora_B, mask, u = ctx.saved_tensors
         s = ctx.scaling
-        g = grad_out.reshape(-1, grad_out.shape[-1])  # (..., out) -> (T, out)
+        g = grad_out.to(x.dtype).reshape(-1, grad_out.shape[-1])  # (..., out) -> (T, out)
         x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (T, in)
         u2 = u.reshape(-1, u.shape[-1])  # (..., r) -> (T, r)
         m2 = None if mask is None else mask.reshape(-1, mask.shape[-1])  # (..., in) -> (T, in)
@@ -59,7 +69,16 @@ class LoRAFunction(torch.autograd.Function):
             da = s * (gb.T @ x_d)  # (lora.2)
         if ctx.needs_input_grad[4]:
             dbb = s * (g.T @ u2)  # (lora.3)
-        return dx, dw, db, da, dbb, None, None
+        grads = (dx, dw, db, da, dbb)
+        return (*(None if g_ is None else g_.to(t) for g_, t in zip(grads, ctx.dtypes)), None, None)
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would run a matmul on `x` in; None outside autocast."""
+    device = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
 
 
 class LoRALinear(nn.Module):
@@ -154,6 +173,8 @@ def apply_lora(model: nn.Module, target_modules, r: int, alpha: float, dropout: 
     `trainable_modules` (same rules, e.g. ("classifier",)), require grad.
     """
     patterns = parse_targets(target_modules, "target_modules")
+    if not patterns:  # wrapping nothing would only freeze the whole model
+        raise ValueError("target_modules: expected at least one pattern (e.g. ['q_proj', 'v_proj']), got none")
     names = find_linear_targets(model, patterns, "target_modules")
     kept = find_modules(model, trainable_modules, "trainable_modules")  # checked before anything is wrapped
     for name in names:
@@ -163,14 +184,28 @@ def apply_lora(model: nn.Module, target_modules, r: int, alpha: float, dropout: 
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRALinear (lora.6) and put its plain base `nn.Linear` back in its place; returns `model`."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
+    """Merge every LoRALinear (lora.6) and put its plain base `nn.Linear` back in its place; returns `model`.
+
+    Atomic: every module's merged weight is computed and checked first, so a non-finite one (named in the
+    ValueError) leaves the whole model as it was, no module merged."""
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    merged = {}
+    with torch.no_grad():
+        for name, module in wrapped:
             if not module.merged:
-                module.merge()
-            if name == "":
-                return module.base
-            set_submodule(model, name, module.base)
+                weight = (module.base.weight.float() + module.delta_weight().float()).to(module.base.weight.dtype)
+                if not torch.isfinite(weight).all():
+                    raise ValueError(f"merge_lora: {name or 'model'}: W + scaling * B @ A is not finite (NaN/inf in "
+                                     f"lora_A, lora_B, or overflow); no module was merged")
+                merged[name] = weight
+        for name, module in wrapped:
+            if name in merged:
+                module.base.weight.copy_(merged[name])
+                module.merged = True
+    for name, module in wrapped:
+        if name == "":
+            return module.base
+        set_submodule(model, name, module.base)
     return model
 
 

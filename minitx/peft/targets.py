@@ -28,7 +28,10 @@ def parse_targets(patterns, arg: str) -> list[Pattern]:
         if isinstance(p, re.Pattern):
             out.append(p)
         elif isinstance(p, str) and p.startswith("re:"):
-            out.append(re.compile(p[3:]))
+            try:
+                out.append(re.compile(p[3:]))
+            except re.error as e:
+                raise ValueError(f"{arg}: pattern {p!r} is not a valid regex ({e})") from None
         elif isinstance(p, str) and p:
             out.append(p)
         else:
