@@ -47,13 +47,56 @@ def test_greedy_longest_match_first():
     assert short.tokenize_word("abbc") == ["[UNK]"] and short.tokenize_word("abc") == ["ab", "##c"]
 
 
-def test_training_uses_the_wordpiece_score_not_the_raw_count():
+def test_training_merges_the_most_frequent_pair_and_keeps_the_likelihood_option():
     # counts: a=6, c=1, ##b=5, ##c=2; pairs: (a,##b)=4 -> 4/30, (a,##c)=2 -> 2/12, (c,##b)=1 -> 1/5.
     counts = {"ab": 4, "ac": 2, "cb": 1}
     alphabet = ["##b", "##c", "a", "c"]
-    assert learn_vocabulary(counts, budget=5, min_frequency=1) == alphabet + ["cb"]  # BPE would merge "ab"
-    assert learn_vocabulary(counts, budget=5, min_frequency=2) == alphabet + ["ac"]  # (c,##b) seen only once
-    assert learn_vocabulary(counts, budget=3, min_frequency=1) == alphabet[:3]
+    assert learn_vocabulary(counts, budget=5, min_frequency=1) == alphabet + ["ab"]  # the most frequent pair
+    assert learn_vocabulary(counts, budget=7, min_frequency=1) == alphabet + ["ab", "ac", "cb"]
+    assert learn_vocabulary(counts, budget=7, min_frequency=3) == alphabet + ["ab"]  # (a,##c) seen only twice
+    # The likelihood score count(ab) / (count(a) count(b)) prefers the rare pair (c,##b) instead.
+    assert learn_vocabulary(counts, budget=5, min_frequency=1, criterion="likelihood") == alphabet + ["cb"]
+    assert learn_vocabulary(counts, budget=5, min_frequency=2, criterion="likelihood") == alphabet + ["ac"]
+    # A budget smaller than the alphabet keeps the most frequent characters: a (6), ##b (5), ##c (2).
+    assert learn_vocabulary(counts, budget=3, min_frequency=1) == ["##b", "##c", "a"]
+    with pytest.raises(ValueError, match="criterion"):
+        learn_vocabulary(counts, budget=5, criterion="bpe")
+
+
+def test_incremental_counts_equal_a_full_recount():
+    # The heap-and-index trainer must pick, at every step, the pair a from-scratch recount would pick.
+    import random
+    rng = random.Random(0)
+    counts = {"".join(rng.choice("abcd") for _ in range(rng.randint(1, 7))): rng.randint(1, 9) for _ in range(60)}
+
+    def naive(word_counts, budget):
+        words = sorted(word_counts)
+        splits = {w: [w[0]] + ["##" + c for c in w[1:]] for w in words}
+        tokens = sorted({s for sp in splits.values() for s in sp})
+        while len(tokens) < budget:
+            pairs = {}
+            for w in words:
+                for p in zip(splits[w], splits[w][1:]):
+                    pairs[p] = pairs.get(p, 0) + word_counts[w]
+            pairs = {p: c for p, c in pairs.items() if c >= 2}
+            if not pairs:
+                break
+            best = min(pairs, key=lambda p: (-pairs[p], p))
+            for w in words:
+                sp, out, i = splits[w], [], 0
+                while i < len(sp):
+                    if i + 1 < len(sp) and (sp[i], sp[i + 1]) == best:
+                        out.append(best[0] + best[1][2:])
+                        i += 2
+                    else:
+                        out.append(sp[i])
+                        i += 1
+                splits[w] = out
+            if best[0] + best[1][2:] not in tokens:
+                tokens.append(best[0] + best[1][2:])
+        return tokens
+
+    assert learn_vocabulary(counts, budget=60) == naive(counts, 60)
 
 
 def test_training_is_deterministic_and_order_free():
