@@ -12,23 +12,21 @@ docs/math/mlm.md.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from minitx import distributed as D
-from minitx.corpus import split_of
-from minitx.data import IGNORE_INDEX, SyntheticLanguage, iter_text_files, mlm_batch, seed_for
+from minitx.data import IGNORE_INDEX
 from minitx.fill_mask import fill_mask, fill_mask_main, load_pretrained  # noqa: F401 (re-exported)
 from minitx.mlm_eval import evaluate, probe_accuracy  # noqa: F401 (probe_accuracy re-exported)
 from minitx.model import BertConfig, BertForMaskedLM
 from minitx.plots import loss_curve
+from minitx.pretrain_data import SyntheticCorpus, TextCorpus, build_corpus  # noqa: F401 (re-exported)
 from minitx.tokenizer import WordPieceTokenizer
 from minitx.train import TrainConfig, TrainResult, _f, train
 
@@ -47,13 +45,24 @@ class PretrainConfig(TrainConfig):
     eval_every: int = _f(150, "evaluate on the held-out split every this many steps (0: only at the end)")
     out_dir: str = _f("runs/pretrain", "run directory: checkpoint, tokenizer, metrics, figures, summary")
     # Corpus
+    corpus: str = _f("synthetic", "built-in corpus: the synthetic language (probed per kind of dependency) or tiny "
+                     "Shakespeare (real English, shipped with the package); --text replaces it",
+                     choices=("synthetic", "shakespeare"))
     text: list[str] = dataclasses.field(default_factory=list, metadata={
-        "help": "UTF-8 text files, one example per line, read lazily (default: the built-in synthetic language)"})
-    train_sentences: int = _f(20000, "synthetic sentences in the training set (ignored with --text)")
-    eval_sentences: int = _f(500, "held-out sentences (or lines of --text) for evaluation")
-    tokenizer_lines: int = _f(20000, "lines of --text the tokenizer is trained on (the synthetic set: all)")
+        "help": "UTF-8 text files, read lazily, line by line (default: the built-in --corpus)"})
+    eval_text: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "held-out UTF-8 text files for evaluation (default: a held-out split of the training text: "
+                "5 percent of its 16-line passages, chosen by a hash)"})
+    packing: bool = _f(True, "real text: concatenate lines and cut them into full max-length blocks (as Hugging "
+                       "Face's group_texts); --no-packing makes one example per line, truncated at --max-length")
+    shuffle_buffer: int = _f(10000, "real text: examples held in the seeded shuffle buffer (1: file order)")
+    train_sentences: int = _f(20000, "synthetic sentences in the training set (ignored with real text)")
+    eval_sentences: int = _f(500, "held-out sentences (or blocks / lines of real text) for evaluation")
+    tokenizer_lines: int = _f(100000, "lines of real text the tokenizer is trained on (the synthetic set: all)")
     # Tokenizer
     vocab_size: int = _f(1000, "WordPiece vocabulary size (at most; training stops once every word is whole)")
+    min_frequency: int = _f(2, "a pair of pieces seen fewer times is never merged into a new piece")
+    lowercase: bool = _f(True, "lowercase and strip accents (BERT uncased); --no-lowercase keeps case (cased)")
     tokenizer: str = _f("", "load this tokenizer.json instead of training one")
     # Model
     d_model: int = _f(128, "model width C")
@@ -92,12 +101,36 @@ class PretrainConfig(TrainConfig):
             raise ValueError(f"max_length: expected an int >= 4 ([CLS], [SEP] and some text), got {self.max_length}")
         if self.vocab_size <= 5:
             raise ValueError(f"vocab_size: expected an int > 5 (the special tokens), got {self.vocab_size}")
-        self.text = [self.text] if isinstance(self.text, str) else list(self.text)
-        for path in self.text:
-            if not Path(path).is_file():
-                raise ValueError(f"text: expected existing UTF-8 text files, got {str(path)!r} (no such file)")
+        self._check_corpus()
+
+    def _check_corpus(self) -> None:
+        if self.corpus not in ("synthetic", "shakespeare"):
+            raise ValueError(f"corpus: expected 'synthetic' or 'shakespeare', got {self.corpus!r}")
+        for name in ("shuffle_buffer", "min_frequency"):
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
+        for name in ("text", "eval_text"):
+            value = getattr(self, name)
+            setattr(self, name, [value] if isinstance(value, str) else list(value))
+            for path in getattr(self, name):
+                if Path(path).is_dir():
+                    raise ValueError(f"{name}: expected UTF-8 text files, got the directory {str(path)!r}")
+                if not Path(path).is_file():
+                    raise ValueError(f"{name}: expected existing UTF-8 text files, got {str(path)!r} (no such file)")
+        if self.text and self.corpus != "synthetic":
+            raise ValueError(f"text: expected either --text files or --corpus {self.corpus}, got both")
+        if self.eval_text and not (self.text or self.corpus != "synthetic"):
+            raise ValueError("eval_text: expected with real text (--text or --corpus shakespeare); the synthetic "
+                             "language has its own held-out split")
+        if self.tokenizer and Path(self.tokenizer).is_dir():
+            raise ValueError(f"tokenizer: expected a tokenizer.json file, got the directory {self.tokenizer!r}")
         if self.tokenizer and not Path(self.tokenizer).is_file():
             raise ValueError(f"tokenizer: expected an existing tokenizer.json, got {self.tokenizer!r} (no such file)")
+
+    @property
+    def real_text(self) -> bool:
+        """Training on real text (--text files or a built-in real corpus), not the synthetic language."""
+        return bool(self.text) or self.corpus != "synthetic"
 
 
 @dataclass
@@ -119,79 +152,6 @@ def model_config(config: PretrainConfig, tokenizer: WordPieceTokenizer) -> BertC
 def _tokenizer_state(tok: WordPieceTokenizer) -> dict[str, Any]:
     return {"vocab": list(tok.vocab), "lowercase": tok.lowercase,
             "max_input_chars_per_word": tok.max_input_chars_per_word}
-
-
-# ----------------------------------------------------------------------------------------------- corpora
-class SyntheticCorpus:
-    """The built-in language: a fixed training set, held-out validation sentences with determined positions."""
-
-    def __init__(self, config: PretrainConfig):
-        lang = SyntheticLanguage(config.seed)
-        self.config = config
-        self.train_examples = lang.sentences(config.train_sentences, "train")
-        self.eval_examples = lang.sentences(config.eval_sentences, "validation")
-        self.probe_sentences = self.eval_examples
-
-    def tokenizer_texts(self) -> list[str]:
-        return [s.text for s in self.train_examples]
-
-    def batch_fn(self, tokenizer: WordPieceTokenizer):
-        cfg = self.config
-
-        def batch(step: int, micro: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
-            index = (step - 1) * cfg.grad_accum_steps + micro  # the micro-batch's place in the stream, from 0
-            return mlm_batch(self.train_examples, tokenizer, cfg.batch_size, index, cfg.seed, rank, world_size,
-                             cfg.max_length, cfg.mlm_probability, cfg.whole_word)
-        return batch
-
-
-class TextCorpus:
-    """User text files, one example per line, never held whole: a line belongs to the train or the held-out
-    split by a hash of its text (corpus.split_of), so the split is stable and needs no pass over the files."""
-
-    def __init__(self, config: PretrainConfig):
-        self.config = config
-        self.eval_examples = list(itertools.islice(self._lines("validation"), config.eval_sentences))
-        self.probe_sentences = []  # plain text marks no determined positions
-        if config.eval_sentences and not self.eval_examples:
-            warnings.warn(f"text: no held-out lines in {config.text} (a line is held out by a hash of its text, "
-                          f"about 1 in 10 distinct lines); evaluation will report nothing")
-        if next(self._lines("train"), None) is None:
-            raise ValueError(f"text: expected at least one non-empty training line in {config.text}, found none")
-
-    def _lines(self, split: str) -> Iterator[str]:
-        return (line for line in iter_text_files(self.config.text) if split_of(line) == split)
-
-    def tokenizer_texts(self) -> Iterator[str]:
-        return itertools.islice(self._lines("train"), self.config.tokenizer_lines)
-
-    def rank_stream(self, rank: int, world_size: int, start: int) -> Iterator[list[str]]:
-        """Rank r's micro-batches from number `start` on: its lines are r, r + W, ... of the train split, the
-        files replayed in order epoch after epoch; skipping to `start` reads lines but tokenizes none."""
-        lines = itertools.chain.from_iterable(self._lines("train") for _ in itertools.count())
-        mine = itertools.islice(lines, rank, None, world_size)
-        size = self.config.batch_size
-        skipped = itertools.islice(mine, start * size, None)
-        while True:
-            yield list(itertools.islice(skipped, size))
-
-    def batch_fn(self, tokenizer: WordPieceTokenizer):
-        cfg, state = self.config, {"next": None, "stream": None}
-
-        def batch(step: int, micro: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
-            index = (step - 1) * cfg.grad_accum_steps + micro
-            if state["next"] != index:  # a resume or a jump: reopen the files at the right place
-                state["stream"] = self.rank_stream(rank, world_size, index)
-            state["next"] = index + 1
-            lines = next(state["stream"])
-            # One chunk, one epoch of mlm_batch: every line once; masks are a function of (seed, index, rank).
-            return mlm_batch(lines, tokenizer, len(lines), index, seed_for(cfg.seed, rank), 0, 1,
-                             cfg.max_length, cfg.mlm_probability, cfg.whole_word)
-        return batch
-
-
-def build_corpus(config: PretrainConfig) -> SyntheticCorpus | TextCorpus:
-    return TextCorpus(config) if config.text else SyntheticCorpus(config)
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -243,7 +203,8 @@ def _get_tokenizer(config: PretrainConfig, corpus: Any, out: Path | None) -> Wor
         return WordPieceTokenizer.load(config.tokenizer)
     if config.resume and out is not None and (out / "tokenizer.json").is_file():
         return WordPieceTokenizer.load(out / "tokenizer.json")
-    return WordPieceTokenizer.train(corpus.tokenizer_texts(), config.vocab_size)
+    return WordPieceTokenizer.train(corpus.tokenizer_texts(), config.vocab_size, config.min_frequency,
+                                    config.lowercase)
 
 
 def _summary(config: PretrainConfig, result: TrainResult, model: BertForMaskedLM, tokenizer: WordPieceTokenizer,
@@ -256,7 +217,7 @@ def _summary(config: PretrainConfig, result: TrainResult, model: BertForMaskedLM
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": tokenizer.vocab_size,
         "world_size": D.world_info().world_size,
-        "corpus": "text files" if config.text else "synthetic",
+        "corpus": "text files" if config.text else config.corpus,
         "train": {k: v for k, v in result.metrics.items() if k not in ("step", "split")},
         "eval": {k: v for k, v in ev.items() if k in ("loss", "perplexity", "masked_accuracy")},
         "determined": {"accuracy": ev.get("probe_accuracy"), "chance": ev.get("chance"),
