@@ -176,7 +176,7 @@ def test_fill_mask_probabilities_are_sorted_and_sum_to_at_most_one(n_masks, top_
     for cands, everything in zip(preds, full):
         probs = [p for _, p in cands]
         assert len(cands) == top_k and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
-        assert sum(p for _, p in everything) == pytest.approx(1.0, abs=1e-5)  # the whole softmax
+        assert 0 < sum(p for _, p in everything) <= 1 + 1e-6  # the softmax less specials and ## pieces
         assert cands == everything[:top_k]
 
 
