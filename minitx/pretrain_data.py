@@ -15,6 +15,7 @@ import torch
 
 from minitx.corpora import iter_corpus_lines
 from minitx.data import SyntheticLanguage, iter_text_files, mlm_batch, seed_for
+from minitx.mlm_eval import unigram_log_probs
 from minitx.text_data import epochs, examples_stream, shuffled, split_lines
 from minitx.tokenizer import WordPieceTokenizer
 
@@ -97,6 +98,7 @@ class TextCorpus:
         buffer = max(cfg.shuffle_buffer, 10 * cfg.eval_sentences)  # a shuffled sample, not the first blocks
         self.eval_examples = list(itertools.islice(shuffled(held_out, buffer, seed_for(cfg.seed, 0xE7A1)),
                                                    cfg.eval_sentences))
+        self.unigram = unigram_log_probs(self.tokenizer_texts(), tokenizer)
         if cfg.eval_sentences and not self.eval_examples:
             warnings.warn(f"eval_text: no held-out {'blocks' if cfg.packing else 'lines'} in {self._name()}; "
                           f"evaluation will report nothing")
