@@ -185,3 +185,21 @@ def test_fill_mask_proposes_no_continuation_where_a_word_stands_alone():
     assert any(t.startswith("##") for t, _ in glued)
     assert not any(t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]") for t, _ in alone + glued)
     assert starts_a_word("[MASK] a, [MASK] b[MASK] 3[MASK]") == [True, True, False, False]
+
+
+@pytest.mark.slow
+def test_real_text_benchmark_minitx_and_hugging_face_agree(tmp_path):
+    pytest.importorskip("transformers")
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "mlm_real_text", Path(__file__).resolve().parents[1] / "benchmarks" / "mlm_real_text.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse(["--steps", "4", "--eval-every", "2", "--d-model", "16", "--n-heads", "2", "--d-ff", "32",
+                        "--max-length", "24", "--batch-size", "4", "--eval-blocks", "8", "--vocab-size", "300", "--warmup-steps", "1",
+                        "--out", str(tmp_path / "r")])
+    doc = bench.run(args)
+    assert [r["step"] for r in doc["curves"]["minitx"]] == [0, 2, 4]
+    assert doc["relative_difference"] < 1e-4 and doc["final"]["minitx"]["loss"] < doc["curves"]["minitx"][0]["loss"]
+    assert doc["unigram"]["loss"] > 0 and set(doc["tokens_per_s"]) == {"minitx", "hf"}
