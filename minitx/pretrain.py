@@ -34,9 +34,9 @@ __all__ = ["PretrainConfig", "PretrainResult", "run_pretraining", "load_pretrain
            "fill_mask_main", "masked_lm_loss"]
 
 
-# Real text (--corpus shakespeare, --text) is not the synthetic language: longer sequences, a larger vocabulary,
-# BERT's masking rate. A field left at its synthetic default takes these values on real text (so passing the
-# synthetic default explicitly also gets them); chosen on tiny Shakespeare, docs/results/pretrain_shakespeare.md.
+# Defaults that depend on the corpus: (synthetic language, real text). Real text (--corpus shakespeare, --text)
+# wants longer sequences, a larger vocabulary, BERT's masking rate. A field left unset (None) takes the value for
+# its corpus; one given explicitly is kept. Chosen on tiny Shakespeare: docs/results/pretrain_shakespeare.md.
 REAL_TEXT_DEFAULTS: dict[str, Any] = {
     "vocab_size": (1000, 2000), "max_length": (48, 128), "mlm_probability": (0.4, 0.15), "batch_size": (64, 32),
     "max_steps": (600, 400), "eval_every": (150, 100), "warmup_steps": (60, 40),
@@ -46,19 +46,20 @@ REAL_TEXT_DEFAULTS: dict[str, Any] = {
 @dataclass
 class PretrainConfig(TrainConfig):
     """Every knob of `minitx pretrain`, flat; the TrainConfig fields come first (lr, max_steps, seed, ...).
-    On real text the fields of REAL_TEXT_DEFAULTS left at their synthetic default take the real-text one."""
+    The fields of REAL_TEXT_DEFAULTS left unset (None) take their corpus's default."""
     # Defaults retuned for MLM on the built-in language: ~2 minutes on 2 CPU cores (docs/results/pretrain_default.md).
     lr: float = _f(2e-3, "peak learning rate η, reached at the end of warmup (opt.5)")
-    warmup_steps: int = _f(60, "steps of linear warmup from 0 to lr (opt.5)")
-    max_steps: int = _f(600, "optimizer steps in the whole run")
+    warmup_steps: int | None = _f(None, "steps of linear warmup from 0 to lr (opt.5) (unset: 60; real text 40)")
+    max_steps: int | None = _f(None, "optimizer steps in the whole run (unset: 600; real text 400)")
     log_every: int = _f(20, "write a train record to metrics.jsonl every this many steps")
-    eval_every: int = _f(150, "evaluate on the held-out split every this many steps (0: only at the end)")
+    eval_every: int | None = _f(None, "evaluate on the held-out split every this many steps (0: only at the end; "
+                                "unset: 150; real text 100)")
     out_dir: str = _f("runs/pretrain", "run directory: checkpoint, tokenizer, metrics, figures, summary")
     # Corpus
     corpus: str = _f("synthetic", "built-in corpus: the synthetic language (probed per kind of dependency) or tiny "
-                     "Shakespeare (real English, shipped with the package); --text replaces it. On real text "
-                     "--vocab-size, --max-length, --mlm-probability, --batch-size, --max-steps, --eval-every and "
-                     "--warmup-steps left at their defaults become 2000, 128, 0.15, 32, 400, 100 and 40",
+                     "Shakespeare (real English, shipped with the package); --text replaces it. Some defaults "
+                     "depend on it: --vocab-size, --max-length, --mlm-probability, --batch-size, --max-steps, "
+                     "--eval-every, --warmup-steps",
                      choices=("synthetic", "shakespeare"))
     text: list[str] = dataclasses.field(default_factory=list, metadata={
         "help": "UTF-8 text files, read lazily, line by line (default: the built-in --corpus)"})
@@ -72,7 +73,8 @@ class PretrainConfig(TrainConfig):
     eval_sentences: int = _f(500, "held-out sentences (or blocks / lines of real text) for evaluation")
     tokenizer_lines: int = _f(100000, "lines of real text the tokenizer is trained on (the synthetic set: all)")
     # Tokenizer
-    vocab_size: int = _f(1000, "WordPiece vocabulary size (at most; training stops once every word is whole)")
+    vocab_size: int | None = _f(None, "WordPiece vocabulary size (at most; training stops once every word is "
+                                "whole; unset: 1000; real text 2000)")
     min_frequency: int = _f(2, "a pair of pieces seen fewer times is never merged into a new piece")
     lowercase: bool = _f(True, "lowercase and strip accents (BERT uncased); --no-lowercase keeps case (cased)")
     tokenizer: str = _f("", "load this tokenizer.json instead of training one")
@@ -87,19 +89,21 @@ class PretrainConfig(TrainConfig):
     dropout: float = _f(0.0, "dropout on embeddings, residual branches and attention weights")
     attention_backend: str = _f("sdpa", "attention backend", choices=("math", "sdpa", "flash"))
     # Batches
-    batch_size: int = _f(64, "sequences per micro-batch, per rank")
-    max_length: int = _f(48, "tokens per sequence, [CLS] and [SEP] included (longer ones are truncated)")
-    mlm_probability: float = _f(0.4, "share of tokens (or words) selected for prediction (mlm.2); BERT uses 0.15, "
-                                  "0.4 scores ~2.7x as many positions per step on a corpus this small")
+    batch_size: int | None = _f(None, "sequences per micro-batch, per rank (unset: 64; real text 32)")
+    max_length: int | None = _f(None, "tokens per sequence, [CLS] and [SEP] included (longer ones are truncated; "
+                                "unset: 48; real text 128)")
+    mlm_probability: float | None = _f(None, "share of tokens (or words) selected for prediction (mlm.2); BERT uses "
+                                       "0.15 (unset: 0.4, which scores ~2.7x as many positions per step on the "
+                                       "small synthetic corpus; real text 0.15)")
     whole_word: bool = _f(False, "select whole words, all their WordPiece pieces together (mlm.4)")
     threads: int = _f(1, "torch CPU threads per process (0: torch's default); one is fastest for a model this "
                           "small when anything else runs on a 2-core machine")
 
     def __post_init__(self) -> None:
-        if bool(self.text) or self.corpus != "synthetic":
-            for name, (synthetic, real) in REAL_TEXT_DEFAULTS.items():
-                if getattr(self, name) == synthetic and type(getattr(self, name)) is type(synthetic):
-                    setattr(self, name, real)
+        real = bool(self.text) or self.corpus != "synthetic"
+        for name, values in REAL_TEXT_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, values[real])
         super().__post_init__()
         positive = ("train_sentences", "tokenizer_lines", "d_model", "n_layers", "n_heads", "d_ff", "batch_size")
         for name in positive:
