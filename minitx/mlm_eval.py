@@ -40,6 +40,7 @@ def evaluate(model: BertForMaskedLM, corpus, tokenizer: WordPieceTokenizer,
     nll = correct = count = 0.0
     unigram = getattr(corpus, "unigram", None)  # (V,) log-probs of the training tokens, on real text
     base_nll = base_correct = 0.0
+    at_mask = {"count": 0.0, "model": 0.0, "unigram": 0.0}  # only the selected tokens shown as [MASK] (80%)
     for batch in _eval_batches(corpus, tokenizer, config):
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
@@ -52,11 +53,18 @@ def evaluate(model: BertForMaskedLM, corpus, tokenizer: WordPieceTokenizer,
             targets = batch["labels"][selected].cpu()
             base_nll -= float(unigram[targets].sum())
             base_correct += float((targets == unigram.argmax()).sum())
+            shown = (batch["input_ids"][selected] == tokenizer.mask_id).cpu()  # the others are visible tokens
+            at_mask["count"] += float(shown.sum())
+            at_mask["model"] += float((logits[selected].argmax(-1).cpu() == targets)[shown].sum())
+            at_mask["unigram"] += float((targets == unigram.argmax())[shown].sum())
     metrics = {}
     if count:
         metrics = {"loss": nll / count, "perplexity": math.exp(nll / count), "masked_accuracy": correct / count}
         if unigram is not None:  # the trivial baseline: every mask filled from the training token frequencies
             metrics.update(unigram_loss=base_nll / count, unigram_accuracy=base_correct / count)
+            if at_mask["count"]:  # a model can be right on the 10% kept tokens by copying: these it cannot see
+                metrics.update(accuracy_at_mask=at_mask["model"] / at_mask["count"],
+                               unigram_accuracy_at_mask=at_mask["unigram"] / at_mask["count"])
     if corpus.probe_sentences:
         metrics.update(probe_accuracy(model, corpus.probe_sentences, tokenizer, config.max_length))
     return metrics

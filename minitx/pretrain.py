@@ -39,7 +39,7 @@ __all__ = ["PretrainConfig", "PretrainResult", "run_pretraining", "load_pretrain
 # its corpus; one given explicitly is kept. Chosen on tiny Shakespeare: docs/results/pretrain_shakespeare.md.
 REAL_TEXT_DEFAULTS: dict[str, Any] = {
     "vocab_size": (1000, 2000), "max_length": (48, 128), "mlm_probability": (0.4, 0.15), "batch_size": (64, 32),
-    "max_steps": (600, 400), "eval_every": (150, 100), "warmup_steps": (60, 40),
+    "max_steps": (600, 800), "eval_every": (150, 200), "warmup_steps": (60, 40),
 }
 
 
@@ -50,10 +50,10 @@ class PretrainConfig(TrainConfig):
     # Defaults retuned for MLM on the built-in language: ~2 minutes on 2 CPU cores (docs/results/pretrain_default.md).
     lr: float = _f(2e-3, "peak learning rate η, reached at the end of warmup (opt.5)")
     warmup_steps: int | None = _f(None, "steps of linear warmup from 0 to lr (opt.5) (unset: 60; real text 40)")
-    max_steps: int | None = _f(None, "optimizer steps in the whole run (unset: 600; real text 400)")
+    max_steps: int | None = _f(None, "optimizer steps in the whole run (unset: 600; real text 800)")
     log_every: int = _f(20, "write a train record to metrics.jsonl every this many steps")
     eval_every: int | None = _f(None, "evaluate on the held-out split every this many steps (0: only at the end; "
-                                "unset: 150; real text 100)")
+                                "unset: 150; real text 200)")
     out_dir: str = _f("runs/pretrain", "run directory: checkpoint, tokenizer, metrics, figures, summary")
     # Corpus
     corpus: str = _f("synthetic", "built-in corpus: the synthetic language (probed per kind of dependency) or tiny "

@@ -143,6 +143,8 @@ def test_pretrain_on_shakespeare_end_to_end_reports_the_unigram_baseline(tmp_pat
     assert result.summary["corpus"] == "shakespeare" and result.summary["determined"] is None
     ev = [r for r in result.train.history if r.get("split") == "eval"][-1]
     assert ev["unigram_loss"] > 0 and 0 < ev["unigram_accuracy"] < 0.5 and ev["loss"] > 0
+    # Accuracy where the input shows [MASK] (no copying possible), for the model and the baseline alike.
+    assert 0 <= ev["accuracy_at_mask"] <= 1 and 0 < ev["unigram_accuracy_at_mask"] < 0.5
 
 
 def test_unigram_baseline_is_the_training_frequencies():
