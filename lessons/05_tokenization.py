@@ -17,8 +17,10 @@
 # $$ \text{unbelievably} \;\to\; \texttt{un}\ \texttt{\#\#believ}\ \texttt{\#\#ably} $$
 #
 # Then **masked-language modelling** hides 15 % of the tokens and asks the model to put them back — with the
-# 80/10/10 rule of `docs/math/mlm.md` (mlm.2)–(mlm.3). This lesson trains WordPiece from scratch twice, looks
-# at the pieces, encodes sentence pairs, and measures the masking proportions.
+# 80/10/10 rule of `docs/math/mlm.md` (mlm.2)–(mlm.3). This lesson trains WordPiece from scratch on the
+# synthetic language and on real English (tiny Shakespeare, shipped with minitx), shows why the merges are
+# chosen by *frequency*, measures pieces per word, packs real text into blocks, encodes sentence pairs, and
+# measures the masking proportions. Guide: `docs/tokenizer.md`.
 
 # %%
 import os
@@ -28,8 +30,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+from minitx.corpora import iter_corpus_lines
 from minitx.data import SyntheticLanguage, mask_tokens
 from minitx.plots import output_dir
+from minitx.text_data import pack_lines
 from minitx.tokenizer import WordPieceTokenizer, pre_tokenize
 
 FAST = os.environ.get("MINITX_FAST") == "1"
@@ -39,13 +43,10 @@ torch.manual_seed(0)
 # %% [markdown]
 # ## 1. A vocabulary for the synthetic language
 #
-# minitx's built-in language (`docs/data.md`) has about 200 words. Training starts from characters and
-# merges the adjacent pair $(a, b)$ with the highest score
-#
-# $$ \mathrm{score}(a, b) = \frac{\mathrm{count}(ab)}{\mathrm{count}(a)\,\mathrm{count}(b)}, $$
-#
-# WordPiece's likelihood gain: it favours pairs that occur together more often than their parts' frequencies
-# predict. With a budget of 1000 entries it stops early, once every word is a single token.
+# minitx's built-in language (`docs/data.md`) has about 200 words. Training starts from characters (`t`,
+# `##h`, `##e`) and repeatedly merges the adjacent pair seen **most often** in the corpus into a new piece
+# (`t` + `##h` -> `th`), as the `tokenizers` library's WordPiece trainer does. With a budget of 1000 entries it
+# stops early, once every word is a single token.
 
 # %%
 lang = SyntheticLanguage(seed=0)
@@ -60,7 +61,78 @@ assert all(corpus_tok.tokenize_word(w) == [w] for w in SyntheticLanguage.vocabul
 assert corpus_tok.decode(enc.ids) == example.text  # round trip
 
 # %% [markdown]
-# ## 2. A small English text: pieces of unseen words
+# ## 2. Real English: why merge by frequency
+#
+# The score usually quoted for WordPiece is the likelihood gain
+#
+# $$ \mathrm{score}(a, b) = \frac{\mathrm{count}(ab)}{\mathrm{count}(a)\,\mathrm{count}(b)}, $$
+#
+# which favours pairs that occur together more often than their parts' frequencies predict. On real text that
+# means pairs of *rare* symbols (the letters of a name seen twice, the digits of a number): the vocabulary
+# fills with them while the commonest words stay in pieces. The raw count of a pair is the number of tokens
+# its merge saves on the training text, so merging by frequency spends each entry where it shortens the text
+# most. We train both on tiny Shakespeare and count **pieces per word** (1.0 = every word whole).
+
+# %%
+lines = list(iter_corpus_lines("shakespeare"))
+train_lines = lines[:3000] if FAST else lines[:12000]
+words = [w for line in train_lines for w in pre_tokenize(line)]
+sizes = [300, 800] if FAST else [500, 1000, 2000]
+ppw = {"frequency": [], "likelihood": []}
+toks = {}
+for criterion in ppw:
+    for size in sizes:
+        tok = WordPieceTokenizer.train(train_lines, vocab_size=size, criterion=criterion)
+        ppw[criterion].append(sum(len(tok.tokenize_word(w)) for w in words) / len(words))
+        toks[criterion, size] = tok
+for criterion, values in ppw.items():
+    print(f"{criterion:>10}: " + "  ".join(f"vocab {n}: {v:.2f}" for n, v in zip(sizes, values)))
+common = ["the", "and", "is", "of", "to", "you"]
+for criterion in ppw:
+    print(f"{criterion:>10}: " + "  ".join(" ".join(toks[criterion, sizes[-1]].tokenize_word(w)) for w in common))
+likely = toks["likelihood", sizes[-1]].vocab[-10:]
+print("last merges of the likelihood trainer:", likely)
+
+fig, ax = plt.subplots(figsize=(5.6, 3.4))
+for criterion, values in ppw.items():
+    ax.plot(sizes, values, "-o", label=criterion)
+ax.set(xlabel="vocabulary size", ylabel="pieces per word", title=f"tiny Shakespeare, {len(words):,} words")
+ax.legend()
+fig.tight_layout()
+fig.savefig(OUT / "05_pieces_per_word.png", dpi=110)
+
+# The claims: frequency gives fewer pieces per word at every size, and the commonest words whole.
+assert all(f < lk for f, lk in zip(ppw["frequency"], ppw["likelihood"]))
+assert all(toks["frequency", sizes[-1]].tokenize_word(w) == [w] for w in common)
+assert any(len(toks["likelihood", sizes[-1]].tokenize_word(w)) > 1 for w in common)
+
+# %% [markdown]
+# ## 3. Packing real text into blocks
+#
+# A line of verse is about ten tokens; a line of prose can be thousands. One example per line wastes most of
+# a `max_length` block on padding (short lines) and silently drops the tail of long ones. **Packing**, as
+# Hugging Face's `group_texts`, concatenates the lines' tokens and cuts them into full blocks
+# `[CLS] ... [SEP]`: no padding, nothing dropped but the stream's last partial block.
+
+# %%
+tok = toks["frequency", sizes[-1]]
+max_length = 128
+per_line = [len(tok.encode(line).ids) for line in train_lines]
+real_per_line = sum(min(n, max_length) for n in per_line)
+padding_share = 1 - real_per_line / (len(per_line) * max_length)  # padded to max_length, as a fixed shape
+dropped = sum(max(0, n - max_length) for n in per_line)
+blocks = list(pack_lines(train_lines, tok, max_length))
+text_tokens = sum(n - 2 for n in per_line)
+packed_tokens = sum(len(b) - 2 for b in blocks)
+print(f"per line: {len(per_line)} examples, {padding_share:.0%} of each {max_length}-token block is padding, "
+      f"{dropped} tokens dropped")
+print(f"packed:   {len(blocks)} blocks, no padding, {text_tokens - packed_tokens} tokens left over at the end")
+print(blocks[0].tokens[:24])
+assert padding_share > 0.8 and all(len(b) == max_length for b in blocks)
+assert 0 <= text_tokens - packed_tokens < max_length - 2
+
+# %% [markdown]
+# ## 4. A small English text: pieces of unseen words
 #
 # With a tight budget the vocabulary keeps frequent words whole and common fragments as pieces, so words it
 # never saw are still spelled out from known parts instead of becoming `[UNK]`.
@@ -104,7 +176,7 @@ print(text_tok.decode(ids))
 assert text_tok.unk_id not in ids and text_tok.decode(ids) == text_tok.normalize(sample)
 
 # %% [markdown]
-# ## 3. Sentence pairs and segment ids
+# ## 5. Sentence pairs and segment ids
 #
 # BERT reads two segments at once: `[CLS] A [SEP] B [SEP]`. Segment (type) ids tell the model which tokens
 # belong to which; `word_ids` say which word each token came from (and restart in B).
@@ -118,7 +190,7 @@ sep = pair.tokens.index("[SEP]")
 assert pair.type_ids == [0] * (sep + 1) + [1] * (len(pair) - sep - 1)
 
 # %% [markdown]
-# ## 4. Masking: 15 % selected, then 80 / 10 / 10
+# ## 6. Masking: 15 % selected, then 80 / 10 / 10
 #
 # Each ordinary token is selected with probability 0.15 (mlm.2); a selected token becomes `[MASK]` (80 %), a
 # random ordinary token (10 %), or stays as it is (10 %) (mlm.3). We mask many batches and count.
@@ -175,7 +247,7 @@ print("words selected:", int(sum((wl[0] != -100)[wb["word_ids"][0] == w].any() f
       "of", len(words))
 
 # %% [markdown]
-# ## 5. Saving the tokenizer
+# ## 7. Saving the tokenizer
 #
 # A tokenizer is part of a model: the ids mean nothing without it. It saves to JSON and loads back exactly.
 

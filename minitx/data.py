@@ -46,13 +46,16 @@ def _as_word_id_tensor(word_ids, shape: torch.Size) -> torch.Tensor:
 def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, vocab_size: int, mask_token_id: int,
                 mlm_probability: float = 0.15, generator: torch.Generator | None = None, word_ids=None,
                 whole_word: bool = False, num_special_tokens: int = len(SPECIAL_TOKENS),
-                pad_token_id: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                pad_token_id: int | None = 0,
+                special_ids: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's corruption (mlm.2)-(mlm.3): select, then 80% [MASK] / 10% random / 10% unchanged.
 
     Each token that is not special (special_tokens_mask == 0) and not padding is selected independently with
     probability `mlm_probability` (mlm.2); with `whole_word`, each *word* is selected with that probability and
     all its pieces follow it. A selected token becomes [MASK] with probability 0.8, a token drawn uniformly from
     the non-special ids [num_special_tokens, vocab_size) with probability 0.1, and stays itself otherwise (mlm.3).
+    `special_ids`, if given, names the special ids wherever they are (a Hugging Face vocabulary puts [PAD] at 0
+    and [UNK], [CLS], [SEP], [MASK] at 100-103); random replacements are then drawn from all the other ids.
     Returns new tensors (inputs, labels); labels = the original id where selected, -100 elsewhere.
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
@@ -80,8 +83,14 @@ def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, voca
     else:
         selected = (torch.rand(input_ids.shape, generator=generator) < mlm_probability) & candidates
     action = torch.rand(input_ids.shape, generator=generator)
-    random_ids = torch.randint(num_special_tokens, vocab_size, input_ids.shape, generator=generator,
-                               dtype=input_ids.dtype)
+    if special_ids is None:
+        random_ids = torch.randint(num_special_tokens, vocab_size, input_ids.shape, generator=generator,
+                                   dtype=input_ids.dtype)
+    else:
+        allowed = torch.ones(vocab_size, dtype=torch.bool)
+        allowed[torch.as_tensor(list(special_ids), dtype=torch.long)] = False
+        pool = allowed.nonzero().flatten().to(input_ids.dtype)  # the non-special ids, ascending
+        random_ids = pool[torch.randint(len(pool), input_ids.shape, generator=generator)]
     inputs = input_ids.clone()
     inputs[selected & (action < 0.8)] = mask_token_id
     replace = selected & (action >= 0.8) & (action < 0.9)
@@ -94,10 +103,15 @@ def _labels_at(selected: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
 
-def encode_example(example: Sentence | str, tokenizer: WordPieceTokenizer,
+def encode_example(example: Sentence | str | Encoding, tokenizer: WordPieceTokenizer,
                    max_length: int | None = None) -> tuple[Encoding, list[int]]:
     """Encode a Sentence (by its words, so word_ids index Sentence.words) or a plain string; also return the
-    determined-kind code of every token (0 = not determined, specials 0)."""
+    determined-kind code of every token (0 = not determined, specials 0). An Encoding (a packed block of real
+    text, minitx.text_data) is already encoded and is taken as it is."""
+    if isinstance(example, Encoding):
+        if max_length is not None and len(example) > max_length:
+            raise ValueError(f"example: a packed block of {len(example)} tokens exceeds max_length={max_length}")
+        return example, [0] * len(example)
     if isinstance(example, Sentence):
         enc = tokenizer.encode(example.words, max_length=max_length)
         kinds = [0 if w is None or w not in example.determined else kind_id(example.determined[w])
@@ -148,11 +162,18 @@ def _mask_batch(batch: dict, tokenizer: WordPieceTokenizer, seed: int, step: int
     batch["input_ids"], batch["labels"] = mask_tokens(
         batch["input_ids"], batch["special_tokens_mask"], tokenizer.vocab_size, tokenizer.mask_id,
         mlm_probability, generator=g, word_ids=batch["word_ids"], whole_word=whole_word,
-        pad_token_id=tokenizer.pad_id)
+        pad_token_id=tokenizer.pad_id, **_special_arguments(tokenizer))
     return batch
 
 
-def mlm_batch(examples: Sequence[Sentence | str], tokenizer: WordPieceTokenizer, batch_size: int, step: int,
+def _special_arguments(tokenizer: WordPieceTokenizer) -> dict:
+    """A trained vocabulary has its specials at 0..4 (the original draw, unchanged); any other names them."""
+    n = len(SPECIAL_TOKENS)
+    return {"num_special_tokens": n} if tokenizer.special_ids == list(range(n)) else {
+        "special_ids": tokenizer.special_ids}
+
+
+def mlm_batch(examples: Sequence[Sentence | str | Encoding], tokenizer: WordPieceTokenizer, batch_size: int, step: int,
               seed: int, rank: int = 0, world_size: int = 1, max_length: int = 128, mlm_probability: float = 0.15,
               whole_word: bool = False) -> dict[str, torch.Tensor]:
     """The MLM batch of (seed, step, rank): a pure function of them, so a resumed run is exact and ranks read

@@ -73,13 +73,31 @@ def encode_with_masks(tokenizer: WordPieceTokenizer, text: str) -> list[int]:
     return ids + [tokenizer.sep_id]
 
 
+def starts_a_word(text: str) -> list[bool]:
+    """Per literal [MASK], left to right: does it start a word? It does unless it is glued to a letter or digit
+    before it ("play[MASK]"); a word start cannot be a `##` continuation piece."""
+    pieces = text.split(MASK)
+    return [not (before and before[-1].isalnum()) for before in pieces[:-1]]
+
+
+def _allowed(tokenizer: WordPieceTokenizer, word_start: bool) -> torch.Tensor:
+    """(V,) bool: the tokens a mask may be filled with: never a special token; at a word start, no `##` piece."""
+    allowed = torch.ones(tokenizer.vocab_size, dtype=torch.bool)
+    allowed[tokenizer.special_ids] = False
+    if word_start:
+        allowed &= torch.tensor([not t.startswith("##") for t in tokenizer.vocab])
+    return allowed
+
+
 @torch.no_grad()
 def fill_mask(model: BertForMaskedLM, tokenizer: WordPieceTokenizer, text: str,
               top_k: int = 5) -> list[list[tuple[str, float]]]:
     """For each [MASK] in `text`, left to right, its `top_k` (token, probability) candidates, most likely first.
 
     All masks are predicted at once from one forward pass (each conditions on the others being masked), with
-    probabilities from the softmax over the whole vocabulary, so each list sums to at most 1.
+    probabilities from the softmax over the whole vocabulary, so each list sums to at most 1. Special tokens
+    are never proposed, nor `##` continuation pieces where the mask stands as a word of its own
+    (starts_a_word); the probabilities of what is proposed are not renormalized.
     """
     if not isinstance(top_k, int) or not 1 <= top_k <= tokenizer.vocab_size:
         raise ValueError(f"top_k: expected an int in [1, {tokenizer.vocab_size}], got {top_k!r}")
@@ -96,8 +114,9 @@ def fill_mask(model: BertForMaskedLM, tokenizer: WordPieceTokenizer, text: str,
     model.train(was_training)
     positions = (input_ids[0] == tokenizer.mask_id).nonzero().flatten()
     probs = torch.softmax(logits[positions].float(), dim=-1)  # (masks, V)
-    top = probs.topk(top_k, dim=-1)
-    return [[(tokenizer.vocab[i], float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
+    allowed = torch.stack([_allowed(tokenizer, start) for start in starts_a_word(text)]).to(probs.device)
+    top = probs.masked_fill(~allowed, -1.0).topk(top_k, dim=-1)  # -1: below every real probability
+    return [[(tokenizer.vocab[i], float(p)) for p, i in zip(ps.tolist(), ix.tolist()) if p >= 0]
             for ps, ix in zip(top.values, top.indices)]
 
 

@@ -9,7 +9,7 @@ Math: docs/math/mlm.md. Batches and probes: minitx.data.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import torch
 
@@ -20,7 +20,7 @@ from minitx.tokenizer import WordPieceTokenizer
 if TYPE_CHECKING:  # only for annotations: pretrain imports this module
     from minitx.pretrain import PretrainConfig
 
-__all__ = ["evaluate", "probe_accuracy"]
+__all__ = ["evaluate", "probe_accuracy", "unigram_log_probs"]
 
 
 def _eval_batches(corpus, tokenizer: WordPieceTokenizer, config: PretrainConfig) -> Iterator[dict]:
@@ -38,6 +38,9 @@ def evaluate(model: BertForMaskedLM, corpus, tokenizer: WordPieceTokenizer,
     on the synthetic language also the probe accuracy per kind of determined position, with chance."""
     device = next(model.parameters()).device
     nll = correct = count = 0.0
+    unigram = getattr(corpus, "unigram", None)  # (V,) log-probs of the training tokens, on real text
+    base_nll = base_correct = 0.0
+    at_mask = {"count": 0.0, "model": 0.0, "unigram": 0.0}  # only the selected tokens shown as [MASK] (80%)
     for batch in _eval_batches(corpus, tokenizer, config):
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
@@ -46,12 +49,36 @@ def evaluate(model: BertForMaskedLM, corpus, tokenizer: WordPieceTokenizer,
                                                        reduction="sum"))
         correct += float((logits[selected].argmax(-1) == batch["labels"][selected]).sum())
         count += float(selected.sum())
+        if unigram is not None:
+            targets = batch["labels"][selected].cpu()
+            base_nll -= float(unigram[targets].sum())
+            base_correct += float((targets == unigram.argmax()).sum())
+            shown = (batch["input_ids"][selected] == tokenizer.mask_id).cpu()  # the others are visible tokens
+            at_mask["count"] += float(shown.sum())
+            at_mask["model"] += float((logits[selected].argmax(-1).cpu() == targets)[shown].sum())
+            at_mask["unigram"] += float((targets == unigram.argmax())[shown].sum())
     metrics = {}
     if count:
         metrics = {"loss": nll / count, "perplexity": math.exp(nll / count), "masked_accuracy": correct / count}
+        if unigram is not None:  # the trivial baseline: every mask filled from the training token frequencies
+            metrics.update(unigram_loss=base_nll / count, unigram_accuracy=base_correct / count)
+            if at_mask["count"]:  # a model can be right on the 10% kept tokens by copying: these it cannot see
+                metrics.update(accuracy_at_mask=at_mask["model"] / at_mask["count"],
+                               unigram_accuracy_at_mask=at_mask["unigram"] / at_mask["count"])
     if corpus.probe_sentences:
         metrics.update(probe_accuracy(model, corpus.probe_sentences, tokenizer, config.max_length))
     return metrics
+
+
+def unigram_log_probs(lines: Iterable[str], tokenizer: WordPieceTokenizer) -> torch.Tensor:
+    """(V,) log-frequencies of the non-special tokens of `lines` (add-one smoothed; specials -inf): the model
+    that ignores the context. Its loss on the masked tokens is the baseline a real MLM must beat."""
+    counts = torch.ones(tokenizer.vocab_size, dtype=torch.float64)
+    for line in lines:
+        ids = tokenizer.encode(line).ids[1:-1]
+        counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=tokenizer.vocab_size)
+    counts[tokenizer.special_ids] = 0.0
+    return (counts / counts.sum()).log().float()
 
 
 @torch.no_grad()

@@ -12,25 +12,23 @@ docs/math/mlm.md.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from minitx import distributed as D
 from minitx.checkpoint import CheckpointError, read_checkpoint
 from minitx.compile import apply_compile
-from minitx.corpus import split_of
-from minitx.data import IGNORE_INDEX, SyntheticLanguage, iter_text_files, mlm_batch, seed_for
+from minitx.data import IGNORE_INDEX
 from minitx.fill_mask import fill_mask, fill_mask_main, load_pretrained  # noqa: F401 (re-exported)
 from minitx.mlm_eval import evaluate, probe_accuracy  # noqa: F401 (probe_accuracy re-exported)
 from minitx.model import BertConfig, BertForMaskedLM, labelled_logits
 from minitx.plots import loss_curve
+from minitx.pretrain_data import SyntheticCorpus, TextCorpus, build_corpus  # noqa: F401 (re-exported)
 from minitx.tokenizer import WordPieceTokenizer
 from minitx.train import TrainConfig, TrainResult, _f, train
 
@@ -38,24 +36,49 @@ __all__ = ["PretrainConfig", "PretrainResult", "run_pretraining", "load_pretrain
            "fill_mask_main", "masked_lm_loss"]
 
 
+# Defaults that depend on the corpus: (synthetic language, real text). Real text (--corpus shakespeare, --text)
+# wants longer sequences, a larger vocabulary, BERT's masking rate. A field left unset (None) takes the value for
+# its corpus; one given explicitly is kept. Chosen on tiny Shakespeare: docs/results/pretrain_shakespeare.md.
+REAL_TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": (1000, 2000), "max_length": (48, 128), "mlm_probability": (0.4, 0.15), "batch_size": (64, 32),
+    "max_steps": (600, 800), "eval_every": (150, 200), "warmup_steps": (60, 40),
+}
+
+
 @dataclass
 class PretrainConfig(TrainConfig):
-    """Every knob of `minitx pretrain`, flat; the TrainConfig fields come first (lr, max_steps, seed, ...)."""
+    """Every knob of `minitx pretrain`, flat; the TrainConfig fields come first (lr, max_steps, seed, ...).
+    The fields of REAL_TEXT_DEFAULTS left unset (None) take their corpus's default."""
     # Defaults retuned for MLM on the built-in language: ~2 minutes on 2 CPU cores (docs/results/pretrain_default.md).
     lr: float = _f(2e-3, "peak learning rate η, reached at the end of warmup (opt.5)")
-    warmup_steps: int = _f(60, "steps of linear warmup from 0 to lr (opt.5)")
-    max_steps: int = _f(600, "optimizer steps in the whole run")
+    warmup_steps: int | None = _f(None, "steps of linear warmup from 0 to lr (opt.5) (unset: 60; real text 40)")
+    max_steps: int | None = _f(None, "optimizer steps in the whole run (unset: 600; real text 800)")
     log_every: int = _f(20, "write a train record to metrics.jsonl every this many steps")
-    eval_every: int = _f(150, "evaluate on the held-out split every this many steps (0: only at the end)")
+    eval_every: int | None = _f(None, "evaluate on the held-out split every this many steps (0: only at the end; "
+                                "unset: 150; real text 200)")
     out_dir: str = _f("runs/pretrain", "run directory: checkpoint, tokenizer, metrics, figures, summary")
     # Corpus
+    corpus: str = _f("synthetic", "built-in corpus: the synthetic language (probed per kind of dependency) or tiny "
+                     "Shakespeare (real English, shipped with the package); --text replaces it. Some defaults "
+                     "depend on it: --vocab-size, --max-length, --mlm-probability, --batch-size, --max-steps, "
+                     "--eval-every, --warmup-steps",
+                     choices=("synthetic", "shakespeare"))
     text: list[str] = dataclasses.field(default_factory=list, metadata={
-        "help": "UTF-8 text files, one example per line, read lazily (default: the built-in synthetic language)"})
-    train_sentences: int = _f(20000, "synthetic sentences in the training set (ignored with --text)")
-    eval_sentences: int = _f(500, "held-out sentences (or lines of --text) for evaluation")
-    tokenizer_lines: int = _f(20000, "lines of --text the tokenizer is trained on (the synthetic set: all)")
+        "help": "UTF-8 text files, read lazily, line by line (default: the built-in --corpus)"})
+    eval_text: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "held-out UTF-8 text files for evaluation (default: a held-out split of the training text: "
+                "5 percent of its 16-line passages, chosen by a hash)"})
+    packing: bool = _f(True, "real text: concatenate lines and cut them into full max-length blocks (as Hugging "
+                       "Face's group_texts); --no-packing makes one example per line, truncated at --max-length")
+    shuffle_buffer: int = _f(10000, "real text: examples held in the seeded shuffle buffer (1: file order)")
+    train_sentences: int = _f(20000, "synthetic sentences in the training set (ignored with real text)")
+    eval_sentences: int = _f(500, "held-out sentences (or blocks / lines of real text) for evaluation")
+    tokenizer_lines: int = _f(100000, "lines of real text the tokenizer is trained on (the synthetic set: all)")
     # Tokenizer
-    vocab_size: int = _f(1000, "WordPiece vocabulary size (at most; training stops once every word is whole)")
+    vocab_size: int | None = _f(None, "WordPiece vocabulary size (at most; training stops once every word is "
+                                "whole; unset: 1000; real text 2000)")
+    min_frequency: int = _f(2, "a pair of pieces seen fewer times is never merged into a new piece")
+    lowercase: bool = _f(True, "lowercase and strip accents (BERT uncased); --no-lowercase keeps case (cased)")
     tokenizer: str = _f("", "load this tokenizer.json instead of training one")
     # Model
     d_model: int = _f(128, "model width C")
@@ -68,16 +91,22 @@ class PretrainConfig(TrainConfig):
     dropout: float = _f(0.0, "dropout on embeddings, residual branches and attention weights")
     attention_backend: str = _f("sdpa", "attention backend", choices=("math", "sdpa", "flash"))
     # Batches
-    batch_size: int = _f(64, "sequences per micro-batch, per rank")
-    max_length: int = _f(48, "tokens per sequence, [CLS] and [SEP] included (longer ones are truncated)")
-    mlm_probability: float = _f(0.4, "share of tokens (or words) selected for prediction (mlm.2); BERT uses 0.15, "
-                                  "0.4 scores ~2.7x as many positions per step on a corpus this small")
+    batch_size: int | None = _f(None, "sequences per micro-batch, per rank (unset: 64; real text 32)")
+    max_length: int | None = _f(None, "tokens per sequence, [CLS] and [SEP] included (longer ones are truncated; "
+                                "unset: 48; real text 128)")
+    mlm_probability: float | None = _f(None, "share of tokens (or words) selected for prediction (mlm.2); BERT uses "
+                                       "0.15 (unset: 0.4, which scores ~2.7x as many positions per step on the "
+                                       "small synthetic corpus; real text 0.15)")
     whole_word: bool = _f(False, "select whole words, all their WordPiece pieces together (mlm.4)")
     threads: int = _f(1, "torch CPU threads per process (0: torch's default); one is fastest for a model this "
                           "small when anything else runs on a 2-core machine")
     compile: bool = _f(False, "torch.compile the hand-written kernel bodies (minitx.compile; pays compile time first)")
 
     def __post_init__(self) -> None:
+        real = bool(self.text) or self.corpus != "synthetic"
+        for name, values in REAL_TEXT_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, values[real])
         super().__post_init__()
         positive = ("train_sentences", "tokenizer_lines", "d_model", "n_layers", "n_heads", "d_ff", "batch_size")
         for name in positive:
@@ -97,12 +126,36 @@ class PretrainConfig(TrainConfig):
             raise ValueError(f"max_length: expected an int >= 4 ([CLS], [SEP] and some text), got {self.max_length}")
         if self.vocab_size <= 5:
             raise ValueError(f"vocab_size: expected an int > 5 (the special tokens), got {self.vocab_size}")
-        self.text = [self.text] if isinstance(self.text, str) else list(self.text)
-        for path in self.text:
-            if not Path(path).is_file():
-                raise ValueError(f"text: expected existing UTF-8 text files, got {str(path)!r} (no such file)")
+        self._check_corpus()
+
+    def _check_corpus(self) -> None:
+        if self.corpus not in ("synthetic", "shakespeare"):
+            raise ValueError(f"corpus: expected 'synthetic' or 'shakespeare', got {self.corpus!r}")
+        for name in ("shuffle_buffer", "min_frequency"):
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)!r}")
+        for name in ("text", "eval_text"):
+            value = getattr(self, name)
+            setattr(self, name, [value] if isinstance(value, str) else list(value))
+            for path in getattr(self, name):
+                if Path(path).is_dir():
+                    raise ValueError(f"{name}: expected UTF-8 text files, got the directory {str(path)!r}")
+                if not Path(path).is_file():
+                    raise ValueError(f"{name}: expected existing UTF-8 text files, got {str(path)!r} (no such file)")
+        if self.text and self.corpus != "synthetic":
+            raise ValueError(f"text: expected either --text files or --corpus {self.corpus}, got both")
+        if self.eval_text and not (self.text or self.corpus != "synthetic"):
+            raise ValueError("eval_text: expected with real text (--text or --corpus shakespeare); the synthetic "
+                             "language has its own held-out split")
+        if self.tokenizer and Path(self.tokenizer).is_dir():
+            raise ValueError(f"tokenizer: expected a tokenizer.json file, got the directory {self.tokenizer!r}")
         if self.tokenizer and not Path(self.tokenizer).is_file():
             raise ValueError(f"tokenizer: expected an existing tokenizer.json, got {self.tokenizer!r} (no such file)")
+
+    @property
+    def real_text(self) -> bool:
+        """Training on real text (--text files or a built-in real corpus), not the synthetic language."""
+        return bool(self.text) or self.corpus != "synthetic"
 
 
 @dataclass
@@ -124,79 +177,6 @@ def model_config(config: PretrainConfig, tokenizer: WordPieceTokenizer) -> BertC
 def _tokenizer_state(tok: WordPieceTokenizer) -> dict[str, Any]:
     return {"vocab": list(tok.vocab), "lowercase": tok.lowercase,
             "max_input_chars_per_word": tok.max_input_chars_per_word}
-
-
-# ----------------------------------------------------------------------------------------------- corpora
-class SyntheticCorpus:
-    """The built-in language: a fixed training set, held-out validation sentences with determined positions."""
-
-    def __init__(self, config: PretrainConfig):
-        lang = SyntheticLanguage(config.seed)
-        self.config = config
-        self.train_examples = lang.sentences(config.train_sentences, "train")
-        self.eval_examples = lang.sentences(config.eval_sentences, "validation")
-        self.probe_sentences = self.eval_examples
-
-    def tokenizer_texts(self) -> list[str]:
-        return [s.text for s in self.train_examples]
-
-    def batch_fn(self, tokenizer: WordPieceTokenizer):
-        cfg = self.config
-
-        def batch(step: int, micro: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
-            index = (step - 1) * cfg.grad_accum_steps + micro  # the micro-batch's place in the stream, from 0
-            return mlm_batch(self.train_examples, tokenizer, cfg.batch_size, index, cfg.seed, rank, world_size,
-                             cfg.max_length, cfg.mlm_probability, cfg.whole_word)
-        return batch
-
-
-class TextCorpus:
-    """User text files, one example per line, never held whole: a line belongs to the train or the held-out
-    split by a hash of its text (corpus.split_of), so the split is stable and needs no pass over the files."""
-
-    def __init__(self, config: PretrainConfig):
-        self.config = config
-        self.eval_examples = list(itertools.islice(self._lines("validation"), config.eval_sentences))
-        self.probe_sentences = []  # plain text marks no determined positions
-        if config.eval_sentences and not self.eval_examples:
-            warnings.warn(f"text: no held-out lines in {config.text} (a line is held out by a hash of its text, "
-                          f"about 1 in 10 distinct lines); evaluation will report nothing")
-        if next(self._lines("train"), None) is None:
-            raise ValueError(f"text: expected at least one non-empty training line in {config.text}, found none")
-
-    def _lines(self, split: str) -> Iterator[str]:
-        return (line for line in iter_text_files(self.config.text) if split_of(line) == split)
-
-    def tokenizer_texts(self) -> Iterator[str]:
-        return itertools.islice(self._lines("train"), self.config.tokenizer_lines)
-
-    def rank_stream(self, rank: int, world_size: int, start: int) -> Iterator[list[str]]:
-        """Rank r's micro-batches from number `start` on: its lines are r, r + W, ... of the train split, the
-        files replayed in order epoch after epoch; skipping to `start` reads lines but tokenizes none."""
-        lines = itertools.chain.from_iterable(self._lines("train") for _ in itertools.count())
-        mine = itertools.islice(lines, rank, None, world_size)
-        size = self.config.batch_size
-        skipped = itertools.islice(mine, start * size, None)
-        while True:
-            yield list(itertools.islice(skipped, size))
-
-    def batch_fn(self, tokenizer: WordPieceTokenizer):
-        cfg, state = self.config, {"next": None, "stream": None}
-
-        def batch(step: int, micro: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
-            index = (step - 1) * cfg.grad_accum_steps + micro
-            if state["next"] != index:  # a resume or a jump: reopen the files at the right place
-                state["stream"] = self.rank_stream(rank, world_size, index)
-            state["next"] = index + 1
-            lines = next(state["stream"])
-            # One chunk, one epoch of mlm_batch: every line once; masks are a function of (seed, index, rank).
-            return mlm_batch(lines, tokenizer, len(lines), index, seed_for(cfg.seed, rank), 0, 1,
-                             cfg.max_length, cfg.mlm_probability, cfg.whole_word)
-        return batch
-
-
-def build_corpus(config: PretrainConfig) -> SyntheticCorpus | TextCorpus:
-    return TextCorpus(config) if config.text else SyntheticCorpus(config)
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -260,7 +240,8 @@ def _get_tokenizer(config: PretrainConfig, corpus: Any, out: Path | None) -> Wor
             pass
     if config.resume and out is not None and (out / "tokenizer.json").is_file():
         return WordPieceTokenizer.load(out / "tokenizer.json")
-    return WordPieceTokenizer.train(corpus.tokenizer_texts(), config.vocab_size)
+    return WordPieceTokenizer.train(corpus.tokenizer_texts(), config.vocab_size, config.min_frequency,
+                                    config.lowercase)
 
 
 def _summary(config: PretrainConfig, result: TrainResult, model: BertForMaskedLM, tokenizer: WordPieceTokenizer,
@@ -273,10 +254,12 @@ def _summary(config: PretrainConfig, result: TrainResult, model: BertForMaskedLM
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": tokenizer.vocab_size,
         "world_size": D.world_info().world_size,
-        "corpus": "text files" if config.text else "synthetic",
+        "corpus": "text files" if config.text else config.corpus,
         "out_dir": config.out_dir or None,
         "train": {k: v for k, v in result.metrics.items() if k not in ("step", "split")},
-        "eval": {k: v for k, v in ev.items() if k in ("loss", "perplexity", "masked_accuracy")},
+        "eval": {k: v for k, v in ev.items() if k in ("loss", "perplexity", "masked_accuracy", "unigram_loss",
+                                                      "unigram_accuracy", "accuracy_at_mask",
+                                                      "unigram_accuracy_at_mask")},
         "determined": {"accuracy": ev.get("probe_accuracy"), "chance": ev.get("chance"),
                        "per_kind": {k: {"accuracy": ev[f"probe_accuracy_{k}"], "chance": ev[f"chance_{k}"],
                                         "probes": int(ev[f"probes_{k}"])} for k in kinds}} if kinds else None,
@@ -292,6 +275,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if ev:
         rows += [("eval loss", f"{ev['loss']:.4f}"), ("eval perplexity", f"{ev['perplexity']:.3f}"),
                  ("eval masked accuracy", f"{ev['masked_accuracy']:.2%}")]
+        if "unigram_loss" in ev:  # real text: the context-free baseline beside the model
+            rows += [("unigram baseline", f"loss {ev['unigram_loss']:.4f}, accuracy {ev['unigram_accuracy']:.2%}")]
+        if "accuracy_at_mask" in ev:
+            rows += [("accuracy at [MASK]", f"{ev['accuracy_at_mask']:.2%}  (unigram "
+                                            f"{ev['unigram_accuracy_at_mask']:.2%})")]
     det = summary.get("determined")
     if det:
         for kind, v in det["per_kind"].items():

@@ -1,27 +1,46 @@
 """A WordPiece tokenizer, trained from scratch, as BERT uses it.
 
-Text -> normalized text (optional lowercasing and accent stripping) -> words (split on whitespace, every
-punctuation mark and CJK character its own word: minitx.pretokenize) -> pieces, greedy longest-match-first,
+Text -> normalized text (BERT's BasicTokenizer: control characters dropped, CJK ideographs and punctuation split
+off, optional lowercasing with accent stripping: minitx.pretokenize) -> words -> pieces, greedy longest-match-first,
 continuation pieces prefixed with `##`; a word with no complete segmentation (or longer than
-`max_input_chars_per_word`) is [UNK].
-Training grows the vocabulary from single characters by merging the adjacent pair with the best score
-count(ab) / (count(a) count(b)) (the WordPiece likelihood criterion), until `vocab_size` is reached.
+`max_input_chars_per_word`) is [UNK]. Training (minitx.wordpiece_train) grows the vocabulary from single
+characters by merging the most frequent adjacent pair, as the `tokenizers` WordPiece trainer does.
+The special tokens are found by name, anywhere in the vocabulary, so a Hugging Face `vocab.txt` ([PAD] = 0,
+[UNK] = 100, [CLS] = 101, ... in bert-base) loads as it is. Guide: docs/tokenizer.md.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from minitx.pretokenize import pre_tokenize
+from minitx.pretokenize import iter_words, pre_tokenize
+from minitx.wordpiece_train import CRITERIA, learn_vocabulary
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, in this order
+__all__ = ["WordPieceTokenizer", "Encoding", "SPECIAL_TOKENS", "pre_tokenize", "learn_vocabulary",
+           "truncated_lengths"]
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # a trained vocabulary puts them at ids 0..4
 FORMAT_VERSION = 1
+_WORD_CACHE_SIZE = 200_000  # words whose pieces are remembered (a corpus repeats its words)
+
+
+def truncated_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """Segment lengths after BERT's longest-first truncation (truncate_seq_pair: while too long, drop a token
+    from the longer segment, from A on a tie), in closed form: any length costs O(1)."""
+    if len_a + len_b <= budget:
+        return len_a, len_b
+    if len_a >= len_b and budget - len_b >= len_b:
+        return budget - len_b, len_b
+    if len_a < len_b and budget - len_a >= len_a:
+        return len_a, budget - len_a
+    return budget // 2, budget - budget // 2
 
 
 @dataclass
@@ -39,91 +58,140 @@ class Encoding:
 
 
 class WordPieceTokenizer:
-    """vocab: tokens in id order; the first five must be SPECIAL_TOKENS."""
+    """vocab: tokens in id order; it must hold the five SPECIAL_TOKENS (anywhere: ids are looked up by name).
+    lowercase=False is the cased mode (no lowercasing, accents kept), as BERT's cased checkpoints."""
 
     def __init__(self, vocab: Sequence[str], lowercase: bool = True, max_input_chars_per_word: int = 100):
         vocab = list(vocab)
-        if tuple(vocab[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
-            raise ValueError(f"vocab: expected to start with {list(SPECIAL_TOKENS)}, got {vocab[:5]}")
         if len(set(vocab)) != len(vocab) or not all(isinstance(t, str) and t for t in vocab):
             raise ValueError("vocab: expected unique non-empty strings")
-        if not isinstance(max_input_chars_per_word, int) or max_input_chars_per_word < 1:
+        missing = [t for t in SPECIAL_TOKENS if t not in set(vocab)]
+        if missing:
+            raise ValueError(f"vocab: expected to hold the special tokens {list(SPECIAL_TOKENS)}, "
+                             f"missing {missing}")
+        if type(max_input_chars_per_word) is not int or max_input_chars_per_word < 1:  # bool is refused too
             raise ValueError(f"max_input_chars_per_word: expected a positive int, got {max_input_chars_per_word!r}")
+        if not isinstance(lowercase, bool):
+            raise TypeError(f"lowercase: expected a bool, got {type(lowercase).__name__}")
         self.vocab = vocab
         self.token_to_id = {t: i for i, t in enumerate(vocab)}
-        self.lowercase = bool(lowercase)
+        self.lowercase = lowercase
         self.max_input_chars_per_word = max_input_chars_per_word
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = range(len(SPECIAL_TOKENS))
-        self.special_ids = list(range(len(SPECIAL_TOKENS)))
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.token_to_id[t]
+                                                                            for t in SPECIAL_TOKENS)
+        self.special_ids = sorted(self.token_to_id[t] for t in SPECIAL_TOKENS)
+        self._longest = max(len(t) for t in vocab)  # no piece is longer: bounds the greedy search
+        self._cache: dict[str, list[str]] = {}
 
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
 
-    # -- training ------------------------------------------------------------------------------------------
+    # -- training and loading ------------------------------------------------------------------------------
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2, lowercase: bool = True,
-              max_input_chars_per_word: int = 100) -> "WordPieceTokenizer":
-        """Learn a vocabulary: all characters seen, then best-scoring merges (pairs seen >= min_frequency)."""
+              max_input_chars_per_word: int = 100, criterion: str = "frequency") -> "WordPieceTokenizer":
+        """Learn a vocabulary (minitx.wordpiece_train): the specials, every character seen, then merges of
+        the most frequent adjacent pair (criterion="likelihood": the old WordPiece score) seen at least
+        `min_frequency` times, until `vocab_size` tokens or no pair is left."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError(f"texts: expected an iterable of strings (lines), got a single {type(texts).__name__}")
         if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
             raise ValueError(f"vocab_size: expected an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
         if not isinstance(min_frequency, int) or min_frequency < 1:
             raise ValueError(f"min_frequency: expected a positive int, got {min_frequency!r}")
-        word_counts = Counter(w for t in texts for w in pre_tokenize(t, lowercase)
-                              if len(w) <= max_input_chars_per_word)
-        tokens = learn_vocabulary(word_counts, vocab_size - len(SPECIAL_TOKENS), min_frequency)
-        return cls(list(SPECIAL_TOKENS) + tokens, lowercase, max_input_chars_per_word)
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion: expected one of {CRITERIA}, got {criterion!r}")
+        word_counts: Counter = Counter()
+        for t in texts:
+            word_counts.update(w for w in pre_tokenize(t, lowercase) if len(w) <= max_input_chars_per_word)
+        tokens = learn_vocabulary(word_counts, vocab_size - len(SPECIAL_TOKENS), min_frequency, criterion)
+        return cls(list(SPECIAL_TOKENS) + [t for t in tokens if t not in SPECIAL_TOKENS], lowercase,
+                   max_input_chars_per_word)
+
+    @classmethod
+    def from_vocab_file(cls, path: str | Path, lowercase: bool = True,
+                        max_input_chars_per_word: int = 100) -> "WordPieceTokenizer":
+        """A Hugging Face `vocab.txt` (one token per line, line i = id i), e.g. bert-base-uncased's; pass
+        lowercase=False for a cased model (tokenizer_config.json's do_lower_case)."""
+        path = _readable_file(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"path: {str(path)!r} is not a UTF-8 vocab.txt ({e})") from None
+        vocab = [line.rstrip("\r") for line in text.split("\n")]
+        if vocab and vocab[-1] == "":
+            vocab.pop()  # the newline after the last token
+        try:
+            return cls(vocab, lowercase, max_input_chars_per_word)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"path: {str(path)!r}: malformed vocab.txt ({e})") from None
+
+    def save_vocab_file(self, path: str | Path) -> None:
+        """Write `vocab.txt` as Hugging Face's BertTokenizer reads it (one token per line, in id order)."""
+        Path(path).write_text("".join(t + "\n" for t in self.vocab), encoding="utf-8")
 
     # -- encoding ------------------------------------------------------------------------------------------
     def tokenize_word(self, word: str) -> list[str]:
         """Greedy longest-match-first pieces of one word, or ["[UNK]"] if it cannot be covered."""
         if len(word) > self.max_input_chars_per_word:
             return ["[UNK]"]
+        cached = self._cache.get(word)
+        if cached is not None:
+            return cached
         pieces, start = [], 0
         while start < len(word):
-            end = len(word)
+            end = min(len(word), start + self._longest)
             while end > start:
                 piece = word[start:end] if start == 0 else "##" + word[start:end]
                 if piece in self.token_to_id:
                     break
                 end -= 1
             if end == start:
-                return ["[UNK]"]
+                pieces = ["[UNK]"]
+                break
             pieces.append(piece)
             start = end
+        if len(self._cache) >= _WORD_CACHE_SIZE:
+            self._cache.clear()
+        self._cache[word] = pieces
         return pieces
 
-    def _segment(self, text: str | Sequence[str]) -> tuple[list[str], list[int]]:
-        """Tokens and word ids of one segment; a list of strings is taken as already split into words."""
+    def _iter_segment(self, text: str | Sequence[str]) -> Iterator[tuple[str, int]]:
+        """(token, word id) of one segment, lazily; a list of strings is taken as already split into words."""
         if isinstance(text, str):
-            words = pre_tokenize(text, self.lowercase)
-            groups = [[w] for w in words]
+            groups: Iterable = ((i, (w,)) for i, w in enumerate(iter_words(text, self.lowercase)))
         elif isinstance(text, (list, tuple)) and all(isinstance(w, str) for w in text):
-            groups = [pre_tokenize(w, self.lowercase) for w in text]  # word i may split further; ids stay i
+            groups = ((i, iter_words(w, self.lowercase)) for i, w in enumerate(text))  # word i may split
         else:
             raise TypeError(f"text: expected str or list[str], got {type(text).__name__}")
-        tokens, word_ids = [], []
-        for i, group in enumerate(groups):
-            for w in group:
-                pieces = self.tokenize_word(w)
-                tokens += pieces
-                word_ids += [i] * len(pieces)
-        return tokens, word_ids
+        for i, words in groups:
+            for w in words:
+                for piece in self.tokenize_word(w):
+                    yield piece, i
+
+    def _segment(self, text: str | Sequence[str], limit: int | None = None) -> tuple[list[str], list[int]]:
+        """Tokens and word ids of one segment; with `limit`, only the first `limit` (the rest is never made)."""
+        pairs = list(islice(self._iter_segment(text), limit))
+        return [t for t, _ in pairs], [w for _, w in pairs]
 
     def encode(self, text: str | Sequence[str], pair: str | Sequence[str] | None = None,
                max_length: int | None = None) -> Encoding:
-        """[CLS] A [SEP] (B [SEP]); truncation removes tokens from the end of the longer segment first."""
-        a, a_words = self._segment(text)
-        b, b_words = self._segment(pair) if pair is not None else ([], [])
+        """[CLS] A [SEP] (B [SEP]); truncation removes tokens from the end of the longer segment first.
+
+        With max_length, a segment is tokenized only as far as it can be kept, so a 1 MB line costs what its
+        first max_length tokens cost."""
         n_special = 3 if pair is not None else 2
+        limit = None
         if max_length is not None:
-            if not isinstance(max_length, int) or max_length < n_special:
+            if type(max_length) is not int or max_length < n_special:
                 raise ValueError(f"max_length: expected an int >= {n_special}, got {max_length!r}")
-            while len(a) + len(b) + n_special > max_length:  # longest-first, as BERT's truncate_seq_pair
-                if len(a) >= len(b):
-                    a, a_words = a[:-1], a_words[:-1]
-                else:
-                    b, b_words = b[:-1], b_words[:-1]
+            limit = max_length - n_special + 1  # one past the budget tells "longer than the budget" apart
+        a, a_words = self._segment(text, limit)
+        b, b_words = self._segment(pair, limit) if pair is not None else ([], [])
+        if max_length is not None:
+            keep_a, keep_b = truncated_lengths(len(a), len(b), max_length - n_special)
+            a, a_words, b, b_words = a[:keep_a], a_words[:keep_a], b[:keep_b], b_words[:keep_b]
         tokens = ["[CLS]"] + a + ["[SEP]"]
         word_ids: list[int | None] = [None] + a_words + [None]
         type_ids = [0] * len(tokens)
@@ -194,16 +262,19 @@ class WordPieceTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> "WordPieceTokenizer":
+        """A tokenizer.json written by `save` (any minitx version so far); a malformed file raises ValueError."""
+        path = _readable_file(path)
         try:
-            state = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"path: {str(path)!r} is not a valid tokenizer JSON file ({e})") from None
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ValueError(f"path: {str(path)!r} is not a valid tokenizer JSON file "
+                             f"({type(e).__name__}: {str(e)[:200]})") from None
         expected = {"type": "wordpiece", "version": FORMAT_VERSION}
         if not isinstance(state, dict) or any(state.get(k) != v for k, v in expected.items()):
             got = {k: state.get(k) for k in expected} if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"path: {str(path)!r}: expected a tokenizer file with {expected}, got {got}")
         for key, kind in (("vocab", list), ("lowercase", bool), ("max_input_chars_per_word", int)):
-            if not isinstance(state.get(key), kind):
+            if type(state.get(key)) is not kind:  # exact: JSON true is not an int here
                 raise ValueError(f"path: {str(path)!r}: field {key!r} should be a {kind.__name__}, "
                                  f"got {type(state.get(key)).__name__}")
         try:
@@ -212,66 +283,13 @@ class WordPieceTokenizer:
             raise ValueError(f"path: {str(path)!r}: malformed tokenizer ({e})") from None
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Training: the WordPiece merge loop
-
-def _pairs(symbols: list[str]) -> list[tuple[str, str]]:
-    return list(zip(symbols, symbols[1:]))
-
-
-def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    out, i = [], 0
-    while i < len(symbols):
-        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
-            out.append(pair[0] + pair[1][2:])  # "ab" + "##c" -> "abc"; "##ab" + "##c" -> "##abc"
-            i += 2
-        else:
-            out.append(symbols[i])
-            i += 1
-    return out
-
-
-def learn_vocabulary(word_counts: dict[str, int], budget: int, min_frequency: int = 2) -> list[str]:
-    """Up to `budget` tokens: every character (word-initial, or `##` continuation) seen, then merges.
-
-    Each step merges the adjacent pair (a, b) maximizing count(ab) / (count(a) count(b)) among pairs seen at
-    least `min_frequency` times (ties: the lexicographically largest pair), updating counts only for the
-    words that contain it. A word that is one token needs no more merges, so training stops early once every
-    word is whole.
-    """
-    words = sorted(word_counts)  # sorted: the result never depends on the iteration order of the input
-    splits = [[w[0]] + ["##" + c for c in w[1:]] for w in words]
-    counts = [word_counts[w] for w in words]
-    tokens = sorted({s for symbols in splits for s in symbols})[:budget]
-    token_counts: Counter = Counter()
-    pair_counts: Counter = Counter()
-    where: dict[tuple[str, str], set[int]] = defaultdict(set)
-
-    def account(i: int, sign: int) -> None:
-        for s in splits[i]:
-            token_counts[s] += sign * counts[i]
-        for p in _pairs(splits[i]):
-            pair_counts[p] += sign * counts[i]
-            if sign > 0:
-                where[p].add(i)
-            elif pair_counts[p] <= 0:
-                del pair_counts[p]
-
-    for i in range(len(words)):
-        account(i, +1)
-    known = set(tokens)
-    while len(tokens) < budget:
-        candidates = [p for p, c in pair_counts.items() if c >= min_frequency]
-        if not candidates:
-            break
-        best = max(candidates, key=lambda p: (pair_counts[p] / (token_counts[p[0]] * token_counts[p[1]]), p))
-        for i in sorted(where.pop(best)):
-            if best in _pairs(splits[i]):
-                account(i, -1)
-                splits[i] = _merge(splits[i], best)
-                account(i, +1)
-        new = best[0] + best[1][2:]
-        if new not in known:
-            known.add(new)
-            tokens.append(new)
-    return tokens
+def _readable_file(path: str | Path) -> Path:
+    """`path` as a Path if it names an existing regular file, else a ValueError saying what it is instead."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path: expected a str or Path, got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path: expected a tokenizer file, got the directory {str(path)!r}")
+    if not path.is_file():
+        raise ValueError(f"path: expected an existing tokenizer file, got {str(path)!r} (no such file)")
+    return path

@@ -208,3 +208,23 @@ def test_intensifiers_only_in_pretraining_text_and_they_match_the_adjective():
         polar += sum(w in POSITIVE | NEGATIVE for w in p.words)
         assert [c.words[i] for i in sorted(c.determined)] == [p.words[i] for i in sorted(p.determined)]
     assert abs(inserted / polar - corpus.P_INTENSIFIER) < 0.03
+
+
+def test_iter_text_files_refuses_directories_and_binary_files_by_name(tmp_path):
+    with pytest.raises(ValueError, match="directory"):
+        list(iter_text_files(tmp_path))
+    binary = tmp_path / "photo.jpg"
+    binary.write_bytes(b"first line\n" + bytes([0xFF, 0xD8, 0xFF, 0xE0]) * 50)
+    lines = iter_text_files(binary)
+    with pytest.raises(ValueError, match="photo.jpg.*not utf-8"):
+        list(lines)
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("café\n".encode("latin-1"))
+    assert list(iter_text_files(latin, encoding="latin-1")) == ["café"]  # another encoding, when asked for
+
+
+def test_packaged_corpus_streams_lines():
+    from minitx.corpora import iter_corpus_lines
+    lines = iter_corpus_lines("shakespeare")
+    assert next(lines) == "First Citizen:" and next(lines).startswith("Before we proceed")
+    assert all(line.strip() for line in itertools.islice(lines, 1000))  # blank lines skipped

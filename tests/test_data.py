@@ -194,3 +194,16 @@ def test_stream_batches_resume_exactly_and_split_lines_by_rank(tokenizer_and_sen
     assert [tok.decode(r) for b in clean for r in b["input_ids"]] == lines[1::2]
     uneven = list(stream_mlm_batches(iter(lines + ["a b", "c d"]), tok, 4, seed=3, rank=1, world_size=2))
     assert len(uneven) == 5  # rank 1's 21st line would start a short batch: dropped, as documented
+
+
+def test_packed_encodings_are_batched_as_they_are():
+    from minitx.text_data import pack_lines
+    tok = WordPieceTokenizer.train(["the cat sat on the mat", "a dog ran far away"] * 4, vocab_size=80)
+    blocks = list(pack_lines(["the cat sat on the mat", "a dog ran far away"] * 4, tok, max_length=8))
+    batch = mlm_batch(blocks, tok, batch_size=len(blocks), step=0, seed=0, max_length=8, mlm_probability=0.5)
+    assert batch["input_ids"].shape == (len(blocks), 8) and bool(batch["attention_mask"].all())
+    original = torch.where(batch["labels"] == -100, batch["input_ids"], batch["labels"])  # undo the masking
+    assert sorted(original.tolist()) == sorted(b.ids for b in blocks)  # the blocks, in a seeded order
+    assert (batch["labels"] != -100).any()
+    with pytest.raises(ValueError, match="max_length"):
+        mlm_batch(blocks, tok, batch_size=2, step=0, seed=0, max_length=6)

@@ -177,7 +177,7 @@ def test_fill_mask_probabilities_are_sorted_and_sum_to_at_most_one(n_masks, top_
     for cands, everything in zip(preds, full):
         probs = [p for _, p in cands]
         assert len(cands) == top_k and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
-        assert sum(p for _, p in everything) == pytest.approx(1.0, abs=1e-5)  # the whole softmax
+        assert 0 < sum(p for _, p in everything) <= 1 + 1e-6  # the softmax less specials and ## pieces
         assert cands == everything[:top_k]
 
 
@@ -229,7 +229,7 @@ def test_text_corpus_batches_are_pure_and_ranks_disjoint(tmp_path):
     lines = [f"line {i} says the word w{i % 7} ." for i in range(300)]
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = tiny(tmp_path, text=[str(path)], batch_size=4, eval_sentences=10)
+    cfg = tiny(tmp_path, text=[str(path)], batch_size=4, eval_sentences=10, packing=False)  # lines: hashable
     corpus = P.build_corpus(cfg)
     tok = WordPieceTokenizer.train(corpus.tokenizer_texts(), 200)
     fn = corpus.batch_fn(tok)

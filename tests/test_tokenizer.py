@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minitx.corpus import SyntheticLanguage
-from minitx.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, learn_vocabulary, pre_tokenize
+from minitx.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, learn_vocabulary, pre_tokenize, truncated_lengths
 
 SMALL_TEXT = """The quick brown fox jumps over the lazy dog. Café au lait, s'il vous plaît!
 Tokenizers split unbelievable words into pieces; un-tokenizable ones become [UNK].
@@ -47,13 +47,56 @@ def test_greedy_longest_match_first():
     assert short.tokenize_word("abbc") == ["[UNK]"] and short.tokenize_word("abc") == ["ab", "##c"]
 
 
-def test_training_uses_the_wordpiece_score_not_the_raw_count():
+def test_training_merges_the_most_frequent_pair_and_keeps_the_likelihood_option():
     # counts: a=6, c=1, ##b=5, ##c=2; pairs: (a,##b)=4 -> 4/30, (a,##c)=2 -> 2/12, (c,##b)=1 -> 1/5.
     counts = {"ab": 4, "ac": 2, "cb": 1}
     alphabet = ["##b", "##c", "a", "c"]
-    assert learn_vocabulary(counts, budget=5, min_frequency=1) == alphabet + ["cb"]  # BPE would merge "ab"
-    assert learn_vocabulary(counts, budget=5, min_frequency=2) == alphabet + ["ac"]  # (c,##b) seen only once
-    assert learn_vocabulary(counts, budget=3, min_frequency=1) == alphabet[:3]
+    assert learn_vocabulary(counts, budget=5, min_frequency=1) == alphabet + ["ab"]  # the most frequent pair
+    assert learn_vocabulary(counts, budget=7, min_frequency=1) == alphabet + ["ab", "ac", "cb"]
+    assert learn_vocabulary(counts, budget=7, min_frequency=3) == alphabet + ["ab"]  # (a,##c) seen only twice
+    # The likelihood score count(ab) / (count(a) count(b)) prefers the rare pair (c,##b) instead.
+    assert learn_vocabulary(counts, budget=5, min_frequency=1, criterion="likelihood") == alphabet + ["cb"]
+    assert learn_vocabulary(counts, budget=5, min_frequency=2, criterion="likelihood") == alphabet + ["ac"]
+    # A budget smaller than the alphabet keeps the most frequent characters: a (6), ##b (5), ##c (2).
+    assert learn_vocabulary(counts, budget=3, min_frequency=1) == ["##b", "##c", "a"]
+    with pytest.raises(ValueError, match="criterion"):
+        learn_vocabulary(counts, budget=5, criterion="bpe")
+
+
+def test_incremental_counts_equal_a_full_recount():
+    # The heap-and-index trainer must pick, at every step, the pair a from-scratch recount would pick.
+    import random
+    rng = random.Random(0)
+    counts = {"".join(rng.choice("abcd") for _ in range(rng.randint(1, 7))): rng.randint(1, 9) for _ in range(60)}
+
+    def naive(word_counts, budget):
+        words = sorted(word_counts)
+        splits = {w: [w[0]] + ["##" + c for c in w[1:]] for w in words}
+        tokens = sorted({s for sp in splits.values() for s in sp})
+        while len(tokens) < budget:
+            pairs = {}
+            for w in words:
+                for p in zip(splits[w], splits[w][1:]):
+                    pairs[p] = pairs.get(p, 0) + word_counts[w]
+            pairs = {p: c for p, c in pairs.items() if c >= 2}
+            if not pairs:
+                break
+            best = min(pairs, key=lambda p: (-pairs[p], p))
+            for w in words:
+                sp, out, i = splits[w], [], 0
+                while i < len(sp):
+                    if i + 1 < len(sp) and (sp[i], sp[i + 1]) == best:
+                        out.append(best[0] + best[1][2:])
+                        i += 2
+                    else:
+                        out.append(sp[i])
+                        i += 1
+                splits[w] = out
+            if best[0] + best[1][2:] not in tokens:
+                tokens.append(best[0] + best[1][2:])
+        return tokens
+
+    assert learn_vocabulary(counts, budget=60) == naive(counts, 60)
 
 
 def test_training_is_deterministic_and_order_free():
@@ -197,3 +240,135 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="vocab"):
         WordPieceTokenizer(["a", "b"])
     assert torch.is_tensor(WordPieceTokenizer(list(SPECIAL_TOKENS)).encode_batch(["x"])["input_ids"])
+
+
+# ----------------------------------------------------------------------------------------------- BERT's rules
+UNICODE_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.text(
+    alphabet=st.sampled_from(list("aZé\u0301İΣς日本語한국\u3000\u00a0\u200b\x00\x1c\x85\ufffd\u2028\t\n .,!¿—«»")),
+    max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(UNICODE_TEXT, st.booleans())
+def test_pre_tokenize_equals_transformers_basic_tokenizer(text, lowercase):
+    # BERT's BasicTokenizer as transformers ships it: controls dropped, CJK split, NFC, lowercasing with
+    # accent stripping (uncased) or neither (cased), punctuation split.
+    legacy = pytest.importorskip("transformers.models.bert.tokenization_bert_legacy")
+    assert pre_tokenize(text, lowercase) == legacy.BasicTokenizer(do_lower_case=lowercase).tokenize(text)
+
+
+def test_bert_normalisation_examples():
+    assert pre_tokenize("Héllo, WORLD!", lowercase=False) == ["Héllo", ",", "WORLD", "!"]  # cased keeps both
+    assert pre_tokenize("Ünïcödé") == ["unicode"]
+    assert pre_tokenize("中文字abc") == ["中", "文", "字", "abc"]  # CJK ideographs are words of their own
+    assert pre_tokenize("ひらがな한국어", lowercase=False) == ["ひらがな한국어"]  # kana, hangul: not CJK to BERT
+    assert pre_tokenize("が") == ["か"]  # uncased strips the dakuten (a combining mark after NFD), as BERT does
+    assert pre_tokenize("a\x1cb\u2028c") == ["ab", "c"]  # a control character vanishes; U+2028 separates
+    assert pre_tokenize("𠀀x") == ["𠀀", "x"]  # CJK extension B
+
+
+def test_cased_tokenizer_keeps_case():
+    texts = ["The King and the KING", "Romeo and Juliet"] * 3
+    cased = WordPieceTokenizer.train(texts, vocab_size=200, lowercase=False)
+    assert "King" in cased.token_to_id and "KING" in cased.token_to_id and "king" not in cased.token_to_id
+    assert cased.decode(cased.encode("The King").ids) == "The King"
+    assert WordPieceTokenizer.train(texts, vocab_size=200).decode(
+        WordPieceTokenizer.train(texts, vocab_size=200).encode("The King").ids) == "the king"
+
+
+def test_train_refuses_a_single_string():
+    with pytest.raises(TypeError, match="texts"):
+        WordPieceTokenizer.train("a string of text", vocab_size=50)
+
+
+# ----------------------------------------------------------------------------------------------- linear time
+def test_truncated_lengths_equal_berts_loop():
+    for la in range(0, 14):
+        for lb in range(0, 14):
+            for budget in range(0, 16):
+                a, b = la, lb
+                while a + b > budget:  # BERT's truncate_seq_pair
+                    if a >= b:
+                        a -= 1
+                    else:
+                        b -= 1
+                assert truncated_lengths(la, lb, budget) == (a, b), (la, lb, budget)
+
+
+def test_a_one_megabyte_line_encodes_in_under_two_seconds(small_tokenizer):
+    # Regression: truncation used to drop one token per loop pass (quadratic: ~590 s for 1 MB).
+    import time
+    line = ("the quick brown fox jumps over the lazy dog , again and again . " * 20000)[:1_000_000]
+    start = time.perf_counter()
+    full = small_tokenizer.encode(line)
+    cut = small_tokenizer.encode(line, max_length=128)
+    pair = small_tokenizer.encode(line, pair=line, max_length=128)
+    one_word = small_tokenizer.encode("x" * 1_000_000, max_length=16)  # one huge word: [UNK]
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2.0, f"{elapsed:.2f} s"
+    assert len(full) > 200_000 and len(cut) == len(pair) == 128 and one_word.tokens[1] == "[UNK]"
+    assert cut.ids[:-1] == full.ids[:127] and pair.type_ids.count(1) == 64
+
+
+# ----------------------------------------------------------------------------------------------- vocab.txt, files
+def test_hugging_face_vocab_txt_with_specials_anywhere(tmp_path):
+    # bert-base's layout: [PAD] 0, [unused*], [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, then the pieces.
+    transformers = pytest.importorskip("transformers")
+    words = ["the", "king", "and", "queen", "##s", "##ing", "go", "sing", ",", ".", "a", "##a", "q", "##u"]
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = WordPieceTokenizer.from_vocab_file(path)
+    assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 100, 101, 102, 103)
+    assert tok.special_ids == [0, 100, 101, 102, 103] and tok.vocab == vocab
+    hf = transformers.BertTokenizer(vocab=str(path), do_lower_case=True)  # transformers 5: vocab= takes the file
+    for text in ("The kings and queens sing, go.", "Singing queens", "xyz the", ""):
+        assert tok.encode(text, pair="a king").ids == hf(text, "a king")["input_ids"]
+        assert tok.encode(text).tokens == hf.convert_ids_to_tokens(hf(text)["input_ids"])
+    tok.save_vocab_file(tmp_path / "out.txt")
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
+    batch = tok.encode_batch(["the king", "go"])
+    assert batch["input_ids"][1, -1] == 0 and batch["special_tokens_mask"][0].tolist() == [1, 0, 0, 1]
+
+
+def test_masking_with_specials_elsewhere_never_draws_a_special(tmp_path):
+    from minitx.data import mask_tokens
+    special = [0, 100, 101, 102, 103]
+    ids = torch.full((256, 256), 200)
+    g = torch.Generator().manual_seed(0)
+    inputs, labels = mask_tokens(ids, torch.zeros_like(ids), 210, 103, mlm_probability=1.0, generator=g,
+                                 special_ids=special)
+    replaced = inputs[(inputs != 103) & (inputs != 200)]
+    assert replaced.numel() > 5000 and not any(int(i) in special for i in replaced.unique())
+    assert set(replaced.unique().tolist()) >= {1, 99, 104, 209}  # drawn from every non-special id
+
+
+def test_old_tokenizer_files_still_load(tmp_path):
+    path = tmp_path / "old.json"  # the version-1 format written before specials could live anywhere
+    path.write_text(json.dumps({"type": "wordpiece", "version": 1, "lowercase": True, "max_input_chars_per_word": 100,
+                                "vocab": list(SPECIAL_TOKENS) + ["the", "##s"]}), encoding="utf-8")
+    tok = WordPieceTokenizer.load(path)
+    assert tok.encode("the thes").tokens == ["[CLS]", "the", "the", "##s", "[SEP]"]
+    assert (tok.pad_id, tok.mask_id) == (0, 4)
+
+
+def test_hostile_tokenizer_files_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="directory"):
+        WordPieceTokenizer.load(tmp_path)
+    with pytest.raises(ValueError, match="no such file"):
+        WordPieceTokenizer.load(tmp_path / "missing.json")
+    path = tmp_path / "bool.json"
+    path.write_text(json.dumps({"type": "wordpiece", "version": 1, "lowercase": True, "max_input_chars_per_word": True,
+                                "vocab": list(SPECIAL_TOKENS)}), encoding="utf-8")
+    with pytest.raises(ValueError, match="max_input_chars_per_word"):
+        WordPieceTokenizer.load(path)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(ValueError, match="not a valid tokenizer JSON"):
+        WordPieceTokenizer.load(tmp_path / "deep.json")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00\x81" * 100)
+    with pytest.raises(ValueError, match="binary.json"):
+        WordPieceTokenizer.load(tmp_path / "binary.json")
+    with pytest.raises(ValueError, match="directory"):
+        WordPieceTokenizer.from_vocab_file(tmp_path)
+    with pytest.raises(ValueError, match="max_input_chars_per_word"):
+        WordPieceTokenizer(list(SPECIAL_TOKENS), max_input_chars_per_word=True)
