@@ -25,6 +25,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from minitx.tokenizer_files import JsonStateFile
+
 __all__ = ["ByteBPETokenizer", "bytes_to_unicode", "pre_tokenize_bytes"]
 
 _PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
@@ -116,8 +118,10 @@ def learn_merges(word_counts: dict[bytes, int], n_merges: int) -> list[tuple[byt
     return merges
 
 
-class ByteBPETokenizer:
+class ByteBPETokenizer(JsonStateFile):
     """`tokens[i]` is the byte string of id i; `merges` in rank order. Every single byte has an id."""
+
+    file_kind = "BPE tokenizer JSON file"
 
     def __init__(self, tokens: Sequence[bytes], merges: Sequence[tuple[bytes, bytes]]):
         tokens = [bytes(t) for t in tokens]
@@ -197,19 +201,6 @@ class ByteBPETokenizer:
         tokens = [_to_bytes(t, "tokens") for t in state["tokens"]]
         return cls(tokens, [_split_merge(m, "merges") for m in state["merges"]])
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.state(), ensure_ascii=False) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ByteBPETokenizer":
-        try:
-            state = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"path: {str(path)!r} is not a valid BPE tokenizer JSON file ({e})") from None
-        try:
-            return cls.from_state(state)
-        except ValueError as e:
-            raise ValueError(f"path: {str(path)!r}: {e}") from None
 
     @classmethod
     def from_gpt2_files(cls, vocab_json: str | Path, merges_txt: str | Path) -> "ByteBPETokenizer":

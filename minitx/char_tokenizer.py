@@ -7,17 +7,19 @@ character LM needs none, and an unknown character is an error, not a silent [UNK
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
+from minitx.tokenizer_files import JsonStateFile
+
 __all__ = ["CharTokenizer"]
 
 
-class CharTokenizer:
+class CharTokenizer(JsonStateFile):
     """`chars[i]` is the character with id i."""
+
+    file_kind = "character tokenizer JSON file"
 
     def __init__(self, chars: Sequence[str]):
         chars = list(chars)
@@ -75,16 +77,3 @@ class CharTokenizer:
                              f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
         return cls(state["chars"])
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.state(), ensure_ascii=False) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "CharTokenizer":
-        try:
-            state = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"path: {str(path)!r} is not a valid character tokenizer JSON file ({e})") from None
-        try:
-            return cls.from_state(state)
-        except ValueError as e:
-            raise ValueError(f"path: {str(path)!r}: {e}") from None

@@ -1,0 +1,38 @@
+"""Saving and loading a tokenizer as one JSON file: its `state()` dict, written as UTF-8.
+
+Shared by the decoder's tokenizers (`CharTokenizer`, `ByteBPETokenizer`): each defines `state()`, `from_state`
+and `file_kind` (the words an error uses for the file), and inherits `save` / `load` from `JsonStateFile`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class JsonStateFile:
+    """`save(path)` / `load(path)` on top of `state()` / `from_state(state)`; a bad file is a ValueError naming it."""
+
+    file_kind = "tokenizer JSON file"
+
+    def state(self) -> dict[str, Any]:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, state: dict) -> Any:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.state(), ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Any:
+        try:
+            state = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"path: {str(path)!r} is not a valid {cls.file_kind} ({e})") from None
+        try:
+            return cls.from_state(state)
+        except ValueError as e:
+            raise ValueError(f"path: {str(path)!r}: {e}") from None
