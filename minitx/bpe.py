@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from minitx.tokenizer_files import JsonStateFile
+from minitx.tokenizer_files import JsonStateFile, checked_ids
 
 __all__ = ["ByteBPETokenizer", "bytes_to_unicode", "pre_tokenize_bytes"]
 
@@ -179,13 +179,7 @@ class ByteBPETokenizer(JsonStateFile):
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         """The text of `ids`; a cut through a multi-byte character shows as U+FFFD."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        out = []
-        for i in ids:
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
-                raise ValueError(f"ids: expected ints in [0, {self.vocab_size}), got {i!r}")
-            out.append(self.tokens[i])
+        out = [self.tokens[i] for i in checked_ids(ids, self.vocab_size)]
         return b"".join(out).decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------ files

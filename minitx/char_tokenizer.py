@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from minitx.tokenizer_files import JsonStateFile
+from minitx.tokenizer_files import JsonStateFile, checked_ids
 
 __all__ = ["CharTokenizer"]
 
@@ -58,13 +58,7 @@ class CharTokenizer(JsonStateFile):
                              f"{self.vocab_size} characters") from None
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        out = []
-        for i in ids:
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
-                raise ValueError(f"ids: expected ints in [0, {self.vocab_size}), got {i!r}")
-            out.append(self.chars[i])
+        out = [self.chars[i] for i in checked_ids(ids, self.vocab_size)]
         return "".join(out)
 
     def state(self) -> dict:

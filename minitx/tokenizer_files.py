@@ -1,4 +1,4 @@
-"""Saving and loading a tokenizer as one JSON file: its `state()` dict, written as UTF-8.
+"""Saving and loading a tokenizer as one JSON file (its `state()` dict, written as UTF-8), and checking ids.
 
 Shared by the decoder's tokenizers (`CharTokenizer`, `ByteBPETokenizer`): each defines `state()`, `from_state`
 and `file_kind` (the words an error uses for the file), and inherits `save` / `load` from `JsonStateFile`.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+import torch
 
 
 class JsonStateFile:
@@ -36,3 +38,12 @@ class JsonStateFile:
             return cls.from_state(state)
         except ValueError as e:
             raise ValueError(f"path: {str(path)!r}: {e}") from None
+
+
+def checked_ids(ids: Iterable[int] | torch.Tensor, vocab_size: int) -> list[int]:
+    """`ids` as a list of ints, each checked to be in [0, vocab_size): what a decoder may look up."""
+    ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+            raise ValueError(f"ids: expected ints in [0, {vocab_size}), got {i!r}")
+    return ids
