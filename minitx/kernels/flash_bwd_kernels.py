@@ -10,7 +10,8 @@ query tile.
 import triton
 import triton.language as tl
 
-from minitx.kernels.flash_kernels import LOG2E, _dropout_keep, _inner_ranges, _load_rows, _scores, _sequence
+from minitx.kernels.flash_kernels import (LOG2E, _dropout_keep, _inner_ranges, _load_rows, _part, _scores,
+                                          _sequence)
 
 
 @triton.jit
@@ -103,12 +104,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
         lse_ptr = LSE + b * slb + h * slh + q0
         delta_ptr = DELTA + b * slb + h * slh + q0
         for part in tl.static_range(3):  # masked | interior (no mask) | masked
-            if part == 0:
-                start, end = lo, a
-            elif part == 1:
-                start, end = a, b_
-            else:
-                start, end = b_, hi
+            start, end = _part(part, lo, a, b_, hi)
             if part != 0 or HAS_RIGHT:  # the lower query bound comes from the right window edge
                 dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, start, end, cols, n_b,
                                      m_b, off, win_left, win_right, pad_row_ptr, slope2, sqn, sdn, qk_scale,
@@ -175,12 +171,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, SLOPES, CU_Q, CU_K,
     lo, a, b_, hi = _inner_ranges(start_n, n_b, m_b, off, win_left, win_right, BLOCK_N, BLOCK_M,
                                   HAS_LEFT, HAS_RIGHT)
     for part in tl.static_range(3):  # masked | interior (no mask) | masked
-        if part == 0:
-            start, end = lo, a
-        elif part == 1:
-            start, end = a, b_
-        else:
-            start, end = b_, hi
+        start, end = _part(part, lo, a, b_, hi)
         if part != 0 or HAS_LEFT:
             dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, start, end, rows, n_b, m_b, off, win_left,
                            win_right, pad_row_ptr, slope2, skm, svm, qk_scale, seed, p_drop, b * H + h, N, M,

@@ -73,6 +73,17 @@ def _inner_ranges(start, len_outer, len_inner, c, dl, dr,
 
 
 @triton.jit
+def _part(part: tl.constexpr, lo, a, b, hi):
+    """The bounds of part 0, 1 or 2 of the key loop that _inner_ranges split: [lo, a) | [a, b) | [b, hi)."""
+    if part == 0:
+        return lo, a
+    elif part == 1:
+        return a, b
+    else:
+        return b, hi
+
+
+@triton.jit
 def _scores(s, rows, cols, n_b, m_b, off, win_left, win_right, pad_row_ptr, slope2,
             MASKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
             HAS_ALIBI: tl.constexpr):
@@ -188,12 +199,7 @@ def _fwd_kernel(Q, K, V, O, LSE, MASK, SLOPES, CU_Q, CU_K,
     lo, a, b_, hi = _inner_ranges(start_n, n_b, m_b, off, win_left, win_right, BLOCK_N, BLOCK_M,
                                   HAS_LEFT, HAS_RIGHT)
     for part in tl.static_range(3):  # left edge (masked) | interior (no mask) | diagonal and end (masked)
-        if part == 0:
-            start, end = lo, a
-        elif part == 1:
-            start, end = a, b_
-        else:
-            start, end = b_, hi
+        start, end = _part(part, lo, a, b_, hi)
         if part != 0 or HAS_LEFT:  # without a left window edge [lo, a) is empty: emit no loop for it
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_src, v_src, start, end, rows, n_b, m_b, off,
                                        win_left, win_right, pad_row_ptr, slope2, skm, svm, qk_scale, seed,
