@@ -20,6 +20,7 @@ import torch
 from einops import rearrange
 
 from minitx.attention import attention
+from minitx.functional import causal_mask
 from minitx.models.gpt import GPT
 
 __all__ = ["KVCache", "bottom_right_causal_mask", "forward_cached", "sample_next", "iter_generate", "generate"]
@@ -48,10 +49,12 @@ class KVCache:
 def bottom_right_causal_mask(n: int, m: int, device=None) -> torch.Tensor:
     """Bool (N, M), True = may attend: key j allowed for query i iff j <= i + (M - N), (dec.9).
 
-    The last query sees every key; with M = N it is the ordinary causal mask (dec.2)."""
+    The last query sees every key; with M = N it is the ordinary causal mask (dec.2). A cache never holds
+    fewer keys than new queries, so N > M is refused here (`causal_mask(n, m, align="bottom_right")`, which
+    computes it, would give such queries no key)."""
     if not (isinstance(n, int) and isinstance(m, int)) or n < 0 or m < n:
         raise ValueError(f"n, m: expected ints with 0 <= n <= m (N queries over M keys), got {n!r}, {m!r}")
-    return torch.ones(n, m, dtype=torch.bool, device=device).tril(diagonal=m - n)
+    return causal_mask(n, m, device=device, align="bottom_right")
 
 
 def _cached_attention(block, h: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
@@ -61,13 +64,9 @@ def _cached_attention(block, h: torch.Tensor, cache: KVCache, layer: int) -> tor
     k = rearrange(mha.k_proj(h), "b n (h d) -> b h n d", h=mha.n_heads)
     v = rearrange(mha.v_proj(h), "b n (h d) -> b h n d", h=mha.n_heads)
     k, v = cache.append(layer, k, v)  # (B, H, M, D): (dec.6)
-    n, m = q.shape[2], k.shape[2]
-    if m == n:  # an empty cache: the ordinary causal mask, which every backend knows as is_causal
-        out = attention(q, k, v, backend=mha.backend, is_causal=True)
-    elif n == 1:  # (dec.7): one query may see all M keys, so no mask at all
-        out = attention(q, k, v, backend=mha.backend)
-    else:  # (dec.9): N new queries over M keys, aligned bottom-right
-        out = attention(q, k, v, backend=mha.backend, attn_mask=bottom_right_causal_mask(n, m, q.device))
+    # (dec.9): N new queries over M >= N keys, aligned bottom-right; with an empty cache (M = N) that is the
+    # ordinary causal mask, and one query (N = 1, dec.7) sees all M keys. Every backend, flash included, takes it.
+    out = attention(q, k, v, backend=mha.backend, is_causal=True, causal_align="bottom_right")
     return mha.out_proj(rearrange(out, "b h n d -> b n (h d)"))  # (B, H, N, D) -> (B, N, C)
 
 

@@ -159,6 +159,13 @@ def test_flash_backend_agrees_with_math_and_so_does_cached_generation(monkeypatc
         got = model(ids, attention_mask=mask).logits
     assert torch.allclose(ref[mask.bool()], got[mask.bool()], atol=1e-4)
     assert torch.equal(generate(model, ids[:, :3], 3, temperature=0), greedy)
+    # (dec.9) on the kernel: 3 new queries over 5 keys (2 cached), bottom-right aligned in the kernel itself
+    from minitx.generate import KVCache, forward_cached
+    cache = KVCache(len(model.blocks))
+    with torch.no_grad():
+        parts = torch.cat([forward_cached(model, ids[:, :2], cache), forward_cached(model, ids[:, 2:5], cache)], 1)
+    assert torch.allclose(parts[0], ref[0, :5], atol=1e-4)  # row 0 has no padding
+    assert torch.allclose(parts[1, :4], ref[1, :4], atol=1e-4)  # row 1: padding from position 4 (causal: unseen)
 
 
 def test_bias_free_as_nanogpt():
