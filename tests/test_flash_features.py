@@ -41,7 +41,7 @@ def _run(fn, q, k, v, dout, **kw):
     return [out.detach()] + [t.grad for t in leaves]
 
 
-def _agree(q, k, v, dout, **kw):
+def check_agrees_with_math(q, k, v, dout, **kw):
     """(flash.1) with the option(s) in `kw`: flash == math on out, dq, dk, dv (fp32, both ways)."""
     got = _run(lambda *t, **o: attention(*t, backend="flash", **o), q, k, v, dout, **kw)
     want = _run(lambda *t, **o: attention(*t, backend="math", **o), q, k, v, dout, **kw)
@@ -55,7 +55,7 @@ def _agree(q, k, v, dout, **kw):
 def test_grouped_and_multi_query_heads_match_repeated_math(h, h_kv):
     """(flash.18): query head i reads k/v head i // (H / H_kv); dK, dV sum over the group, in one program."""
     q, k, v, dout = _inputs(2, h, h_kv, 13, 21, 16)
-    _, _, dk, _ = _agree(q, k, v, dout, is_causal=True)
+    _, _, dk, _ = check_agrees_with_math(q, k, v, dout, is_causal=True)
     assert dk.shape == k.shape and dk.abs().sum() > 0
 
 
@@ -63,7 +63,7 @@ def test_grouped_and_multi_query_heads_match_repeated_math(h, h_kv):
 def test_head_dims_up_to_256(d):
     """(flash.8): D = 256 and a padded D = 160 (BLOCK_D 256)."""
     q, k, v, dout = _inputs(1, 2, 2, 9, 11, d)
-    _agree(q, k, v, dout, is_causal=True)
+    check_agrees_with_math(q, k, v, dout, is_causal=True)
 
 
 @pytest.mark.parametrize("n, m", [(7, 45), (45, 7), (33, 33)])
@@ -72,7 +72,7 @@ def test_bottom_right_causal_alignment(n, m):
     q, k, v, dout = _inputs(2, 2, 2, n, m, 16, seed=n)
     pad = torch.ones(2, m, dtype=torch.bool, device=DEVICE)
     pad[1, : m // 3] = False
-    out, dq, _, _ = _agree(q, k, v, dout, is_causal=True, causal_align="bottom_right", key_padding_mask=pad)
+    out, dq, _, _ = check_agrees_with_math(q, k, v, dout, is_causal=True, causal_align="bottom_right", key_padding_mask=pad)
     if n > m:
         assert torch.equal(out[:, :, : n - m], torch.zeros_like(out[:, :, : n - m]))
         assert torch.equal(dq[:, :, : n - m], torch.zeros_like(dq[:, :, : n - m]))
@@ -84,14 +84,14 @@ def test_sliding_window(window, causal, align):
     """(flash.10), (flash.17): a band wide enough for unmasked interior tiles (32 x 32 under the interpreter),
     narrow ones, and windows open on one side."""
     q, k, v, dout = _inputs(1, 2, 1, 75, 90, 16, seed=3)
-    _agree(q, k, v, dout, window=window, is_causal=causal, causal_align=align)
+    check_agrees_with_math(q, k, v, dout, window=window, is_causal=causal, causal_align=align)
 
 
 @pytest.mark.parametrize("causal, align", [(False, "top_left"), (True, "bottom_right")])
 def test_alibi_slopes_in_the_kernel(causal, align):
     """(flash.20): -slope_h |j - i - off| added in the kernel == the math backend's float bias."""
     q, k, v, dout = _inputs(1, 4, 2, 19, 40, 16, seed=5)
-    _agree(q, k, v, dout, alibi_slopes=alibi_slopes(4).to(DEVICE), is_causal=causal, causal_align=align)
+    check_agrees_with_math(q, k, v, dout, alibi_slopes=alibi_slopes(4).to(DEVICE), is_causal=causal, causal_align=align)
 
 
 def test_packed_variable_length_sequences():

@@ -78,7 +78,7 @@ def _backend_fn(backend, mask, padding):
     return fn
 
 
-def _check_rule(backend, dtype, size, mask, seed=0):
+def check_rule(backend, dtype, size, mask, seed=0):
     q, k, v, grad_out, padding = _inputs(*size, seed)
     allowed = _allowed(mask, padding, size[2], size[3])
     def textbook(*t):
@@ -97,7 +97,7 @@ def _check_rule(backend, dtype, size, mask, seed=0):
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
 def test_half_precision_meets_flash_attentions_rule(backend, mask, size, dtype):
     """(attn.13) for the readable path (math) and PyTorch's SDPA: outputs and all three gradients."""
-    _check_rule(backend, dtype, size, mask)
+    check_rule(backend, dtype, size, mask)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -109,7 +109,7 @@ def test_flash_kernel_float16_meets_the_same_rule(mask, size, dtype):
     pytest.importorskip("triton")
     if dtype == torch.bfloat16 and DEVICE == "cpu":
         pytest.skip("the Triton interpreter has no bfloat16")
-    _check_rule("flash", dtype, size, mask)
+    check_rule("flash", dtype, size, mask)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
