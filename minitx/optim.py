@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-if TYPE_CHECKING:  # only for annotations: train imports this module
-    from minitx.train import TrainConfig
+if TYPE_CHECKING:
+    from minitx.train_config import TrainConfig
 
 __all__ = ["lr_at", "parameter_groups"]
 
