@@ -27,6 +27,7 @@ import torch
 
 from minitx import distributed as D
 from minitx.char_tokenizer import CharTokenizer
+from minitx.corpora import CORPORA, corpus_file
 from minitx.models.gpt import GPT, GPTConfig, next_token_loss
 from minitx.seeding import seed_for
 from minitx.train import TrainConfig, TrainResult, _f, train
@@ -34,25 +35,19 @@ from minitx.train import TrainConfig, TrainResult, _f, train
 __all__ = ["LMConfig", "LMResult", "run_lm", "shakespeare_text", "split_ids", "lm_batch", "compact_ids",
            "SHAKESPEARE_SHA256"]
 
-SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-_PACKAGED = Path(__file__).resolve().parent / "corpora" / "tinyshakespeare.txt.gz"
-_SHARED = Path("/work/shared/data/tinyshakespeare.txt")
+SHAKESPEARE_SHA256 = CORPORA["shakespeare"][1]
 
 
 def shakespeare_text() -> str:
-    """Tiny Shakespeare (1,115,394 characters): the packaged copy if present, else $MINITX_SHAKESPEARE or the
-    shared data directory; the checksum proves it is the text nanoGPT trains on."""
-    candidates = [_PACKAGED, Path(os.environ.get("MINITX_SHAKESPEARE", _SHARED)), _SHARED]
-    for path in candidates:
-        if path.is_file():
-            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != SHAKESPEARE_SHA256:
-                raise ValueError(f"corpus: {path} is not tiny Shakespeare (sha256 {digest[:12]}..., expected "
-                                 f"{SHAKESPEARE_SHA256[:12]}...)")
-            return data.decode("utf-8")
-    raise ValueError(f"corpus: tiny Shakespeare not found (looked at {[str(p) for p in candidates]}); set "
-                     f"MINITX_SHAKESPEARE to a copy of tinyshakespeare.txt")
+    """Tiny Shakespeare (1,115,394 characters), the copy shipped in minitx.corpora; the checksum proves it is the
+    text nanoGPT trains on."""
+    path = corpus_file("shakespeare")
+    data = gzip.decompress(path.read_bytes())
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SHAKESPEARE_SHA256:
+        raise ValueError(f"corpus: {path} is not tiny Shakespeare (sha256 {digest[:12]}..., expected "
+                         f"{SHAKESPEARE_SHA256[:12]}...)")
+    return data.decode("utf-8")
 
 
 @dataclass

@@ -20,8 +20,8 @@ from minitx.attention import available_backends
 from minitx.blocks import EncoderBlock, LayerNorm
 from minitx.functional import gelu
 from minitx.positional import LearnedPositionalEmbedding
+from minitx.model_inputs import IGNORE_INDEX, check_ids, check_inputs, check_labels  # noqa: F401 (re-exported)
 
-IGNORE_INDEX = -100  # label of positions that carry no loss (as in PyTorch's cross_entropy and HF)
 
 
 def _help(text: str, **extra) -> dict:
@@ -85,43 +85,6 @@ class BertConfig:
         return cls(**values)
 
 
-def _check_ids(name: str, ids, shape: Optional[tuple], low: int, high: int, allowed: tuple[int, ...] = ()) -> None:
-    """`ids` an integer tensor (of `shape`, if given) with values in [low, high) or in `allowed`: one min/max."""
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of integer ids, got {type(ids).__name__}")
-    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
-        raise TypeError(f"{name}: expected an integer tensor (torch.long), got dtype {ids.dtype}")
-    if shape is not None and tuple(ids.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(ids.shape)}")
-    if ids.numel() == 0:
-        return
-    lo, hi = (int(v) for v in torch.aminmax(ids))
-    if lo >= low and hi < high:
-        return
-    bad = ids[((ids < low) | (ids >= high)) & ~torch.isin(ids, torch.tensor(allowed, dtype=ids.dtype,
-                                                                            device=ids.device))]
-    if bad.numel():
-        extra = f" or {', '.join(map(str, allowed))}" if allowed else ""
-        raise ValueError(f"{name}: expected ids in [{low}, {high}){extra}, got {int(bad[0])} "
-                         f"({bad.numel()} out of range; min {lo}, max {hi})")
-
-
-def check_inputs(config: "BertConfig", input_ids, attention_mask=None, token_type_ids=None) -> None:
-    """Refuse model inputs that would fail deep inside torch (an embedding lookup out of range) or be misread:
-    TypeError/ValueError naming the argument. Cheap: one min/max per tensor."""
-    _check_ids("input_ids", input_ids, None, 0, config.vocab_size)
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids: expected shape (B, N), got {tuple(input_ids.shape)}")
-    if attention_mask is not None:
-        if not isinstance(attention_mask, torch.Tensor):
-            raise TypeError(f"attention_mask: expected a torch.Tensor (B, N), got {type(attention_mask).__name__}")
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (1 = real token), "
-                             f"got {tuple(attention_mask.shape)}")
-    if token_type_ids is not None:
-        _check_ids("token_type_ids", token_type_ids, input_ids.shape, 0, config.type_vocab_size)
-
-
 class BertEmbeddings(nn.Module):
     """(bert.1): LayerNorm(token + position + segment embeddings), then dropout."""
 
@@ -176,17 +139,6 @@ class BertModel(nn.Module):
         for block in self.blocks:
             x = block(x, attention_mask=key_mask)
         return x if self.final_norm is None else self.final_norm(x)
-
-
-def _check_labels(config: "BertConfig", input_ids, labels, next_sentence_label) -> None:
-    """MLM labels: the shape of input_ids, ids in [0, V) or IGNORE_INDEX; next-sentence labels 0/1, one per row."""
-    if labels is None and next_sentence_label is None:
-        return
-    check_inputs(config, input_ids)
-    if labels is not None:
-        _check_ids("labels", labels, input_ids.shape, 0, config.vocab_size, allowed=(IGNORE_INDEX,))
-    if next_sentence_label is not None:
-        _check_ids("next_sentence_label", next_sentence_label, input_ids.shape[:1], 0, 2)
 
 
 class MLMHead(nn.Module):
@@ -275,7 +227,7 @@ class BertForMaskedLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 next_sentence_label: Optional[torch.Tensor] = None) -> MaskedLMOutput:
-        _check_labels(self.config, input_ids, labels, next_sentence_label)
+        check_labels(self.config, input_ids, labels, next_sentence_label)
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
         logits, loss, prediction_mask = self._mlm_logits_and_loss(hidden, input_ids, labels)
         nsp_logits = None
@@ -331,7 +283,7 @@ class BertForSequenceClassification(nn.Module):
                 labels: Optional[torch.Tensor] = None) -> ClassificationOutput:
         if labels is not None:
             check_inputs(self.config, input_ids)
-            _check_ids("labels", labels, input_ids.shape[:1], 0, self.num_labels)
+            check_ids("labels", labels, input_ids.shape[:1], 0, self.num_labels)
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
         pooled = self.pooler(hidden) if self.pooler is not None else hidden[:, 0]  # (B, C)
         logits = self.classifier(self.dropout(pooled))

@@ -23,10 +23,10 @@ from torch import nn
 
 from minitx.attention import available_backends
 from minitx.blocks import EncoderBlock, FeedForward, LayerNorm
+from minitx.model_inputs import IGNORE_INDEX  # one definition, shared with the encoder's MLM loss
 
 __all__ = ["GPTConfig", "GPT", "CausalLMOutput", "gelu_tanh", "IGNORE_INDEX", "ACTIVATIONS"]
 
-IGNORE_INDEX = -100  # a target that carries no loss (as in torch's cross_entropy and minitx.model)
 ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
