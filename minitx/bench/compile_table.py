@@ -177,6 +177,7 @@ def compile_parser(sub) -> argparse.ArgumentParser:
 
 
 def compile_main(args: argparse.Namespace) -> int:
+    import minitx.kernels  # noqa: F401 (without Triton: an ImportError that says what to install)
     import triton
 
     combos = None
