@@ -40,8 +40,8 @@ __all__ = ["PretrainConfig", "PretrainResult", "run_pretraining", "load_pretrain
 # wants longer sequences, a larger vocabulary, BERT's masking rate. A field left unset (None) takes the value for
 # its corpus; one given explicitly is kept. Chosen on tiny Shakespeare: docs/results/pretrain_shakespeare.md.
 REAL_TEXT_DEFAULTS: dict[str, Any] = {
-    "vocab_size": (1000, 2000), "max_length": (48, 128), "mlm_probability": (0.4, 0.15), "batch_size": (64, 32),
-    "max_steps": (600, 800), "eval_every": (150, 200), "warmup_steps": (60, 40),
+    "vocab_size": (1000, 1000), "max_length": (48, 64), "mlm_probability": (0.4, 0.3), "batch_size": (64, 64),
+    "max_steps": (600, 1800), "eval_every": (150, 300), "warmup_steps": (60, 80),
 }
 
 
@@ -51,11 +51,11 @@ class PretrainConfig(TrainConfig):
     The fields of REAL_TEXT_DEFAULTS left unset (None) take their corpus's default."""
     # Defaults retuned for MLM on the built-in language: ~2 minutes on 2 CPU cores (docs/results/pretrain_default.md).
     lr: float = _f(2e-3, "peak learning rate η, reached at the end of warmup (opt.5)")
-    warmup_steps: int | None = _f(None, "steps of linear warmup from 0 to lr (opt.5) (unset: 60; real text 40)")
-    max_steps: int | None = _f(None, "optimizer steps in the whole run (unset: 600; real text 800)")
+    warmup_steps: int | None = _f(None, "steps of linear warmup from 0 to lr (opt.5) (unset: 60; real text 80)")
+    max_steps: int | None = _f(None, "optimizer steps in the whole run (unset: 600; real text 1800)")
     log_every: int = _f(20, "write a train record to metrics.jsonl every this many steps")
     eval_every: int | None = _f(None, "evaluate on the held-out split every this many steps (0: only at the end; "
-                                "unset: 150; real text 200)")
+                                "unset: 150; real text 300)")
     out_dir: str = _f("runs/pretrain", "run directory: checkpoint, tokenizer, metrics, figures, summary")
     # Corpus
     corpus: str = _f("synthetic", "built-in corpus: the synthetic language (probed per kind of dependency) or tiny "
@@ -76,7 +76,7 @@ class PretrainConfig(TrainConfig):
     tokenizer_lines: int = _f(100000, "lines of real text the tokenizer is trained on (the synthetic set: all)")
     # Tokenizer
     vocab_size: int | None = _f(None, "WordPiece vocabulary size (at most; training stops once every word is "
-                                "whole; unset: 1000; real text 2000)")
+                                "whole; unset: 1000; real text 1000)")
     min_frequency: int = _f(2, "a pair of pieces seen fewer times is never merged into a new piece")
     lowercase: bool = _f(True, "lowercase and strip accents (BERT uncased); --no-lowercase keeps case (cased)")
     tokenizer: str = _f("", "load this tokenizer.json instead of training one")
@@ -91,12 +91,12 @@ class PretrainConfig(TrainConfig):
     dropout: float = _f(0.0, "dropout on embeddings, residual branches and attention weights")
     attention_backend: str = _f("sdpa", "attention backend", choices=("math", "sdpa", "flash"))
     # Batches
-    batch_size: int | None = _f(None, "sequences per micro-batch, per rank (unset: 64; real text 32)")
+    batch_size: int | None = _f(None, "sequences per micro-batch, per rank (unset: 64; real text 64)")
     max_length: int | None = _f(None, "tokens per sequence, [CLS] and [SEP] included (longer ones are truncated; "
-                                "unset: 48; real text 128)")
+                                "unset: 48; real text 64)")
     mlm_probability: float | None = _f(None, "share of tokens (or words) selected for prediction (mlm.2); BERT uses "
                                        "0.15 (unset: 0.4, which scores ~2.7x as many positions per step on the "
-                                       "small synthetic corpus; real text 0.15)")
+                                       "small synthetic corpus; real text 0.3)")
     whole_word: bool = _f(False, "select whole words, all their WordPiece pieces together (mlm.4)")
     threads: int = _f(1, "torch CPU threads per process (0: torch's default); one is fastest for a model this "
                           "small when anything else runs on a 2-core machine")
