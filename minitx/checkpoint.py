@@ -168,6 +168,18 @@ PAYLOAD_TYPES = {"step": int, "model": dict, "optimizer": (dict, type(None)), "s
                  "extra_state": (dict, type(None))}
 
 
+def read_run_checkpoint(path: str | os.PathLike, argument: str = "path",
+                        kind: str = "run directory") -> tuple[Path, dict[str, Any]]:
+    """(checkpoint path, verified payload) of a run directory or of its checkpoint.pt itself: what every
+    command that loads a trained run starts with (fill-mask, classify, generate)."""
+    path = Path(path)
+    ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise ValueError(f"{argument}: expected a {kind} holding checkpoint.pt, or a checkpoint file, "
+                         f"got {str(path)!r} (no such file)")
+    return ckpt, read_checkpoint(ckpt)
+
+
 def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """A JSON file that must hold an object (a manifest, model_config.json): CheckpointError naming the file
     when it is missing, unreadable, not JSON, too deeply nested, or valid JSON of another kind (null, a list)."""

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from minitx.checkpoint import CheckpointError, check_state_dict, read_checkpoint, read_json_object, require_keys
+from minitx.checkpoint import CheckpointError, check_state_dict, read_json_object, read_run_checkpoint, require_keys
 from minitx.model import BertConfig, BertForMaskedLM
 from minitx.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
@@ -25,11 +25,7 @@ def load_pretrained(path: str | Path) -> tuple[BertForMaskedLM, WordPieceTokeniz
     tokenizer come from its extra_state, or else from model_config.json / tokenizer.json beside it.
     """
     path = Path(path)
-    ckpt = path / "checkpoint.pt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise ValueError(f"path: expected a run directory holding checkpoint.pt, or a checkpoint file, "
-                         f"got {str(path)!r} (no such file)")
-    payload = read_checkpoint(ckpt)
+    ckpt, payload = read_run_checkpoint(path)
     extra = payload.get("extra_state") or {}
     if "model_config" in extra and "tokenizer" in extra:
         require_keys(extra, {"model_config": dict, "tokenizer": dict}, "extra_state", ckpt)

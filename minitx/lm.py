@@ -30,7 +30,7 @@ from minitx.char_tokenizer import CharTokenizer
 from minitx.corpora import CORPORA, corpus_file
 from minitx.models.gpt import GPT, GPTConfig, next_token_loss
 from minitx.seeding import seed_for
-from minitx.train import TrainConfig, TrainResult, _f, train
+from minitx.train import TrainConfig, TrainResult, _f, begin_recipe, train
 
 __all__ = ["LMConfig", "LMResult", "run_lm", "shakespeare_text", "split_ids", "lm_batch", "compact_ids",
            "SHAKESPEARE_SHA256"]
@@ -195,11 +195,7 @@ def _load_text(config: LMConfig) -> str:
 
 def run_lm(config: LMConfig) -> LMResult:
     """Tokenize the corpus, train a GPT as `config` says, and write the run directory (rank 0 only)."""
-    if not isinstance(config, LMConfig):
-        raise TypeError(f"config: expected an LMConfig, got {type(config).__name__}")
-    began = time.perf_counter()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    began = begin_recipe(config, LMConfig)
     main, out = D.world_info().rank == 0, (Path(config.out_dir) if config.out_dir else None)
     text = _load_text(config)
     cut = int(len(text) * (1.0 - config.val_fraction))  # for char: the same cut as split_ids on the ids

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from minitx.checkpoint import check_state_dict, read_checkpoint
+from minitx.checkpoint import check_state_dict, read_run_checkpoint
 from minitx.char_tokenizer import CharTokenizer
 from minitx.generate import iter_generate
 from minitx.models.gpt import GPT, GPTConfig
@@ -32,11 +32,7 @@ def load_lm(path: str | Path) -> tuple[GPT, Any]:
     """The GPT (eval mode) and tokenizer of a run directory or its checkpoint.pt; never executes code
     (manifest-verified, weights_only load)."""
     path = Path(path)
-    ckpt = path / "checkpoint.pt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise ValueError(f"run: expected a train-lm run directory holding checkpoint.pt, or a checkpoint "
-                         f"file, got {str(path)!r} (no such file)")
-    payload = read_checkpoint(ckpt)
+    ckpt, payload = read_run_checkpoint(path, argument="run", kind="train-lm run directory")
     extra = payload.get("extra_state") or {}
     if "model_config" not in extra or "tokenizer" not in extra:
         raise ValueError(f"run: {str(path)!r} is not a train-lm checkpoint (no model_config and tokenizer)")

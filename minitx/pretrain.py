@@ -30,7 +30,7 @@ from minitx.model import BertConfig, BertForMaskedLM, labelled_logits
 from minitx.plots import loss_curve
 from minitx.pretrain_data import SyntheticCorpus, TextCorpus, build_corpus  # noqa: F401 (re-exported)
 from minitx.tokenizer import WordPieceTokenizer
-from minitx.train import TrainConfig, TrainResult, _f, train
+from minitx.train import TrainConfig, TrainResult, _f, begin_recipe, train
 
 __all__ = ["PretrainConfig", "PretrainResult", "run_pretraining", "load_pretrained", "fill_mask",
            "fill_mask_main", "masked_lm_loss"]
@@ -194,11 +194,7 @@ def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
 
 def run_pretraining(config: PretrainConfig) -> PretrainResult:
     """Train a tokenizer and a BertForMaskedLM as `config` says; write the run directory (rank 0 only)."""
-    if not isinstance(config, PretrainConfig):
-        raise TypeError(f"config: expected a PretrainConfig, got {type(config).__name__}")
-    began = time.perf_counter()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    began = begin_recipe(config, PretrainConfig)
     apply_compile(config.compile)
     main = D.world_info().rank == 0
     out = Path(config.out_dir) if config.out_dir else None

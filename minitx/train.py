@@ -45,6 +45,16 @@ from minitx.seeding import seed_everything, step_seed  # also minitx.train's pub
 from minitx.train_config import (PRECISIONS, RESUMABLE_OVERRIDES, SCHEDULES, TrainConfig,  # noqa: F401 (re-exported)
                                  _f)
 
+def begin_recipe(config: TrainConfig, config_cls: type) -> float:
+    """What every recipe does first: refuse a config of the wrong class, apply its thread policy (`threads`,
+    0 = torch's default); returns the start time (perf_counter) for the run's wall time."""
+    if not isinstance(config, config_cls):
+        raise TypeError(f"config: expected a {config_cls.__name__}, got {type(config).__name__}")
+    if getattr(config, "threads", 0):
+        torch.set_num_threads(config.threads)
+    return time.perf_counter()
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss, gradient norm or updated weights became inf/NaN; the run stops, and no checkpoint whose weights
     or optimizer state are non-finite (or give a non-finite loss on the step's last batch) is ever written."""

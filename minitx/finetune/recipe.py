@@ -28,7 +28,7 @@ from minitx.model import BertConfig, BertForSequenceClassification
 from minitx.peft import (apply_adapters, apply_bitfit, apply_lora, lora_state_dict, merge_lora,
                          trainable_parameters_report)
 from minitx.tokenizer import WordPieceTokenizer
-from minitx.train import TrainResult, train
+from minitx.train import TrainResult, begin_recipe, train
 
 ADAPTER_TARGETS = ("out_proj", "fc_out")     # after attention and after the feed-forward, as Houlsby et al.
 ADAPTER_NORMS = ("attention_norm", "ffn_norm")  # Houlsby et al. also train each block's layer norms
@@ -166,11 +166,7 @@ def evaluate(model: nn.Module, encoded: dict[str, torch.Tensor], batch_size: int
 
 def run_finetuning(config: FinetuneConfig) -> FinetuneResult:
     """Fine-tune as `config` says, write the run directory (docs/finetuning.md) and print a summary."""
-    if not isinstance(config, FinetuneConfig):
-        raise TypeError(f"config: expected a FinetuneConfig, got {type(config).__name__}")
-    began = time.perf_counter()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    began = begin_recipe(config, FinetuneConfig)
     apply_compile(config.compile)
     model, tokenizer = starting_point(config)
     max_length = config.max_length or model.config.max_position
