@@ -20,7 +20,8 @@ from minitx.attention import available_backends
 from minitx.blocks import EncoderBlock, LayerNorm
 from minitx.functional import gelu
 from minitx.positional import LearnedPositionalEmbedding
-from minitx.model_inputs import IGNORE_INDEX, check_ids, check_inputs, check_labels  # noqa: F401 (re-exported)
+from minitx.model_inputs import (IGNORE_INDEX, check_ids, check_inputs, check_labels,  # noqa: F401 (re-exported)
+                                 check_model_config)
 
 
 
@@ -50,16 +51,8 @@ class BertConfig:
         "with labels, run the MLM head only at labelled positions (logits (K, V)); full logits without labels"))
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_position", "type_vocab_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
-        for name in ("dropout", "attention_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+        check_model_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_position",
+                                  "type_vocab_size"))
         for name in ("layer_norm_eps", "initializer_range"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < math.inf:

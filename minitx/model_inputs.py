@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (as in PyTorch's cross_entropy and HF)
 
-__all__ = ["IGNORE_INDEX", "check_ids", "check_inputs", "check_labels"]
+__all__ = ["IGNORE_INDEX", "check_ids", "check_inputs", "check_labels", "check_model_config"]
 
 
 def check_ids(name: str, ids, shape: Optional[tuple], low: int, high: int, allowed: tuple[int, ...] = ()) -> None:
@@ -64,3 +64,18 @@ def check_labels(config: "BertConfig", input_ids, labels, next_sentence_label) -
         check_ids("labels", labels, input_ids.shape, 0, config.vocab_size, allowed=(IGNORE_INDEX,))
     if next_sentence_label is not None:
         check_ids("next_sentence_label", next_sentence_label, input_ids.shape[:1], 0, 2)
+
+
+def check_model_config(config, sizes: tuple[str, ...]) -> None:
+    """The checks every model config shares: `sizes` positive ints, d_model a multiple of n_heads, the two
+    dropout rates probabilities in [0, 1); ValueError naming the field."""
+    for name in sizes:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if config.d_model % config.n_heads:
+        raise ValueError(f"d_model: expected a multiple of n_heads={config.n_heads}, got {config.d_model}")
+    for name in ("dropout", "attention_dropout"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")

@@ -23,7 +23,7 @@ from torch import nn
 
 from minitx.attention import available_backends
 from minitx.blocks import EncoderBlock, FeedForward, LayerNorm
-from minitx.model_inputs import IGNORE_INDEX  # one definition, shared with the encoder's MLM loss
+from minitx.model_inputs import IGNORE_INDEX, check_model_config  # shared with the encoder
 
 __all__ = ["GPTConfig", "GPT", "CausalLMOutput", "gelu_tanh", "IGNORE_INDEX", "ACTIVATIONS"]
 
@@ -67,17 +67,9 @@ class GPTConfig:
                                                     "nanoGPT's default: no)"))
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_position", "d_model", "n_layers", "n_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
         if isinstance(self.d_ff, bool) or not isinstance(self.d_ff, int) or self.d_ff < 0:
             raise ValueError(f"d_ff: expected an int >= 0 (0: 4 * d_model), got {self.d_ff!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name}: expected a probability in [0, 1), got {getattr(self, name)}")
+        check_model_config(self, ("vocab_size", "max_position", "d_model", "n_layers", "n_heads"))
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.attention_backend not in available_backends():
