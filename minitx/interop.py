@@ -197,7 +197,10 @@ def hf_config_dict(config: BertConfig) -> dict[str, Any]:
 
 def to_hf_bert(model: BertForMaskedLM) -> Any:
     """A `transformers.BertForMaskedLM` with the weights of a minitx BertForMaskedLM (post-LN only)."""
-    import transformers  # lazy: only this direction needs the library itself
+    try:
+        import transformers  # lazy: only this direction needs the library itself
+    except ImportError as err:  # a dev extra, never a runtime dependency (minitx export writes HF files without it)
+        raise ImportError("to_hf_bert needs `transformers` (pip install 'minitx[dev]')") from err
 
     config = model.config
     if config.norm_first:
