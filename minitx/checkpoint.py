@@ -87,7 +87,7 @@ def _first_non_finite(state: Any, prefix: str = "") -> str | None:
 
 # ---------------------------------------------------------------------------------------------------- save
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, step: int,
-                    optimizer: torch.optim.Optimizer | None = None, scheduler: Mapping[str, Any] | None = None,
+                    optimizer: Any = None, scheduler: Mapping[str, Any] | None = None,
                     scaler: Any = None, config: Mapping[str, Any] | None = None,
                     extra_state: Mapping[str, Any] | None = None) -> Path:
     """Write `path` and its manifest atomically; returns `path`. Call on rank 0 only.
@@ -272,7 +272,7 @@ def _preview(items, n: int = 5) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, scaler: Any = None,
+                    optimizer: Any = None, scaler: Any = None,
                     config: Mapping[str, Any] | None = None, ignore_config_fields: set[str] = frozenset(),
                     restore_rng: bool = False) -> dict[str, Any]:
     """Verify, check and load a checkpoint into whichever of model/optimizer/scaler are given; the payload.

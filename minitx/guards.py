@@ -122,7 +122,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------- finite state
-def first_non_finite(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str | None:
+def first_non_finite(model: nn.Module, optimizer: Any = None) -> str | None:
     """The name of the first parameter or optimizer-state tensor holding inf/NaN, or None if all are finite."""
     for name, p in model.named_parameters():
         if not bool(torch.isfinite(p).all()):

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from minitx import distributed as D
 from minitx import guards
 from minitx.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
-from minitx.optim import lr_at, parameter_groups  # also minitx.train's public names
+from minitx.optim import AdamW, lr_at, parameter_groups  # also minitx.train's public names
 from minitx.guards import TrainingInterrupted  # noqa: F401 (re-exported)
 from minitx.seeding import seed_everything, step_seed  # also minitx.train's public names
 from minitx.train_config import (PRECISIONS, RESUMABLE_OVERRIDES, SCHEDULES, TrainConfig,  # noqa: F401 (re-exported)
@@ -120,8 +120,8 @@ class _Run:
         seed_everything(config.seed)
         self.model = model.to(device)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
-                                           betas=config.betas, eps=config.eps)
+        self.optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                               betas=config.betas, eps=config.eps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self.out_dir = Path(config.out_dir) if config.out_dir else None
         self.ckpt_path = self.out_dir / "checkpoint.pt" if self.out_dir else None
