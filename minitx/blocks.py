@@ -92,14 +92,21 @@ class EncoderBlock(nn.Module):
         self.ffn_norm = LayerNorm(d_model, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
-    def _attend(self, x, attention_mask, is_causal, return_weights):
-        result = self.attention(x, attention_mask=attention_mask, is_causal=is_causal,
+    def _attend(self, x, attention_mask, is_causal, return_weights, context=None):
+        result = self.attention(x, context=context, attention_mask=attention_mask, is_causal=is_causal,
                                 return_weights=return_weights)
         out, weights = result if return_weights else (result, None)
         return self.dropout(out), weights
 
-    def forward(self, x: torch.Tensor, attention_mask=None, is_causal: bool = False, return_weights: bool = False):
-        """x (B, N, C) -> (B, N, C) [, attention weights (B, H, N, N)]; masks as in MultiHeadAttention."""
+    def forward(self, x: torch.Tensor, attention_mask=None, is_causal: bool = False, return_weights: bool = False,
+                rows: torch.Tensor | None = None):
+        """x (B, N, C) -> (B, N, C) [, attention weights (B, H, N, N)]; masks as in MultiHeadAttention.
+
+        rows (B, R) int64: compute the block's output only at these positions of each sequence, (B, R, C);
+        every position is still a key and a value (mlm.8). Each output row depends on the other positions
+        only through attention's keys and values, so these rows equal the full output's rows exactly."""
+        if rows is not None:
+            return self._forward_rows(x, attention_mask, rows)
         if self.norm_first:
             a, weights = self._attend(self.attention_norm(x), attention_mask, is_causal, return_weights)
             x = x + a  # (block.3)
@@ -109,3 +116,22 @@ class EncoderBlock(nn.Module):
             x = self.attention_norm(x + a)  # (block.1)
             x = self.ffn_norm(x + self.dropout(self.feed_forward(x)))  # (block.2)
         return (x, weights) if return_weights else x
+
+    def _forward_rows(self, x, attention_mask, rows):
+        """(mlm.8): (block.1)-(block.2) or (block.3)-(block.4) with queries, residuals and the feed-forward
+        at `rows` only, keys and values at every position. A bidirectional block only (no causal option)."""
+        if not isinstance(rows, torch.Tensor) or rows.dtype != torch.long or rows.dim() != 2 \
+                or rows.shape[0] != x.shape[0]:
+            raise ValueError(f"rows: expected an int64 tensor (B, R) with B = {x.shape[0]}, got "
+                             f"{tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__}")
+
+        def pick(t):
+            return t.gather(1, rows.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # (B, N, C) -> (B, R, C)
+        if self.norm_first:
+            normed = self.attention_norm(x)
+            a, _ = self._attend(pick(normed), attention_mask, False, False, context=normed)
+            h = pick(x) + a  # (block.3) at the rows
+            return h + self.dropout(self.feed_forward(self.ffn_norm(h)))  # (block.4)
+        a, _ = self._attend(pick(x), attention_mask, False, False, context=x)
+        h = self.attention_norm(pick(x) + a)  # (block.1) at the rows
+        return self.ffn_norm(h + self.dropout(self.feed_forward(h)))  # (block.2)

@@ -49,6 +49,9 @@ class BertConfig:
     initializer_range: float = 0.02
     sparse_prediction: bool = field(default=True, metadata=_help(
         "with labels, run the MLM head only at labelled positions (logits (K, V)); full logits without labels"))
+    sparse_last_block: bool = field(default=True, metadata=_help(
+        "with labels and sparse_prediction, the last block computes its outputs only at labelled positions "
+        "(mlm.8); all positions stay keys and values"))
 
     def __post_init__(self) -> None:
         check_model_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_position",
@@ -125,12 +128,15 @@ class BertModel(nn.Module):
             block.attention.backend = backend
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+                token_type_ids: Optional[torch.Tensor] = None, last_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Hidden states (B, N, C); with `last_rows` (B, R) the last block's only at those positions, (B, R, C)
+        (mlm.8)."""
         check_inputs(self.config, input_ids, attention_mask, token_type_ids)
         x = self.embeddings(input_ids, token_type_ids)
         key_mask = None if attention_mask is None else attention_mask.bool()  # (B, M), True = real token
-        for block in self.blocks:
-            x = block(x, attention_mask=key_mask)
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x = block(x, attention_mask=key_mask, rows=last_rows if last else None)
         return x if self.final_norm is None else self.final_norm(x)
 
 
@@ -157,7 +163,7 @@ class MaskedLMOutput(NamedTuple):
 
     logits: torch.Tensor
     loss: Optional[torch.Tensor]
-    hidden: torch.Tensor
+    hidden: torch.Tensor     # (B, N, C), or (K, C) at the labelled positions when the last block ran there (mlm.8)
     next_sentence_logits: Optional[torch.Tensor] = None
     prediction_mask: Optional[torch.Tensor] = None   # (B, N) bool: the rows of a sparse `logits`; None if full
 
@@ -221,6 +227,14 @@ class BertForMaskedLM(nn.Module):
                 token_type_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 next_sentence_label: Optional[torch.Tensor] = None) -> MaskedLMOutput:
         check_labels(self.config, input_ids, labels, next_sentence_label)
+        rows = self._labelled_rows(input_ids, labels)
+        if rows is not None:  # (mlm.8): the last block only where the head reads; hidden is (K, C)
+            order, valid = rows
+            hidden = self.bert(input_ids, attention_mask, token_type_ids, last_rows=order)[valid]  # (B, R, C) -> (K, C)
+            selected = labels != IGNORE_INDEX
+            logits = self.mlm_head(hidden, self.bert.embeddings.token.weight)  # (K, V)
+            loss = torch_F.cross_entropy(logits.float(), labels[selected])
+            return MaskedLMOutput(logits, loss, hidden, None, selected)
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
         logits, loss, prediction_mask = self._mlm_logits_and_loss(hidden, input_ids, labels)
         nsp_logits = None
@@ -232,6 +246,22 @@ class BertForMaskedLM(nn.Module):
         elif next_sentence_label is not None:
             raise ValueError("next_sentence_label: this model has no next-sentence head (next_sentence=False)")
         return MaskedLMOutput(logits, loss, hidden, nsp_logits, prediction_mask)
+
+    def _labelled_rows(self, input_ids, labels):
+        """For (mlm.8): (order (B, R), valid (B, R)) -- each sequence's labelled positions first, in order, padded
+        to R = the most any sequence has with unlabelled ones (valid False) -- or None where it does not apply:
+        no labels, the option off, a next-sentence head (it reads [CLS]), or no labelled position at all."""
+        if labels is None or not (self.config.sparse_prediction and self.config.sparse_last_block) \
+                or self.next_sentence_head is not None or labels.shape != input_ids.shape:
+            return None
+        selected = labels != IGNORE_INDEX                                    # (B, N)
+        counts = selected.sum(dim=1)                                         # (B,)
+        r = int(counts.max()) if counts.numel() else 0
+        if r == 0:
+            return None
+        order = torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :r]   # (B, N) -> (B, R)
+        valid = torch.arange(r, device=labels.device) < counts[:, None]     # (B, R)
+        return order, valid
 
     def _mlm_logits_and_loss(self, hidden, input_ids, labels):
         """(mlm.1) over the labelled positions. With `sparse_prediction` the head (mlm.5) runs only at those K

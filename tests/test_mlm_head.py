@@ -67,3 +67,72 @@ def test_sparse_prediction_is_on_by_default_and_survives_the_config_round_trip()
     assert BertConfig.from_dict(config.to_dict()) == config
     old = {k: v for k, v in config.to_dict().items() if k != "sparse_prediction"}  # a checkpoint from before
     assert BertConfig.from_dict(old).sparse_prediction
+
+
+# (mlm.8): the last block only at the labelled rows
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_last_block_at_labelled_rows_gives_the_full_loss_and_gradients(norm_first, backend):
+    """(mlm.8) = (mlm.7) = (mlm.1): the three forms of the step agree on loss and every gradient."""
+    torch.manual_seed(3)
+    base = BertConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=12, dropout=0.0,
+                      attention_dropout=0.0, norm_first=norm_first, attention_backend=backend)
+    rows = BertForMaskedLM(base)
+    head_only = BertForMaskedLM(dataclasses.replace(base, sparse_last_block=False))
+    full = BertForMaskedLM(dataclasses.replace(base, sparse_prediction=False))
+    head_only.load_state_dict(rows.state_dict())
+    full.load_state_dict(rows.state_dict())
+    ids, mask, labels = _batch(4)
+    labels[2] = IGNORE_INDEX  # a sequence with nothing to predict: all its R rows are padding
+    outs = [m(ids, mask, labels=labels) for m in (rows, head_only, full)]
+    for out in outs:
+        out.loss.backward()
+    selected = labels != IGNORE_INDEX
+    assert outs[0].hidden.shape == (int(selected.sum()), 16)  # only the rows the head reads
+    torch.testing.assert_close(outs[0].hidden, outs[2].hidden[selected], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-6, rtol=1e-5)
+    for other in (head_only, full):
+        torch.testing.assert_close(outs[0].loss, outs[2].loss, atol=1e-6, rtol=1e-6)
+        grads = dict(other.named_parameters())
+        for name, p in rows.named_parameters():
+            torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_last_block_rows_fall_back_where_they_do_not_apply():
+    """No labelled position at all, or a next-sentence head (it reads [CLS]): the full last block runs."""
+    sparse, full = _pair()
+    ids, mask, labels = _batch()
+    nothing = torch.full_like(labels, IGNORE_INDEX)
+    assert sparse(ids, mask, labels=nothing).hidden.shape == (3, 12, 16)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=12, dropout=0.0,
+                        attention_dropout=0.0)
+    nsp = BertForMaskedLM(config, next_sentence=True)
+    out = nsp(ids, mask, labels=labels, next_sentence_label=torch.tensor([0, 1, 0]))
+    assert out.hidden.shape == (3, 12, 16) and torch.isfinite(out.loss)
+
+
+def test_encoder_block_rows_equal_the_full_blocks_rows():
+    from minitx.blocks import EncoderBlock
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 16)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    rows = torch.tensor([[6, 0, 3], [4, 4, 1]])  # any order, repeats allowed
+    for norm_first in (False, True):
+        block = EncoderBlock(16, 2, 32, dropout=0.0, norm_first=norm_first).eval()
+        want = block(x, attention_mask=mask).gather(1, rows[..., None].expand(-1, -1, 16))
+        torch.testing.assert_close(block(x, attention_mask=mask, rows=rows), want, atol=1e-6, rtol=1e-5)
+        with pytest.raises(ValueError, match="rows"):
+            block(x, rows=rows.int())
+        with pytest.raises(ValueError, match="rows"):
+            block(x, rows=rows[:1])
+
+
+def test_sparse_last_block_is_on_by_default_and_old_configs_get_it():
+    config = BertConfig()
+    assert config.sparse_last_block
+    old = {k: v for k, v in config.to_dict().items() if k != "sparse_last_block"}
+    assert BertConfig.from_dict(old).sparse_last_block
