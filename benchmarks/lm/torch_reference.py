@@ -5,7 +5,7 @@ Not minitx code and not nanoGPT's code: a written-out reference of what nanoGPT'
 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0` (bias=False, torch's nn.LayerNorm /
 nn.Linear / F.gelu / SDPA, torch.optim.AdamW), in nanoGPT's order: torch.manual_seed(seed) before the model,
 batches from the global generator, an evaluation on 20 fresh batches of each split every 250 iterations, the
-rate of iteration `it` = lr (it+1)/(warmup+1) then cosine to min_lr, the loop ending after iteration 2000.
+rate of iteration `it` = lr (it+1)/(warmup+1) then cosine to min_lr, the loop ending at iteration 2000's evaluation (2,000 updates).
 The issue quotes one run of nanoGPT itself (seed 1337): val 1.886. Used by docs/results/lm_shakespeare.md:
 
     python3 benchmarks/lm/torch_reference.py --seed 1337 --out runs/ref_1337.json
@@ -153,13 +153,23 @@ def main() -> None:
         if it % EVAL_INTERVAL == 0:
             curve.append({"iter": it, **estimate_loss()})
             print(json.dumps(curve[-1]), flush=True)
+        if it == MAX_ITERS:  # nanoGPT takes one more step after its last evaluation; nothing reads it
+            break
         loss = model(x, y)
         x, y = get_batch("train")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    result = {"seed": args.seed, "val_loss": curve[-1]["val"], "train_loss": curve[-1]["train"],
+    model.eval()
+    with torch.no_grad():  # every validation character once, as minitx's val_loss_full_split (lm.split_loss)
+        val = data["val"]
+        n_win = (len(val) - 1) // BLOCK
+        xs, ys = val[:n_win * BLOCK].view(n_win, BLOCK), val[1:n_win * BLOCK + 1].view(n_win, BLOCK)
+        full_split = sum(float(model(xs[i:i + 16], ys[i:i + 16])) * len(xs[i:i + 16])
+                         for i in range(0, n_win, 16)) / n_win
+    result = {"seed": args.seed, "val_loss": curve[-1]["val"], "val_loss_full_split": round(full_split, 4),
+              "train_loss": curve[-1]["train"],
               "parameters": sum(p.numel() for p in model.parameters()), "wall_s": round(time.perf_counter() - began, 1),
               "curve": curve}
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
