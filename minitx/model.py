@@ -18,7 +18,7 @@ from torch import nn
 
 from minitx.attention import available_backends
 from minitx.blocks import EncoderBlock, LayerNorm
-from minitx.functional import gelu
+from minitx.functional import cross_entropy, gelu
 from minitx.positional import LearnedPositionalEmbedding
 from minitx.model_inputs import (IGNORE_INDEX, check_ids, check_inputs, check_labels,  # noqa: F401 (re-exported)
                                  check_model_config)
@@ -233,7 +233,7 @@ class BertForMaskedLM(nn.Module):
             hidden = self.bert(input_ids, attention_mask, token_type_ids, last_rows=order)[valid]  # (B, R, C) -> (K, C)
             selected = labels != IGNORE_INDEX
             logits = self.mlm_head(hidden, self.bert.embeddings.token.weight)  # (K, V)
-            loss = torch_F.cross_entropy(logits.float(), labels[selected])
+            loss = cross_entropy(logits, labels[selected])  # (mlm.1) by (ce.1)-(ce.3)
             return MaskedLMOutput(logits, loss, hidden, None, selected)
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
         logits, loss, prediction_mask = self._mlm_logits_and_loss(hidden, input_ids, labels)
@@ -274,10 +274,10 @@ class BertForMaskedLM(nn.Module):
         if self.config.sparse_prediction:
             selected = labels != IGNORE_INDEX                          # (B, N)
             logits = self.mlm_head(hidden[selected], decoder_weight)   # (B, N, C) -> (K, C) -> (K, V)
-            return logits, torch_F.cross_entropy(logits.float(), labels[selected]), selected
+            return logits, cross_entropy(logits, labels[selected]), selected
         logits = self.mlm_head(hidden, decoder_weight)
-        # (B, N, V) -> (B*N, V): one prediction per position; -100 positions carry no loss
-        loss = torch_F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        # one prediction per position; -100 positions carry no loss and are never read (ce.3)
+        loss = cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         return logits, loss, None
 
 

@@ -1,11 +1,13 @@
-"""Pure math with hand-written backward passes: softmax, layer norm, GELU, scaled dot-product attention.
+"""Pure math with hand-written backward passes: softmax, layer norm, GELU, scaled dot-product attention,
+cross-entropy.
 
 Every forward is written out with plain tensor ops and every backward is the formula derived in
 `docs/math/*.md`, inside a `torch.autograd.Function`, so the code can be read side by side with the
 derivation. The equation label in a comment names what that line computes.
 
 One private module per derivation page, so each reads next to its page: `_softmax.py` (softmax.md),
-`_layer_norm.py` (layer_norm.md), `_gelu.py` (gelu.md), `_attention.py` (attention.md); `_checks.py` holds the
+`_layer_norm.py` (layer_norm.md), `_gelu.py` (gelu.md), `_attention.py` (attention.md),
+`_cross_entropy.py` (cross_entropy.md); `_checks.py` holds the
 argument checks and the un-broadcasting of gradients they share. Import from `minitx.functional`.
 
 Conventions (see docs/architecture.md): q (..., N, D), k (..., M, D), v (..., M, Dv); boolean masks use
@@ -13,9 +15,10 @@ True = may attend; a query row with no allowed key gives zeros and zero gradient
 """
 
 from minitx.functional._attention import causal_mask, scaled_dot_product_attention
+from minitx.functional._cross_entropy import cross_entropy
 from minitx.functional._checks import _sum_to_shape  # noqa: F401 (tested directly: tests/test_functional.py)
 from minitx.functional._gelu import gelu
 from minitx.functional._layer_norm import layer_norm
 from minitx.functional._softmax import softmax
 
-__all__ = ["softmax", "layer_norm", "gelu", "causal_mask", "scaled_dot_product_attention"]
+__all__ = ["softmax", "layer_norm", "gelu", "causal_mask", "scaled_dot_product_attention", "cross_entropy"]
