@@ -106,6 +106,9 @@ class EncoderBlock(nn.Module):
         every position is still a key and a value (mlm.8). Each output row depends on the other positions
         only through attention's keys and values, so these rows equal the full output's rows exactly."""
         if rows is not None:
+            if is_causal or return_weights:
+                raise ValueError("rows: a block computed at some rows only is bidirectional and returns no "
+                                 "weights; pass is_causal=False, return_weights=False")
             return self._forward_rows(x, attention_mask, rows)
         if self.norm_first:
             a, weights = self._attend(self.attention_norm(x), attention_mask, is_causal, return_weights)

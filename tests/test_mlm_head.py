@@ -129,6 +129,8 @@ def test_encoder_block_rows_equal_the_full_blocks_rows():
             block(x, rows=rows.int())
         with pytest.raises(ValueError, match="rows"):
             block(x, rows=rows[:1])
+        with pytest.raises(ValueError, match="bidirectional"):
+            block(x, rows=rows, is_causal=True)
 
 
 def test_sparse_last_block_is_on_by_default_and_old_configs_get_it():
