@@ -37,9 +37,14 @@ def test_sparse_head_gives_the_full_heads_loss_and_gradients(seed):
     torch.testing.assert_close(a.loss, b.loss, atol=1e-6, rtol=1e-6)
     a.loss.backward()
     b.loss.backward()
-    grads_full = dict(full.named_parameters())
-    for name, p in sparse.named_parameters():
-        torch.testing.assert_close(p.grad, grads_full[name].grad, atol=1e-6, rtol=1e-5, msg=name)
+    _assert_same_grads(sparse, full)
+
+
+def _assert_same_grads(model, other):
+    """Every parameter's gradient in `model` equals the same-named one in `other`."""
+    grads = dict(other.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_sparse_logits_are_the_full_logits_at_the_labelled_positions():
@@ -93,11 +98,9 @@ def test_last_block_at_labelled_rows_gives_the_full_loss_and_gradients(norm_firs
     assert outs[0].hidden.shape == (int(selected.sum()), 16)  # only the rows the head reads
     torch.testing.assert_close(outs[0].hidden, outs[2].hidden[selected], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-6, rtol=1e-5)
-    for other in (head_only, full):
-        torch.testing.assert_close(outs[0].loss, outs[2].loss, atol=1e-6, rtol=1e-6)
-        grads = dict(other.named_parameters())
-        for name, p in rows.named_parameters():
-            torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-6, rtol=1e-5, msg=name)
+    for other, out in ((head_only, outs[1]), (full, outs[2])):
+        torch.testing.assert_close(outs[0].loss, out.loss, atol=1e-6, rtol=1e-6)
+        _assert_same_grads(rows, other)
 
 
 def test_last_block_rows_fall_back_where_they_do_not_apply():
