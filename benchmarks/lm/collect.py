@@ -1,5 +1,10 @@
 """Collect train-lm runs timed with `/usr/bin/time -v` into docs/results/lm_shakespeare.json (+ loss curves and
-generated samples beside it). Usage: python benchmarks/lm/collect.py NAME=RUN_DIR:TIME_LOG [...]"""
+generated samples beside it), with the plain-torch reference's runs (benchmarks/lm/torch_reference.py --out).
+
+    python benchmarks/lm/collect.py NAME=RUN_DIR:TIME_LOG ... [NAME=RUN_DIR ...] [ref=REF.json ...]
+
+A run without a time log is recorded without time and memory (e.g. a seed sweep run two at a time); its loss
+curve and sample are not copied."""
 
 from __future__ import annotations
 
@@ -30,29 +35,37 @@ def time_v(log: Path) -> dict:
 
 
 def main(specs: list[str]) -> None:
-    runs = {}
+    runs, references = {}, []
     for spec in specs:
         name, rest = spec.split("=", 1)
-        run_dir, log = (Path(p) for p in rest.split(":"))
+        if name == "ref":
+            ref = json.loads(Path(rest).read_text())
+            references.append({k: ref[k] for k in ("seed", "val_loss", "val_loss_full_split", "train_loss",
+                                                    "parameters", "curve") if k in ref}
+                              | {"model": ref.get("model", "torch")})
+            continue
+        run_dir, log = (Path(p) for p in rest.split(":")) if ":" in rest else (Path(rest), None)
         summary = json.loads((run_dir / "summary.json").read_text())
         cfg = summary["config"]
-        runs[name] = {**time_v(log), "val_loss": round(summary["eval"]["loss"], 4),
+        runs[name] = {**(time_v(log) if log else {}), "val_loss": round(summary["eval"]["loss"], 4),
                       "train_loss": round(summary["eval"]["train_loss"], 4),
                       "val_loss_full_split": summary["val_loss_full_split"], "steps": summary["steps"],
                       "parameters": summary["parameters"],
                       "config": {k: cfg[k] for k in ("n_layers", "n_heads", "d_model", "block_size", "batch_size",
                                                       "max_steps", "lr", "min_lr_ratio", "warmup_steps", "betas",
                                                       "weight_decay", "grad_clip", "dropout", "eval_every",
-                                                      "eval_batches", "attention_backend", "threads", "seed")},
+                                                      "eval_batches", "attention_backend", "threads", "seed",
+                                                      "bias")},
                       "evals": [(r["step"], round(r["loss"], 4)) for r in map(json.loads, (run_dir / "metrics.jsonl")
                                 .read_text().splitlines()) if r["split"] == "eval"]}
-        shutil.copy(run_dir / "loss_curve.png", OUT / f"lm_{name}_loss_curve.png")
-        shutil.copy(run_dir / "sample.txt", OUT / f"lm_{name}_sample.txt")
-    doc = {"reference": NANOGPT, "runs": runs,
+        if log and (run_dir / "sample.txt").exists():
+            shutil.copy(run_dir / "loss_curve.png", OUT / f"lm_{name}_loss_curve.png")
+            shutil.copy(run_dir / "sample.txt", OUT / f"lm_{name}_sample.txt")
+    doc = {"reference": NANOGPT, "runs": runs, "torch_reference": references,
            "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                           "machine": "2 CPU cores shared with 5 other engineers' jobs (busy; see docs/results/lm_shakespeare.md)"}}
+                           "machine": "2 CPU cores; timed runs with nothing else running (docs/results/lm_shakespeare.md)"}}
     (OUT / "lm_shakespeare.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps({k: {x: v[x] for x in ("val_loss", "val_loss_full_split", "wall_s", "cpu_s", "peak_rss_mb")}
+    print(json.dumps({k: {x: v.get(x) for x in ("val_loss", "val_loss_full_split", "wall_s", "cpu_s", "peak_rss_mb")}
                       for k, v in runs.items()}, indent=2))
 
 

@@ -168,7 +168,8 @@ def main() -> None:
         xs, ys = val[:n_win * BLOCK].view(n_win, BLOCK), val[1:n_win * BLOCK + 1].view(n_win, BLOCK)
         full_split = sum(float(model(xs[i:i + 16], ys[i:i + 16])) * len(xs[i:i + 16])
                          for i in range(0, n_win, 16)) / n_win
-    result = {"seed": args.seed, "val_loss": curve[-1]["val"], "val_loss_full_split": round(full_split, 4),
+    result = {"seed": args.seed, "model": args.model, "val_loss": curve[-1]["val"],
+              "val_loss_full_split": round(full_split, 4),
               "train_loss": curve[-1]["train"],
               "parameters": sum(p.numel() for p in model.parameters()), "wall_s": round(time.perf_counter() - began, 1),
               "curve": curve}
