@@ -60,7 +60,7 @@ def main(repeats: int = 6) -> dict:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cpu_compile.json").write_text(json.dumps(doc, indent=1) + "\n")
     table = (f"minitx default MLM step, d_model 256 x 4 layers, batch 16 x 128, one thread, thread-CPU clock, "
-             f"{repeats} alternated rounds; shared, busy machine (load {doc['environment']['load_average_1min']:.1f}).\n\n"
+             f"{repeats} alternated rounds; 1-min load average {doc['environment']['load_average_1min']:.1f}).\n\n"
              "| bodies | step ms (median) | IQR ms |\n|---|---|---|\n"
              + "".join(f"| {m} | {s['median_ms']:.1f} | {s['iqr_ms']:.1f} |\n" for m, s in stats.items())
              + f"\nCompile time (first compiled step minus an eager step, wall clock): {doc['compile_time_s']:.1f} s. "
