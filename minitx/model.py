@@ -8,8 +8,6 @@ Module names follow docs/architecture.md, so `minitx.interop` maps Hugging Face 
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
 import torch
@@ -17,68 +15,11 @@ import torch.nn.functional as torch_F  # torch's; `F` is minitx.functional elsew
 from torch import nn
 
 from minitx.attention import available_backends
+from minitx.bert_config import BertConfig  # noqa: F401 (re-exported: minitx.model.BertConfig)
 from minitx.blocks import EncoderBlock, LayerNorm
 from minitx.functional import cross_entropy, gelu
 from minitx.positional import LearnedPositionalEmbedding
-from minitx.model_inputs import (IGNORE_INDEX, check_ids, check_inputs, check_labels,  # noqa: F401 (re-exported)
-                                 check_model_config)
-
-
-
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
-
-@dataclass
-class BertConfig:
-    """A flat model config; every field maps one to one onto a CLI flag."""
-
-    vocab_size: int = 1000
-    d_model: int = field(default=128, metadata=_help("model width C"))
-    n_layers: int = field(default=2, metadata=_help("encoder blocks"))
-    n_heads: int = field(default=4, metadata=_help("attention heads H (d_model divisible by it)"))
-    d_ff: int = field(default=512, metadata=_help("feed-forward width"))
-    max_position: int = field(default=128, metadata=_help("longest sequence (learned positions)"))
-    type_vocab_size: int = field(default=2, metadata=_help("segment ids (sentence A/B)"))
-    dropout: float = field(default=0.1, metadata=_help("dropout on embeddings and residual branches"))
-    attention_dropout: float = field(default=0.1, metadata=_help("dropout on attention weights"))
-    layer_norm_eps: float = field(default=1e-12, metadata=_help("LayerNorm epsilon (BERT: 1e-12)"))
-    norm_first: bool = field(default=False, metadata=_help("pre-LN blocks instead of BERT's post-LN"))
-    attention_backend: str = field(default="math", metadata=_help("attention backend: math, sdpa or flash"))
-    pad_token_id: int = 0
-    initializer_range: float = 0.02
-    sparse_prediction: bool = field(default=True, metadata=_help(
-        "with labels, run the MLM head only at labelled positions (logits (K, V)); full logits without labels"))
-    sparse_last_block: bool = field(default=True, metadata=_help(
-        "with labels and sparse_prediction, the last block computes its outputs only at labelled positions "
-        "(mlm.8); all positions stay keys and values"))
-
-    def __post_init__(self) -> None:
-        check_model_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_position",
-                                  "type_vocab_size"))
-        for name in ("layer_norm_eps", "initializer_range"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < math.inf:
-                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-        if not isinstance(self.norm_first, bool):
-            raise TypeError(f"norm_first: expected a bool, got {self.norm_first!r}")
-        pad = self.pad_token_id
-        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
-            raise ValueError(f"pad_token_id: expected an int in [0, vocab_size={self.vocab_size}), got {pad!r}")
-        if self.attention_backend not in available_backends():
-            raise ValueError(f"attention_backend: expected one of {available_backends()}, "
-                             f"got {self.attention_backend!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "BertConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config: unknown fields {unknown}")
-        return cls(**values)
+from minitx.model_inputs import IGNORE_INDEX, check_ids, check_inputs, check_labels  # noqa: F401 (re-exported)
 
 
 class BertEmbeddings(nn.Module):
