@@ -169,14 +169,11 @@ class BertForMaskedLM(nn.Module):
                 next_sentence_label: Optional[torch.Tensor] = None) -> MaskedLMOutput:
         check_labels(self.config, input_ids, labels, next_sentence_label)
         rows = self._labelled_rows(input_ids, labels)
-        if rows is not None:  # (mlm.8): the last block only where the head reads; hidden is (K, C)
+        if rows is not None:  # (mlm.8): the last block only where the head reads
             order, valid = rows
             hidden = self.bert(input_ids, attention_mask, token_type_ids, last_rows=order)[valid]  # (B, R, C) -> (K, C)
-            selected = labels != IGNORE_INDEX
-            logits = self.mlm_head(hidden, self.bert.embeddings.token.weight)  # (K, V)
-            loss = cross_entropy(logits, labels[selected])  # (mlm.1) by (ce.1)-(ce.3)
-            return MaskedLMOutput(logits, loss, hidden, None, selected)
-        hidden = self.bert(input_ids, attention_mask, token_type_ids)
+        else:
+            hidden = self.bert(input_ids, attention_mask, token_type_ids)  # (B, N, C)
         logits, loss, prediction_mask = self._mlm_logits_and_loss(hidden, input_ids, labels)
         nsp_logits = None
         if self.next_sentence_head is not None:
@@ -214,8 +211,10 @@ class BertForMaskedLM(nn.Module):
             raise ValueError(f"labels: expected shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
         if self.config.sparse_prediction:
             selected = labels != IGNORE_INDEX                          # (B, N)
-            logits = self.mlm_head(hidden[selected], decoder_weight)   # (B, N, C) -> (K, C) -> (K, V)
-            return logits, cross_entropy(logits, labels[selected]), selected
+            if hidden.dim() == 3:                                      # not already (K, C) from (mlm.8)
+                hidden = hidden[selected]                              # (B, N, C) -> (K, C)
+            logits = self.mlm_head(hidden, decoder_weight)             # (K, C) -> (K, V)
+            return logits, cross_entropy(logits, labels[selected]), selected  # (mlm.1) by (ce.1)-(ce.3)
         logits = self.mlm_head(hidden, decoder_weight)
         # one prediction per position; -100 positions carry no loss and are never read (ce.3)
         loss = cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
