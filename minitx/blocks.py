@@ -135,6 +135,7 @@ class EncoderBlock(nn.Module):
             a, _ = self._attend(pick(normed), attention_mask, False, False, context=normed)
             h = pick(x) + a  # (block.3) at the rows
             return h + self.dropout(self.feed_forward(self.ffn_norm(h)))  # (block.4)
-        a, _ = self._attend(pick(x), attention_mask, False, False, context=x)
-        h = self.attention_norm(pick(x) + a)  # (block.1) at the rows
+        x_rows = pick(x)
+        a, _ = self._attend(x_rows, attention_mask, False, False, context=x)
+        h = self.attention_norm(x_rows + a)  # (block.1) at the rows
         return self.ffn_norm(h + self.dropout(self.feed_forward(h)))  # (block.2)
