@@ -78,7 +78,7 @@ def test_sparse_prediction_is_on_by_default_and_survives_the_config_round_trip()
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("backend", ["math", "sdpa", "flash"])
 def test_last_block_at_labelled_rows_gives_the_full_loss_and_gradients(norm_first, backend):
     """(mlm.8) = (mlm.7) = (mlm.1): the three forms of the step agree on loss and every gradient."""
     torch.manual_seed(3)
