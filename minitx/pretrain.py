@@ -27,7 +27,7 @@ from minitx.data import IGNORE_INDEX
 from minitx.fill_mask import fill_mask, fill_mask_main, load_pretrained  # noqa: F401 (re-exported)
 from minitx.mlm_eval import evaluate, probe_accuracy  # noqa: F401 (probe_accuracy re-exported)
 from minitx.model import BertConfig, BertForMaskedLM, labelled_logits
-from minitx.plots import loss_curve
+from minitx.plots import loss_curve, plt
 from minitx.pretrain_data import SyntheticCorpus, TextCorpus, build_corpus  # noqa: F401 (re-exported)
 from minitx.tokenizer import WordPieceTokenizer
 from minitx.train import TrainConfig, TrainResult, _f, begin_recipe, train
@@ -215,7 +215,7 @@ def run_pretraining(config: PretrainConfig) -> PretrainResult:
     if main:
         if out is not None:
             keys = ("loss", "masked_accuracy") + (("probe_accuracy",) if corpus.probe_sentences else ())
-            loss_curve(result.history, keys=keys, title="MLM pretraining", path=out / "loss_curve.png")
+            plt.close(loss_curve(result.history, keys=keys, title="MLM pretraining", path=out / "loss_curve.png"))
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(format_summary(summary))
     return PretrainResult(summary, model, tokenizer, result)

@@ -43,7 +43,10 @@ def records(out_dir: Path) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------- outputs
 def test_tiny_run_writes_every_file_with_consistent_metrics(tmp_path):
+    from minitx.plots import plt
+    open_figures = len(plt.get_fignums())
     result = P.run_pretraining(tiny(tmp_path))
+    assert len(plt.get_fignums()) == open_figures  # the saved loss curve is closed, not kept alive by pyplot
     out = tmp_path / "run"
     assert {p.name for p in out.iterdir()} == RUN_FILES
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -98,7 +98,7 @@ def _write_outputs(document: dict, table: str, plot, args: argparse.Namespace) -
         args.table.write_text(table, encoding="utf-8")
         print(f"table: {args.table}")
     if args.plot:
-        plot(document, args.plot)
+        _close(plot(document, args.plot))  # saved: a CLI holds no figures open
         print(f"plot: {args.plot}")
 
 
@@ -169,3 +169,11 @@ def training_main(args: argparse.Namespace) -> int:
     _write_outputs(document, training_table(document), plot_training, args)
     print(f"{len(records)} implementations in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _close(fig) -> None:
+    """Release a saved figure from pyplot's registry (pyplot keeps every figure alive until closed)."""
+    if fig is not None:
+        from minitx.plots import plt
+        plt.close(fig)
+
