@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from minitx import functional as F
-from minitx.attention import MultiHeadAttention
+from minitx.attention import MultiHeadAttention, available_backends
 
-__all__ = ["LayerNorm", "FeedForward", "EncoderBlock"]
+__all__ = ["LayerNorm", "FeedForward", "EncoderBlock", "set_blocks_backend"]
 
 
 def _check_probability(name: str, p) -> None:
@@ -139,3 +139,12 @@ class EncoderBlock(nn.Module):
         a, _ = self._attend(x_rows, attention_mask, False, False, context=x)
         h = self.attention_norm(x_rows + a)  # (block.1) at the rows
         return self.ffn_norm(h + self.dropout(self.feed_forward(h)))  # (block.2)
+
+
+def set_blocks_backend(blocks, backend: str) -> None:
+    """Switch the attention backend (math, sdpa, flash) of every block in `blocks`, weights untouched."""
+    if backend not in available_backends():
+        raise ValueError(f"backend: expected one of {available_backends()}, got {backend!r}")
+    for block in blocks:
+        block.attention.backend = backend
+

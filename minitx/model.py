@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as torch_F  # torch's; `F` is minitx.functional elsewhere in the library
 from torch import nn
 
-from minitx.attention import available_backends
 from minitx.bert_config import BertConfig  # noqa: F401 (re-exported: minitx.model.BertConfig)
-from minitx.blocks import EncoderBlock, LayerNorm
+from minitx.blocks import EncoderBlock, LayerNorm, set_blocks_backend
 from minitx.functional import cross_entropy, gelu
 from minitx.positional import LearnedPositionalEmbedding
 from minitx.model_inputs import IGNORE_INDEX, check_ids, check_inputs, check_labels  # noqa: F401 (re-exported)
@@ -62,11 +61,8 @@ class BertModel(nn.Module):
 
     def set_attention_backend(self, backend: str) -> None:
         """Switch every block's attention backend (math, sdpa, flash) without touching the weights."""
-        if backend not in available_backends():
-            raise ValueError(f"backend: expected one of {available_backends()}, got {backend!r}")
+        set_blocks_backend(self.blocks, backend)
         self.config.attention_backend = backend
-        for block in self.blocks:
-            block.attention.backend = backend
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None, last_rows: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -120,6 +120,10 @@ def test_backends_agree_through_the_model():
     math_logits = model(ids, mask).logits
     model.bert.set_attention_backend("sdpa")
     torch.testing.assert_close(model(ids, mask).logits, math_logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="backend"):
+        model.bert.set_attention_backend("nope")
+    assert model.config.attention_backend == "sdpa"  # a refused switch changes nothing
+    assert all(b.attention.backend == "sdpa" for b in model.bert.blocks)
 
 
 def test_pre_ln_has_a_final_norm_and_differs_from_post_ln():

@@ -22,7 +22,7 @@ import torch.nn.functional as torch_F  # torch's; minitx.functional is `F` elsew
 from torch import nn
 
 from minitx.attention import available_backends
-from minitx.blocks import EncoderBlock, FeedForward, LayerNorm
+from minitx.blocks import EncoderBlock, FeedForward, LayerNorm, set_blocks_backend
 from minitx.model_inputs import IGNORE_INDEX, check_model_config  # shared with the encoder
 
 __all__ = ["GPTConfig", "GPT", "CausalLMOutput", "gelu_tanh", "IGNORE_INDEX", "ACTIVATIONS"]
@@ -150,11 +150,8 @@ class GPT(nn.Module):
 
     def set_attention_backend(self, backend: str) -> None:
         """Switch every block's attention backend (math, sdpa, flash) without touching the weights."""
-        if backend not in available_backends():
-            raise ValueError(f"backend: expected one of {available_backends()}, got {backend!r}")
+        set_blocks_backend(self.blocks, backend)
         self.config.attention_backend = backend
-        for block in self.blocks:
-            block.attention.backend = backend
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(dec.1): token embedding + learned position embedding, then dropout. (B, N) -> (B, N, C)."""
