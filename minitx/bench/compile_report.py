@@ -89,8 +89,14 @@ def _fake_args(spec: CompileSpec) -> dict:
     return args, flags
 
 
+def _require_triton() -> None:
+    """Without Triton, minitx.kernels' ImportError, which names the extra that installs it."""
+    import minitx.kernels  # noqa: F401
+
+
 def _source(spec: CompileSpec):
     """The ASTSource Triton's launcher would build for `spec`."""
+    _require_triton()
     import triton
     from triton.backends.nvidia.compiler import CUDABackend
     from triton.runtime.jit import native_specialize_impl
@@ -114,6 +120,7 @@ def _source(spec: CompileSpec):
 
 
 def _bin(tool: str) -> str:
+    _require_triton()
     import triton
 
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / tool)
@@ -121,6 +128,7 @@ def _bin(tool: str) -> str:
 
 def compile_one(spec: CompileSpec) -> dict:
     """Compile `spec` and read its resources and instructions (see the module docstring)."""
+    _require_triton()
     import triton
     from triton.backends.compiler import GPUTarget
 
