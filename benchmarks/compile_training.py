@@ -1,7 +1,7 @@
 """What `--compile` buys: `python benchmarks/compile_training.py` (CPU, one thread, thread-CPU clock).
 
 minitx's default MLM training step (width 256, 4 layers, batch 16 x 128, vocab 4096, the head at labelled
-positions) with its hand-written bodies eager, then compiled (`minitx.compile.compile_bodies`), then timed in
+positions) with its hand-written bodies eager, then compiled (`minitx.training.compile.compile_bodies`), then timed in
 alternated rounds, switching the bodies between rounds. Compile time = wall time of the first compiled step
 minus the median eager step. Writes results/cpu_compile.{json,md}. Run it under `flock /tmp/minitx-timing.lock`.
 """
@@ -16,8 +16,8 @@ import torch
 from minitx.bench.report import environment
 from minitx.bench.timing import summarize
 from minitx.bench.training import TrainingBenchConfig, build_impl, make_batch, make_step
-from minitx.compile import compile_bodies, eager_bodies
-from minitx.model import BertForMaskedLM
+from minitx.training.compile import compile_bodies, eager_bodies
+from minitx.models.bert import BertForMaskedLM
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -2,7 +2,7 @@
 
 One tokenizer (minitx's, trained on tiny Shakespeare's training split); one initial model, built by minitx and
 copied into `transformers.BertForMaskedLM` with `minitx.interop.to_hf_bert`; the same packed, masked batches
-(minitx.pretrain's --corpus shakespeare stream); the same torch AdamW with minitx's parameter groups (opt.4)
+(minitx.recipes.pretrain's --corpus shakespeare stream); the same torch AdamW with minitx's parameter groups (opt.4)
 and schedule (opt.5-opt.6), the same gradient clipping; no dropout, so the two runs differ only by
 floating-point rounding. Both are trained in the same plain PyTorch loop, interleaved step by step so machine
 load hits both alike; both are evaluated on the same held-out masked blocks every --eval-every steps, beside
@@ -22,13 +22,15 @@ from pathlib import Path
 
 import torch
 
-from minitx.interop import to_hf_bert
-from minitx.mlm_eval import _eval_batches
-from minitx.model import IGNORE_INDEX, BertForMaskedLM
-from minitx.optim import lr_at, parameter_groups
+from minitx.interop.bert import to_hf_bert
+from minitx.recipes.pretrain.evaluate import _eval_batches
+from minitx.functional import IGNORE_INDEX
+from minitx.models.bert import BertForMaskedLM
+from minitx.training.optim import lr_at, parameter_groups
 from minitx.plots import _finish, plt
-from minitx.pretrain import PretrainConfig, build_corpus, model_config
-from minitx.tokenizer import WordPieceTokenizer
+from minitx.recipes.pretrain.config import model_config, PretrainConfig
+from minitx.recipes.pretrain.data import build_corpus
+from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-import minitx.corpus as corpus
-from minitx.corpus import NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
-from minitx.finetune import FinetuneConfig, run_finetuning
-from minitx.model import BertForMaskedLM
+import minitx.data.synthetic as corpus
+from minitx.data.synthetic import NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
+from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.recipe import run_finetuning
+from minitx.models.bert import BertForMaskedLM
 from minitx.plots import method_accuracy
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -114,7 +115,8 @@ def with_definitions(share: float):
 
 
 def pretrain(args) -> tuple[str, dict]:
-    from minitx.pretrain import PretrainConfig, run_pretraining
+    from minitx.recipes.pretrain.config import PretrainConfig
+    from minitx.recipes.pretrain.recipe import run_pretraining
     out = Path(args.work_dir) / "pretrain"
     overrides = {"max_steps": 60, "train_sentences": 2000, "eval_every": 0} if args.fast else {}
     original = corpus.generate_sentence
@@ -210,7 +212,7 @@ def main(argv: list[str]) -> int:
         pretrained, pre_summary = args.pretrained, json.loads((Path(args.pretrained) / "summary.json").read_text())
     else:
         pretrained, pre_summary = pretrain(args)
-    from minitx.pretrain import load_pretrained
+    from minitx.recipes.pretrain.fill_mask import load_pretrained
     mlm, tokenizer = load_pretrained(pretrained)
     torch.manual_seed(0)
     probe = {"pretrained": polarity_probe(mlm, tokenizer),

@@ -15,8 +15,10 @@ import time
 
 import torch
 
-from minitx.finetune import FinetuneConfig, run_finetuning
-from minitx.pretrain import PretrainConfig, run_pretraining
+from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.recipe import run_finetuning
+from minitx.recipes.pretrain.config import PretrainConfig
+from minitx.recipes.pretrain.recipe import run_pretraining
 
 
 def main(what: str, threads: int) -> None:

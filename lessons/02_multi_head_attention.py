@@ -22,7 +22,7 @@ import torch
 from einops import rearrange
 
 from minitx import functional as F
-from minitx.attention import MultiHeadAttention
+from minitx.attention.multi_head import MultiHeadAttention
 from minitx.plots import attention_map, output_dir
 
 FAST = os.environ.get("MINITX_FAST") == "1"
@@ -117,7 +117,7 @@ batch = torch.randn(2 if FAST else 8, N, C)
 real = torch.ones(batch.shape[0], N, dtype=torch.long)
 real[0, 7:] = 0  # the first sentence is 7 tokens long, then padding
 expected, expected_w = ref(batch, batch, batch, key_padding_mask=real == 0, average_attn_weights=False)
-ours, ours_w = mha(batch, attention_mask=real, return_weights=True)
+ours, ours_w = mha(batch, key_padding_mask=real.bool(), return_weights=True)
 torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 torch.testing.assert_close(ours_w, expected_w, rtol=1e-5, atol=1e-5)
 assert ours_w[0, :, :, 7:].abs().max() == 0, "no weight on padding"
@@ -128,5 +128,5 @@ print("minitx.MultiHeadAttention == torch.nn.MultiheadAttention (with padding)")
 
 # %%
 mha.backend = "sdpa"
-torch.testing.assert_close(mha(batch, attention_mask=real), ours, rtol=1e-5, atol=1e-5)
+torch.testing.assert_close(mha(batch, key_padding_mask=real.bool()), ours, rtol=1e-5, atol=1e-5)
 print("backend 'sdpa' agrees with 'math'")

@@ -12,10 +12,11 @@ import os
 
 import torch
 
-from minitx.attention import MultiHeadAttention
+from minitx.attention.multi_head import MultiHeadAttention
 from minitx.plots import heatmap, output_dir
-from minitx.positional import (LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding,
-                               alibi_bias, alibi_slopes)
+from minitx.positional.absolute import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from minitx.positional.rope import RotaryEmbedding
+from minitx.positional.alibi import alibi_bias, alibi_slopes
 
 FAST = os.environ.get("MINITX_FAST") == "1"
 torch.manual_seed(0)

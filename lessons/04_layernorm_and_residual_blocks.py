@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from minitx import functional as F
-from minitx.blocks import EncoderBlock, LayerNorm
+from minitx.nn.block import standard_block
+from minitx.nn.norms import LayerNorm
 from minitx.plots import output_dir
 
 FAST = os.environ.get("MINITX_FAST") == "1"
@@ -42,7 +43,7 @@ mu = x.mean(dim=-1, keepdim=True)
 var = x.var(dim=-1, unbiased=False, keepdim=True)
 by_hand = ln.weight * (x - mu) / torch.sqrt(var + ln.eps) + ln.bias
 torch.testing.assert_close(ln(x), by_hand, rtol=1e-5, atol=1e-5)
-print("LayerNorm by hand == minitx.blocks.LayerNorm")
+print("LayerNorm by hand == minitx.nn.block.LayerNorm")
 
 # %% [markdown]
 # ## The two blocks by hand
@@ -51,7 +52,7 @@ print("LayerNorm by hand == minitx.blocks.LayerNorm")
 
 # %%
 for norm_first in (False, True):
-    block = EncoderBlock(C, 4, 4 * C, dropout=0.0, norm_first=norm_first).eval()
+    block = standard_block(C, 4, 4 * C, dropout=0.0, norm_first=norm_first).eval()
     attn, ffn = block.attention, block.feed_forward
     ln1, ln2 = block.attention_norm, block.ffn_norm
     if norm_first:
@@ -81,7 +82,7 @@ print("post-LN and pre-LN blocks match their equations")
 # %%
 def random_stack(depth: int, norm_first: bool, seed: int) -> torch.nn.Sequential:
     torch.manual_seed(seed)
-    stack = torch.nn.Sequential(*[EncoderBlock(C, 4, 4 * C, dropout=0.0, norm_first=norm_first)
+    stack = torch.nn.Sequential(*[standard_block(C, 4, 4 * C, dropout=0.0, norm_first=norm_first)
                                   for _ in range(depth)])
     for module in stack.modules():
         if isinstance(module, torch.nn.Linear):

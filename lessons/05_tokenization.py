@@ -30,11 +30,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from minitx.corpora import iter_corpus_lines
-from minitx.data import SyntheticLanguage, mask_tokens
+from minitx.data.corpora import iter_corpus_lines
+from minitx.data.synthetic import SyntheticLanguage
+from minitx.data.mlm import mask_tokens
 from minitx.plots import output_dir
-from minitx.text_data import pack_lines
-from minitx.tokenizer import WordPieceTokenizer, pre_tokenize
+from minitx.data.text import pack_lines
+from minitx.tokenizers.wordpiece import WordPieceTokenizer
+from minitx.tokenizers.pretokenize import pre_tokenize
 
 FAST = os.environ.get("MINITX_FAST") == "1"
 OUT = output_dir()

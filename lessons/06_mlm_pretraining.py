@@ -18,7 +18,7 @@
 # | phrase | `according` → `to`, `in spite` → `of`: the word before | 2/5 |
 #
 # *Chance* is what a model gets that knows the kind of position but ignores the cue: it always says the most
-# common answer. This lesson pretrains a small BERT with `minitx.pretrain` and checks, per kind, how far above
+# common answer. This lesson pretrains a small BERT with `minitx.recipes.pretrain` and checks, per kind, how far above
 # chance it gets.
 
 # %%
@@ -26,11 +26,14 @@ import os
 
 import torch
 
-from minitx.corpus import FIXED_PHRASES
-from minitx.data import SyntheticLanguage, chance_baselines, mlm_batch
+from minitx.data.synthetic import FIXED_PHRASES
+from minitx.data.synthetic import chance_baselines, SyntheticLanguage
+from minitx.data.mlm import mlm_batch
 from minitx.plots import accuracy_vs_chance, output_dir
-from minitx.pretrain import PretrainConfig, fill_mask, run_pretraining
-from minitx.tokenizer import WordPieceTokenizer
+from minitx.recipes.pretrain.config import PretrainConfig
+from minitx.recipes.pretrain.fill_mask import fill_mask
+from minitx.recipes.pretrain.recipe import run_pretraining
+from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 FAST = os.environ.get("MINITX_FAST") == "1"
 OUT = output_dir()
@@ -66,7 +69,7 @@ assert not (selected & ~real).any(), "only real, non-special tokens are ever sel
 # %% [markdown]
 # ## Pretraining
 #
-# `run_pretraining` is what `minitx pretrain` runs: tokenizer, model, `minitx.train`'s loop with the MLM loss,
+# `run_pretraining` is what `minitx pretrain` runs: tokenizer, model, `minitx.training.loop`'s loop with the MLM loss,
 # and an evaluation that masks each determined word of held-out sentences *alone* and checks the prediction.
 
 # %%

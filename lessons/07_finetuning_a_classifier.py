@@ -9,7 +9,7 @@
 # The claim behind it: the pretrained encoder already represents what the task needs, so few labels suffice —
 # and LoRA (lora.1), $y = W x + b + s\,BA\,x$ with $W$ frozen, gets there training a small share of the weights.
 # This lesson builds the classifier from a pretrained model, checks what LoRA freezes, fine-tunes with
-# `minitx.finetune`, and then *measures* the claim against training from scratch instead of repeating it.
+# `minitx.recipes.finetune`, and then *measures* the claim against training from scratch instead of repeating it.
 
 # %%
 import json
@@ -18,11 +18,15 @@ from pathlib import Path
 
 import torch
 
-from minitx.finetune import FinetuneConfig, predict, run_finetuning
-from minitx.model import BertForSequenceClassification
-from minitx.peft import apply_lora, trainable_parameters_report
+from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.inference import predict
+from minitx.recipes.finetune.recipe import run_finetuning
+from minitx.models.bert import BertForSequenceClassification
+from minitx.peft.lora import apply_lora
+from minitx.peft.targets import trainable_parameters_report
 from minitx.plots import method_accuracy, output_dir
-from minitx.pretrain import PretrainConfig, run_pretraining
+from minitx.recipes.pretrain.config import PretrainConfig
+from minitx.recipes.pretrain.recipe import run_pretraining
 
 FAST = os.environ.get("MINITX_FAST") == "1"
 OUT = output_dir()

@@ -208,7 +208,7 @@ assert visited < total
 # against a cache must equal the last row of full causal attention:
 
 # %%
-from minitx.attention import attention  # noqa: E402
+from minitx.attention.front_door import attention  # noqa: E402
 
 g = torch.Generator().manual_seed(1)
 full_q = torch.randn(1, 4, 40, 16, generator=g).to(DEVICE)      # H = 4 query heads

@@ -16,15 +16,17 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from minitx.char_tokenizer import CharTokenizer
+from minitx.tokenizers.char import CharTokenizer
 from minitx.functional import causal_mask
-from minitx.generate import generate, sample_next
-from minitx.lm import lm_batch, shakespeare_text, split_ids
-from minitx.models import GPT, GPTConfig
+from minitx.generation.generate import generate
+from minitx.generation.sampling import sample_next
+from minitx.recipes.lm.recipe import lm_batch, shakespeare_text, split_ids
+from minitx.models.gpt import GPT, GPTConfig
 from minitx.models.gpt import next_token_loss
 from minitx.plots import output_dir
 from minitx.seeding import seed_for
-from minitx.train import TrainConfig, train
+from minitx.training.config import TrainConfig
+from minitx.training.loop import train
 
 FAST = os.environ.get("MINITX_FAST") == "1"
 torch.manual_seed(0)

@@ -18,10 +18,11 @@ import matplotlib.pyplot as plt
 import torch
 from einops import rearrange
 
-from minitx.attention import attention
+from minitx.attention.front_door import attention
 from minitx.functional import causal_mask
-from minitx.generate import KVCache, bottom_right_causal_mask, forward_cached, generate
-from minitx.models import GPT, GPTConfig
+from minitx.attention.cache import bottom_right_causal_mask, KVCache
+from minitx.generation.generate import generate
+from minitx.models.gpt import GPT, GPTConfig
 from minitx.plots import output_dir
 
 FAST = os.environ.get("MINITX_FAST") == "1"
@@ -69,9 +70,9 @@ print("bottom-right:\n", br.int(), "\ntop-left:\n", tl.int())
 ids = torch.randint(0, 100, (1, 8))
 with torch.no_grad():
     want = model(ids).logits[:, 5:]
-    cache = KVCache(len(model.blocks))
-    forward_cached(model, ids[:, :5], cache)
-    got = forward_cached(model, ids[:, 5:], cache)  # uses the bottom-right mask (dec.9)
+    cache = KVCache(len(model.blocks))  # one LayerKV per block; the model appends to it
+    model(ids[:, :5], cache=cache)
+    got = model(ids[:, 5:], cache=cache).logits  # each attention uses the bottom-right mask (dec.9)
 assert torch.allclose(got, want, atol=1e-5)
 q, k, v = torch.randn(1, 4, 3, 16), torch.randn(1, 4, 8, 16), torch.randn(1, 4, 8, 16)
 assert not torch.allclose(attention(q, k, v, attn_mask=br), attention(q, k, v, is_causal=True), atol=1e-3)
@@ -139,7 +140,7 @@ fig.savefig(output_dir() / "12_kv_cache_time.png", dpi=110)
 # %%
 cache = KVCache(len(model.blocks))
 with torch.no_grad():
-    forward_cached(model, torch.randint(0, 100, (1, L)), cache)
-held = sum(t.numel() for t in cache.keys + cache.values)
+    model(torch.randint(0, 100, (1, L)), cache=cache)
+held = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers)
 assert held == 2 * 2 * L * 64
 print(f"cache at {L} tokens: {held:,} floats = 2 x layers x M x C")

@@ -28,20 +28,20 @@ from typing import Any, Sequence
 # subcommand -> ("module:ConfigClass", "module:function", help). Imported lazily so `minitx --help` is instant
 # and a CPU-only install never imports Triton.
 COMMANDS: dict[str, tuple[str | None, str, str]] = {
-    "demo": (None, "minitx.finetune:demo_main",
+    "demo": (None, "minitx.recipes.finetune.demo:demo_main",
              "the quickstart: pretrain on the built-in language, then LoRA fine-tune a classifier"),
-    "pretrain": ("minitx.pretrain:PretrainConfig", "minitx.pretrain:run_pretraining",
+    "pretrain": ("minitx.recipes.pretrain.config:PretrainConfig", "minitx.recipes.pretrain.recipe:run_pretraining",
                  "masked-language-model pretraining (built-in corpus or --text files)"),
-    "fill-mask": (None, "minitx.pretrain:fill_mask_main", "top-k predictions for each [MASK] in a text"),
-    "finetune": ("minitx.finetune:FinetuneConfig", "minitx.finetune:run_finetuning",
+    "fill-mask": (None, "minitx.recipes.pretrain.fill_mask:fill_mask_main", "top-k predictions for each [MASK] in a text"),
+    "finetune": ("minitx.recipes.finetune.config:FinetuneConfig", "minitx.recipes.finetune.recipe:run_finetuning",
                  "fine-tune a pretrained checkpoint for classification (full, lora, adapter, bitfit)"),
-    "classify": (None, "minitx.finetune:classify_main", "classify texts with a fine-tuned checkpoint"),
-    "bench": (None, "minitx.bench:bench_main", "benchmarks: `minitx bench attention|training ...`"),
-    "export": (None, "minitx.export:export_main",
+    "classify": (None, "minitx.recipes.finetune.inference:classify_main", "classify texts with a fine-tuned checkpoint"),
+    "bench": (None, "minitx.bench.cli:bench_main", "benchmarks: `minitx bench attention|training ...`"),
+    "export": (None, "minitx.recipes.export:export_main",
                "write a run as a Hugging Face checkpoint directory (or, with --peft, a PEFT adapter directory)"),
-    "train-lm": ("minitx.lm:LMConfig", "minitx.lm:run_lm",
+    "train-lm": ("minitx.recipes.lm.recipe:LMConfig", "minitx.recipes.lm.recipe:run_lm",
                  "causal language modelling (GPT): --corpus shakespeare with a character vocabulary, or --text"),
-    "generate": (None, "minitx.lm_generate:generate_main", "stream text from a train-lm run: generate RUN \"prompt\""),
+    "generate": (None, "minitx.recipes.lm.generate:generate_main", "stream text from a train-lm run: generate RUN \"prompt\""),
 }
 
 
@@ -65,7 +65,8 @@ def _field_type(field: dataclasses.Field, hints: dict[str, Any]) -> tuple[Any, b
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One `--field-name` option per dataclass field; the field's default and its `help` metadata carry over.
 
-    Field metadata may add `aliases` (extra flags, e.g. `--from`) and `choices`.
+    Field metadata may add `aliases` (extra flags, e.g. `--from`) and `choices` (a sequence, or a callable that
+    returns one when the parser is built, such as `available_backends`).
     """
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
@@ -79,8 +80,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
                                 action=argparse.BooleanOptionalAction, help=help_text)
             continue
         kwargs: dict[str, Any] = dict(dest=field.name, default=default, help=f"{help_text} (default: {default})")
-        if "choices" in field.metadata:
-            kwargs["choices"] = field.metadata["choices"]
+        if "choices" in field.metadata:  # a callable is asked now, e.g. the attention backends registered
+            choices = field.metadata["choices"]
+            kwargs["choices"] = choices() if callable(choices) else choices
         if is_list:
             kwargs["nargs"] = "+"
         parser.add_argument(*flags, type=scalar if scalar in (int, float, str) else str, **kwargs)
@@ -120,10 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error_code(e: Exception) -> int | None:
     """2 for a user error (a bad value, file or checkpoint), 1 for a run that diverged, None for anything else."""
-    train = sys.modules.get("minitx.train")
+    train = sys.modules.get("minitx.training.loop")
     if train is not None and isinstance(e, train.NonFiniteLossError):
         return 1
-    checkpoint = sys.modules.get("minitx.checkpoint")
+    checkpoint = sys.modules.get("minitx.training.checkpoint")
     if isinstance(e, (ValueError, TypeError, OSError)) or (
             checkpoint is not None and isinstance(e, checkpoint.CheckpointError)):
         return 2
@@ -182,7 +184,7 @@ def _run(argv: list[str]) -> int:
     args = sub_parser.parse_args(rest)
     config = config_from_args(config_cls, args)
     if all(hasattr(config, f) for f in ("out_dir", "resume", "overwrite")):
-        from minitx.guards import check_out_dir
+        from minitx.training.guards import check_out_dir
         check_out_dir(config)
     func(config)
     return 0

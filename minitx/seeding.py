@@ -32,7 +32,7 @@ def step_seed(seed: int, step: int, micro_step: int, rank: int) -> int:
     return (((seed * 1_000_003 + step) * 1_009 + micro_step) * 65_537 + rank) % (2**63 - 1)
 
 
-# Every generator's state, saved in checkpoints (minitx.checkpoint) so a resumed run draws what it would have.
+# Every generator's state, saved in checkpoints (minitx.training.checkpoint) so a resumed run draws what it would have.
 def rng_state() -> dict[str, Any]:
     """Every random number generator a training step may draw from, as weights_only-loadable values."""
     np_state = np.random.get_state()

@@ -1,4 +1,4 @@
-"""minitx.optim.AdamW, the hand-written (opt.1)-(opt.2), against torch.optim.AdamW: bit for bit on the same
+"""minitx.training.optim.AdamW, the hand-written (opt.1)-(opt.2), against torch.optim.AdamW: bit for bit on the same
 gradients, checkpoints that load into either, the rate the loop sets per step, and clear errors.
 """
 
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minitx.optim import AdamW, parameter_groups
+from minitx.training.optim import AdamW, parameter_groups
 
 
 def _model(seed=0):
@@ -154,7 +154,7 @@ def test_bad_params_and_bad_states_are_refused():
 
 def test_building_it_does_not_import_dynamo():
     """The reason it is not a torch.optim.Optimizer: that base class imports torch._dynamo (~145 MiB)."""
-    code = ("import sys, torch; from minitx.optim import AdamW; m = torch.nn.Linear(3, 3); o = AdamW(m.parameters());"
+    code = ("import sys, torch; from minitx.training.optim import AdamW; m = torch.nn.Linear(3, 3); o = AdamW(m.parameters());"
             " m(torch.randn(2, 3)).sum().backward(); o.step(); torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0);"
             " print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,8 +8,11 @@ from einops import rearrange
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minitx import attention as A
-from minitx.attention import MultiHeadAttention, attention, available_backends, get_backend, register_backend
+from minitx import functional as F
+from minitx.attention import backends as A
+from minitx.attention.multi_head import MultiHeadAttention
+from minitx.attention.front_door import attention
+from minitx.attention.backends import available_backends, get_backend, register_backend
 
 F64 = torch.float64
 
@@ -83,8 +86,8 @@ def test_mha_equals_torch_multihead_attention_self_attention_with_padding(backen
     x = torch.randn(2, 6, 12, dtype=F64)
     real = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     expected, expected_w = ref(x, x, x, key_padding_mask=real == 0, average_attn_weights=False)
-    torch.testing.assert_close(mha(x, attention_mask=real), expected)
-    out, weights = mha(x, attention_mask=real, return_weights=True)
+    torch.testing.assert_close(mha(x, key_padding_mask=real.bool()), expected)
+    out, weights = mha(x, key_padding_mask=real.bool(), return_weights=True)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(weights, expected_w)
 
@@ -98,7 +101,7 @@ def test_mha_equals_torch_multihead_attention_cross_attention_with_allowed_mask(
     allowed = torch.rand(2, 2, 3, 7, generator=torch.Generator().manual_seed(0)) > 0.3
     allowed[..., 0] = True  # torch gives NaN for rows with no key; keep every row non-empty for the comparison
     expected, _ = ref(x, ctx, ctx, attn_mask=~allowed.reshape(4, 3, 7))  # (B, H, N, M) -> (B*H, N, M)
-    torch.testing.assert_close(mha(x, context=ctx, attention_mask=allowed), expected)
+    torch.testing.assert_close(mha(x, context=ctx, attn_mask=allowed), expected)
 
 
 @settings(max_examples=10)
@@ -133,7 +136,7 @@ def test_padding_contents_do_not_change_real_tokens(backend):
     real = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     garbage = x.clone()
     garbage[0, 3:] = torch.randn(2, 8, dtype=F64) * 10
-    a, b = mha(x, attention_mask=real), mha(garbage, attention_mask=real)
+    a, b = mha(x, key_padding_mask=real.bool()), mha(garbage, key_padding_mask=real.bool())
     torch.testing.assert_close(a[0, :3], b[0, :3])
     torch.testing.assert_close(a[1], b[1])
     assert not torch.allclose(mha(x)[0, :3], mha(garbage)[0, :3])  # unmasked, the padding would leak
@@ -146,12 +149,12 @@ def test_return_weights_rows_sum_to_one_or_zero_and_match_the_output():
     x = torch.randn(2, 4, 8, dtype=F64)
     allowed = torch.ones(2, 2, 4, 4, dtype=torch.bool)
     allowed[1, 0, 3] = False
-    out, w = mha(x, attention_mask=allowed, return_weights=True)
+    out, w = mha(x, attn_mask=allowed, return_weights=True)
     expected_sums = torch.ones(2, 2, 4, dtype=F64)
     expected_sums[1, 0, 3] = 0.0
     torch.testing.assert_close(w.sum(-1), expected_sums)
     assert (w >= 0).all()
-    torch.testing.assert_close(out, mha(x, attention_mask=allowed))  # same answer as the sdpa path
+    torch.testing.assert_close(out, mha(x, attn_mask=allowed))  # same answer as the sdpa path
 
 
 def test_dropout_only_in_training_mode():
@@ -189,7 +192,7 @@ def test_registered_backend_is_dispatched_to_with_the_masks():
     try:
         assert "spy" in available_backends()
         mha = MultiHeadAttention(8, 2, backend="spy")
-        mha(torch.randn(1, 3, 8), attention_mask=torch.tensor([[1, 1, 0]]), is_causal=True)
+        mha(torch.randn(1, 3, 8), key_padding_mask=torch.tensor([[True, True, False]]), is_causal=True)
         assert seen["key_padding_mask"].tolist() == [[True, True, False]] and seen["is_causal"] is True
     finally:
         A._BACKENDS.pop("spy")
@@ -221,9 +224,9 @@ def test_flash_backend_through_the_module_agrees_with_math(monkeypatch):
     mha = MultiHeadAttention(16, 2).to(device).eval()
     x = torch.randn(2, 7, 16, device=device)
     real = torch.tensor([[1] * 7, [1] * 4 + [0] * 3], device=device)
-    expected = mha(x, attention_mask=real, is_causal=True)
+    expected = mha(x, key_padding_mask=real.bool(), is_causal=True)
     mha.backend = "flash"
-    torch.testing.assert_close(mha(x, attention_mask=real, is_causal=True), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mha(x, key_padding_mask=real.bool(), is_causal=True), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_input_errors_name_the_argument():
@@ -233,12 +236,14 @@ def test_bad_input_errors_name_the_argument():
         MultiHeadAttention(8, 2, backend="nope")
     mha = MultiHeadAttention(8, 2)
     x = torch.randn(2, 5, 8)
-    with pytest.raises(ValueError, match="attention_mask"):
-        mha(x, attention_mask=torch.ones(2, 4))
-    with pytest.raises(ValueError, match="attention_mask"):
-        mha(x, attention_mask=torch.ones(2, 3, 5, 5, dtype=torch.bool))
-    with pytest.raises(TypeError, match="attention_mask"):
-        mha(x, attention_mask=torch.ones(2, 1, 5, 5))
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        mha(x, key_padding_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="key_padding_mask: expected a bool"):
+        mha(x, key_padding_mask=torch.ones(2, 5))
+    with pytest.raises(ValueError, match="attn_mask"):
+        mha(x, attn_mask=torch.ones(2, 3, 5, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="attn_mask"):
+        mha(x, attn_mask=torch.ones(2, 1, 5, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="x"):
         mha(torch.randn(2, 5, 6))
     with pytest.raises(TypeError, match="context"):
@@ -259,7 +264,7 @@ def test_bad_input_errors_name_the_argument():
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
 def test_alibi_bias_as_a_float_mask_in_another_dtype(backend):
     """A float32 bias (here ALiBi's (H, N, M)) added to float64 scores, combined with padding: (mha.2)."""
-    from minitx.positional import alibi_bias
+    from minitx.positional.alibi import alibi_bias
 
     q, k, v = _qkv(2, 4, 5, 5, 3)
     bias = alibi_bias(4, 5, 5)  # float32
@@ -333,7 +338,7 @@ def test_bottom_right_causal_is_what_a_kv_cache_needs(backend, n, m):
     """(attn.3) with off = M - N: query i sees keys j <= i + M - N, so the last query sees all M keys."""
     q, k, v = _qkv(1, 2, n, m, 4)
     allowed = torch.arange(m)[None, :] <= torch.arange(n)[:, None] + (m - n)  # (N, M)
-    assert torch.equal(A.F.causal_mask(n, m, align="bottom_right"), allowed)
+    assert torch.equal(F.causal_mask(n, m, align="bottom_right"), allowed)
     got = attention(q, k, v, backend=backend, is_causal=True, causal_align="bottom_right")
     torch.testing.assert_close(got, _reference(q, k, v, allowed))
     # decoding one token with a cache == the last row of the full causal attention
@@ -347,7 +352,7 @@ def test_grouped_query_attention_reads_shared_heads(backend):
     q, k, v = _qkv(2, 6, 5, 7, 3)
     k, v = (t.detach()[:, :2].clone().requires_grad_() for t in (k, v))
     got = attention(q, k, v, backend=backend, is_causal=True)
-    torch.testing.assert_close(got, _reference(q, k, v, A.F.causal_mask(5, 7)))
+    torch.testing.assert_close(got, _reference(q, k, v, F.causal_mask(5, 7)))
     got.sum().backward()
     assert k.grad.shape == (2, 2, 7, 3) and k.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="k: expected a number of heads dividing"):
@@ -371,19 +376,19 @@ def test_sliding_window_keeps_a_band_around_the_aligned_diagonal(backend, window
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
 def test_alibi_slopes_option_equals_the_bias_it_stands_for(backend):
     """(pos.8) bottom-right aligned with causal: bias -slope_h |j - i - (M - N)|, here M - N = 2."""
-    from minitx.positional import alibi_bias_from_slopes, alibi_slopes
+    from minitx.positional.alibi import alibi_bias_from_slopes, alibi_slopes
 
     q, k, v = _qkv(1, 4, 3, 5, 4)
     slopes = alibi_slopes(4).double()
     got = attention(q, k, v, backend=backend, alibi_slopes=slopes, is_causal=True, causal_align="bottom_right")
-    want = _reference(q, k, v, A.F.causal_mask(3, 5, align="bottom_right"), alibi_bias_from_slopes(slopes, 3, 5, 2))
+    want = _reference(q, k, v, F.causal_mask(3, 5, align="bottom_right"), alibi_bias_from_slopes(slopes, 3, 5, 2))
     torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
 def test_packed_sequences_equal_a_padded_batch(backend):
     """(flash.19): sequences of lengths 3, 5, 1 packed into T = 9 rows == the same batch padded to 5."""
-    from minitx.attention import varlen_attention
+    from minitx.attention.varlen import varlen_attention
 
     lengths, h, d = [3, 5, 1], 2, 4
     cu = torch.tensor([0, 3, 8, 9])
@@ -393,7 +398,7 @@ def test_packed_sequences_equal_a_padded_batch(backend):
     for s, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
         qs, ks, vs = (rearrange(t[a:b], "t h d -> 1 h t d") for t in (q, k, v))
         torch.testing.assert_close(rearrange(packed[a:b], "t h d -> 1 h t d"),
-                                   _reference(qs, ks, vs, A.F.causal_mask(lengths[s], lengths[s])))
+                                   _reference(qs, ks, vs, F.causal_mask(lengths[s], lengths[s])))
     with pytest.raises(ValueError, match="cu_seqlens_q"):
         varlen_attention(q, k, v, torch.tensor([0, 3, 8]), cu)
 

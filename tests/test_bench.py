@@ -174,7 +174,7 @@ def test_gate_records_wrong_kernels_as_failed_and_never_times_them():
 
 
 def test_gate_through_a_registered_minitx_backend():
-    attention = pytest.importorskip("minitx.attention")
+    attention = pytest.importorskip("minitx.attention.backends")
     attention.register_backend("bench_test_garbage", lambda q, k, v, **kw: torch.zeros_like(q) + v.mean())
     config = AttentionBenchConfig(**TINY, masks=["full"], impls=["minitx:bench_test_garbage", "minitx:sdpa"])
     records = run_sweep(config, progress=None)

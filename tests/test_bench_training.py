@@ -16,7 +16,7 @@ from minitx.bench import bench_main
 from minitx.bench.training import (PAD_ID, TrainingBenchConfig, build_impl, gate, loss_and_grads, make_batch,
                                    run_training_bench, time_interleaved)
 from minitx.bench.training_report import SCHEMA, ratios, throughput, training_table
-from minitx.model import BertForMaskedLM
+from minitx.models.bert import BertForMaskedLM
 
 pytest.importorskip("transformers")
 

@@ -1,16 +1,18 @@
-"""minitx.blocks: LayerNorm, FeedForward, EncoderBlock (docs/math/residual_blocks.md)."""
+"""minitx.nn: LayerNorm, FeedForward, Block (docs/math/residual_blocks.md)."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minitx.blocks import EncoderBlock, FeedForward, LayerNorm
+from minitx.nn.block import Block, standard_block
+from minitx.nn.feed_forward import FeedForward
+from minitx.nn.norms import LayerNorm
 
 F64 = torch.float64
 
 
-def _copy_from_torch_layer(block: EncoderBlock, ref: torch.nn.TransformerEncoderLayer) -> None:
+def _copy_from_torch_layer(block: Block, ref: torch.nn.TransformerEncoderLayer) -> None:
     """Map torch's names onto ours: in_proj -> q/k/v_proj, linear1/2 -> fc_in/out, norm1/2 -> the two norms."""
     w_q, w_k, w_v = ref.self_attn.in_proj_weight.detach().chunk(3)
     b_q, b_k, b_v = ref.self_attn.in_proj_bias.detach().chunk(3)
@@ -35,13 +37,13 @@ def test_encoder_block_equals_torch_transformer_encoder_layer(norm_first, backen
     ref.self_attn.in_proj_bias.data.normal_()  # torch starts biases and LN at 0/1; make them matter
     ref.norm1.weight.data.normal_()
     ref.norm2.bias.data.normal_()
-    block = EncoderBlock(16, 4, 40, dropout=0.0, norm_first=norm_first, layer_norm_eps=1e-6,
+    block = standard_block(16, 4, 40, dropout=0.0, norm_first=norm_first, layer_norm_eps=1e-6,
                          backend=backend).double().eval()
     _copy_from_torch_layer(block, ref)
     x = torch.randn(2, 7, 16, dtype=F64, requires_grad=True)
     real = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
     expected = ref(x, src_key_padding_mask=real == 0)
-    out = block(x, attention_mask=real)
+    out = block(x, key_padding_mask=real.bool())
     torch.testing.assert_close(out[real.bool()], expected[real.bool()])  # torch's fast path zeroes pad rows
     g_ref, = torch.autograd.grad(expected[real.bool()].sum(), x)
     g, = torch.autograd.grad(out[real.bool()].sum(), x)
@@ -79,7 +81,7 @@ def test_pre_ln_residual_stream_is_an_identity_path():
     torch.manual_seed(0)
     x = torch.randn(2, 5, 8, dtype=F64) * 4 + 2
     for norm_first in (True, False):
-        block = EncoderBlock(8, 2, 16, dropout=0.0, norm_first=norm_first).double()
+        block = standard_block(8, 2, 16, dropout=0.0, norm_first=norm_first).double()
         with torch.no_grad():
             for lin in (block.attention.out_proj, block.feed_forward.fc_out):
                 lin.weight.zero_()
@@ -95,8 +97,8 @@ def test_pre_ln_residual_stream_is_an_identity_path():
 
 def test_dropout_acts_in_training_only():
     torch.manual_seed(0)
-    block = EncoderBlock(8, 2, 16, dropout=0.3).double()
-    plain = EncoderBlock(8, 2, 16, dropout=0.0).double()
+    block = standard_block(8, 2, 16, dropout=0.3).double()
+    plain = standard_block(8, 2, 16, dropout=0.0).double()
     plain.load_state_dict(block.state_dict())
     x = torch.randn(2, 5, 8, dtype=F64)
     block.eval()
@@ -105,12 +107,12 @@ def test_dropout_acts_in_training_only():
     block.train()
     assert not torch.allclose(block(x), plain(x))
     assert block.attention.dropout == 0.3
-    assert EncoderBlock(8, 2, 16, dropout=0.3, attention_dropout=0.0).attention.dropout == 0.0
+    assert standard_block(8, 2, 16, dropout=0.3, attention_dropout=0.0).attention.dropout == 0.0
 
 
 def test_block_returns_attention_weights():
     torch.manual_seed(0)
-    block = EncoderBlock(8, 2, 16, dropout=0.0).eval()
+    block = standard_block(8, 2, 16, dropout=0.0).eval()
     x = torch.randn(1, 4, 8)
     out, w = block(x, is_causal=True, return_weights=True)
     torch.testing.assert_close(out, block(x, is_causal=True))
@@ -120,12 +122,12 @@ def test_block_returns_attention_weights():
 
 def test_bad_input_errors_name_the_argument():
     with pytest.raises(ValueError, match="d_model"):
-        EncoderBlock(10, 3, 16)
+        standard_block(10, 3, 16)
     with pytest.raises(ValueError, match="dropout"):
-        EncoderBlock(8, 2, 16, dropout=1.5)
+        standard_block(8, 2, 16, dropout=1.5)
     with pytest.raises(ValueError, match="attention_dropout"):
-        EncoderBlock(8, 2, 16, attention_dropout=-0.1)
+        standard_block(8, 2, 16, attention_dropout=-0.1)
     with pytest.raises(ValueError, match="x"):
         LayerNorm(8)(torch.randn(2, 6))
     with pytest.raises(ValueError, match="backend"):
-        EncoderBlock(8, 2, 16, backend="nope")
+        standard_block(8, 2, 16, backend="nope")

@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from minitx.checkpoint import (CheckpointError, load_checkpoint, manifest_path, read_checkpoint,
-                               save_checkpoint)
-from minitx.train import RESUMABLE_OVERRIDES, TrainConfig, train
+from minitx.training.checkpoint import (CheckpointError, load_checkpoint, manifest_path, read_checkpoint,
+                                        save_checkpoint)
+from minitx.training.config import RESUMABLE_OVERRIDES, TrainConfig
+from minitx.training.loop import train
 
 
 class Small(nn.Module):

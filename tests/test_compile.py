@@ -1,10 +1,10 @@
-"""minitx.compile: the optional torch.compile of the hand-written bodies (`--compile`); eager by default."""
+"""minitx.training.compile: the optional torch.compile of the hand-written bodies (`--compile`); eager by default."""
 
 import pytest
 import torch
 
 from minitx import functional as mf
-from minitx.compile import apply_compile, compile_bodies, eager_bodies, is_compiled
+from minitx.training.compile import apply_compile, compile_bodies, eager_bodies, is_compiled
 from minitx.functional import _bodies
 
 

@@ -10,8 +10,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from minitx import corpus
-from minitx.corpus import SyntheticLanguage, iter_text_files, split_of
+from minitx.data import synthetic as corpus
+from minitx.data.synthetic import split_of, SyntheticLanguage
+from minitx.data.text_files import iter_text_files
 
 N = 3000
 OPENERS = {"(": ")", "[": "]", "{": "}"}
@@ -224,7 +225,7 @@ def test_iter_text_files_refuses_directories_and_binary_files_by_name(tmp_path):
 
 
 def test_packaged_corpus_streams_lines():
-    from minitx.corpora import iter_corpus_lines
+    from minitx.data.corpora import iter_corpus_lines
     lines = iter_corpus_lines("shakespeare")
     assert next(lines) == "First Citizen:" and next(lines).startswith("Before we proceed")
     assert all(line.strip() for line in itertools.islice(lines, 1000))  # blank lines skipped

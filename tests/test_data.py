@@ -4,9 +4,9 @@ function of (seed, step, rank) with disjoint rank shards; probe sets; streaming 
 import pytest
 import torch
 
-from minitx.corpus import KINDS, SyntheticLanguage, kind_id
-from minitx.data import mask_tokens, mlm_batch, probe_batches, stream_mlm_batches
-from minitx.tokenizer import WordPieceTokenizer
+from minitx.data.synthetic import kind_id, KINDS, SyntheticLanguage
+from minitx.data.mlm import mask_tokens, mlm_batch, probe_batches, stream_mlm_batches
+from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 # Upper critical values of the chi-square distribution at p = 0.001 (standard tables).
 CHI2_CRIT_001 = {1: 10.828, 2: 13.816, 19: 43.820}
@@ -197,7 +197,7 @@ def test_stream_batches_resume_exactly_and_split_lines_by_rank(tokenizer_and_sen
 
 
 def test_packed_encodings_are_batched_as_they_are():
-    from minitx.text_data import pack_lines
+    from minitx.data.text import pack_lines
     tok = WordPieceTokenizer.train(["the cat sat on the mat", "a dog ran far away"] * 4, vocab_size=80)
     blocks = list(pack_lines(["the cat sat on the mat", "a dog ran far away"] * 4, tok, max_length=8))
     batch = mlm_batch(blocks, tok, batch_size=len(blocks), step=0, seed=0, max_length=8, mlm_probability=0.5)

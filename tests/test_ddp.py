@@ -12,15 +12,15 @@ import sys
 import pytest
 import torch
 
-from minitx.checkpoint import load_checkpoint
+from minitx.training.checkpoint import load_checkpoint
 
 # The worker runs under torchrun; the test also executes it in-process (without __main__) for the reference.
 WORKER = r'''
 import json, sys
 import torch
 from torch import nn
-from minitx.train import TrainConfig, train
-from minitx.distributed import world_info
+from minitx.training.loop import TrainConfig, train
+from minitx.training.distributed import world_info
 
 BATCH, ACCUM, STEPS = 8, 2, 3
 

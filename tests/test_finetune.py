@@ -12,11 +12,15 @@ import torch
 from safetensors.torch import load_file
 
 from minitx import cli
-from minitx.finetune import FinetuneConfig, classify_main, evaluate, load_finetuned, predict, read_labelled_file
-from minitx.finetune.config import DEFAULT_LR
-from minitx.finetune.data import encode_split, load_splits
-from minitx.finetune.recipe import BestWeights, run_finetuning, starting_point
-from minitx.pretrain import PretrainConfig, run_pretraining
+from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.inference import classify_main, load_finetuned, predict
+from minitx.recipes.finetune.recipe import evaluate
+from minitx.recipes.finetune.data import read_labelled_file
+from minitx.recipes.finetune.config import DEFAULT_LR
+from minitx.recipes.finetune.data import encode_split, load_splits
+from minitx.recipes.finetune.recipe import BestWeights, run_finetuning, starting_point
+from minitx.recipes.pretrain.config import PretrainConfig
+from minitx.recipes.pretrain.recipe import run_pretraining
 
 TINY = dict(max_steps=8, eval_every=4, n_train_labels=32, n_validation=24, n_test=40, batch_size=8,
             progress=False)
@@ -211,7 +215,7 @@ def test_finetune_help_shows_from_and_method(capsys):
 
 
 def test_demo_fast_pretrains_then_lora_fine_tunes_and_reports(tmp_path, capsys):
-    from minitx.finetune import demo_main
+    from minitx.recipes.finetune.demo import demo_main
     assert demo_main(["--fast", "--out-dir", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "finetune" / "summary.json").read_text())

@@ -315,24 +315,26 @@ def test_backend_refuses_general_masks_but_takes_key_padding():
 
 
 def test_registry_flash_backend_agrees_with_math():
-    """Through minitx.attention: MultiHeadAttention(backend="flash") == backend="math", padding and causal."""
-    attention = pytest.importorskip("minitx.attention", reason="minitx.attention (the backend registry) missing")
-    if "flash" not in attention.available_backends():
-        pytest.skip("minitx.attention has no 'flash' backend registered yet")
+    """Through the registry: MultiHeadAttention(backend="flash") == backend="math", padding and causal."""
+    from minitx.attention.backends import available_backends
+    from minitx.attention.front_door import attention
+    from minitx.attention.multi_head import MultiHeadAttention
+
+    assert "flash" in available_backends()
     torch.manual_seed(0)
-    mha = attention.MultiHeadAttention(d_model=32, n_heads=2, backend="math").to(DEVICE)  # head dim 16
+    mha = MultiHeadAttention(d_model=32, n_heads=2, backend="math").to(DEVICE)  # head dim 16
     x = torch.randn(2, 19, 32, device=DEVICE)
-    mask = torch.ones(2, 19, dtype=torch.long, device=DEVICE)
-    mask[1, 11:] = 0  # HF style: 1 = real token
+    pad = torch.ones(2, 19, dtype=torch.bool, device=DEVICE)
+    pad[1, 11:] = False  # True = real token
     for is_causal in (False, True):
-        expected = mha(x, attention_mask=mask, is_causal=is_causal)
+        expected = mha(x, key_padding_mask=pad, is_causal=is_causal)
         mha.backend = "flash"
-        got = mha(x, attention_mask=mask, is_causal=is_causal)
+        got = mha(x, key_padding_mask=pad, is_causal=is_causal)
         mha.backend = "math"
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     q, k, v = small(n=9, m=4)  # N != M: the front door with is_causal aligns top-left in both backends
-    torch.testing.assert_close(attention.attention(q, k, v, backend="flash", is_causal=True),
-                               attention.attention(q, k, v, backend="math", is_causal=True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, backend="flash", is_causal=True),
+                               attention(q, k, v, backend="math", is_causal=True), rtol=1e-5, atol=1e-5)
 
 
 GPU_CASES = [

@@ -5,7 +5,7 @@ Philox dropout (flash.21, against a reference given the kernel's own mask); and
 the loop split into masked / unmasked ranges (flash.17) checked exhaustively on small grids.
 
 Under the interpreter (no CUDA) at small odd sizes; the math backend gets the same options through the front
-door, which lowers them into masks, a bias and repeated heads (minitx/attention_masks.py).
+door, which lowers them into masks, a bias and repeated heads (minitx/attention/masks.py).
 """
 
 import os
@@ -18,10 +18,11 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from minitx.attention import attention, varlen_attention  # noqa: E402
+from minitx.attention.front_door import attention
+from minitx.attention.varlen import varlen_attention  # noqa: E402
 from minitx.kernels import flash_autograd  # noqa: E402
 from minitx.kernels.flash_kernels import _inner_ranges  # noqa: E402
-from minitx.positional import alibi_slopes  # noqa: E402
+from minitx.positional.alibi import alibi_slopes  # noqa: E402
 
 DEVICE = "cpu" if flash_autograd.interpreting() else "cuda"
 

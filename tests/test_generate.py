@@ -4,10 +4,12 @@ mask for N new queries over M keys is bottom-right (dec.9) and top-left would be
 import pytest
 import torch
 
-from minitx.attention import attention
+from minitx.attention.front_door import attention
 from minitx.functional import causal_mask
-from minitx.generate import KVCache, bottom_right_causal_mask, forward_cached, generate, sample_next
-from minitx.models import GPT, GPTConfig
+from minitx.attention.cache import bottom_right_causal_mask, KVCache
+from minitx.generation.generate import generate
+from minitx.generation.sampling import sample_next
+from minitx.models.gpt import GPT, GPTConfig
 
 
 def tiny(backend="math", **kw):
@@ -43,9 +45,9 @@ def test_prefill_then_chunks_equal_one_full_forward():
     with torch.no_grad():
         full = model(ids).logits
     cache = KVCache(len(model.blocks))
-    parts = [forward_cached(model, ids[:, :5], cache), forward_cached(model, ids[:, 5:8], cache),
-             forward_cached(model, ids[:, 8:9], cache), forward_cached(model, ids[:, 9:], cache)]
-    assert cache.length == 12 and cache.keys[0].shape == (2, 4, 12, 8)  # (dec.6): (B, H, M, D) per block
+    with torch.no_grad():
+        parts = [model(ids[:, a:b], cache=cache).logits for a, b in ((0, 5), (5, 8), (8, 9), (9, 12))]
+    assert cache.length == 12 and cache[0].keys.shape == (2, 4, 12, 8)  # (dec.6): (B, H, M, D) per block
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
 
 

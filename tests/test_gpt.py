@@ -1,5 +1,5 @@
 """The GPT-2-style decoder: causal (dec.2), tied head (dec.3), next-token loss (dec.4), tanh GELU (dec.5),
-built from the encoder's own EncoderBlock, and the same on every attention backend."""
+built from the encoder's own Block, and the same on every attention backend."""
 
 import math
 
@@ -7,9 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as torch_F
 
-from minitx.blocks import EncoderBlock
-from minitx.models import GPT, GPTConfig, gelu_tanh
-from minitx.models.gpt import IGNORE_INDEX, next_token_loss
+from minitx.nn.block import Block
+from minitx.models.gpt import GPT, GPTConfig
+from minitx.functional import gelu_tanh
+from minitx.functional import IGNORE_INDEX
+from minitx.models.gpt import next_token_loss
 
 
 def tiny(**kw):
@@ -20,7 +22,7 @@ def tiny(**kw):
 
 def test_blocks_are_the_encoders_pre_ln_blocks():
     model = tiny()
-    assert all(type(b) is EncoderBlock and b.norm_first for b in model.blocks)
+    assert all(type(b) is Block and b.norm_first for b in model.blocks)
     assert model.blocks[0].feed_forward.fc_in.out_features == 4 * 16  # d_ff 0 -> 4C, as GPT-2
 
 
@@ -138,7 +140,7 @@ def test_flash_backend_agrees_with_math_and_so_does_cached_generation(monkeypatc
     cache uses it for the prefill (is_causal, M = N) and needs no mask for single-token steps (dec.7)."""
     import importlib
 
-    from minitx.generate import generate
+    from minitx.generation.generate import generate
     if not torch.cuda.is_available():
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     pytest.importorskip("triton")
@@ -160,10 +162,9 @@ def test_flash_backend_agrees_with_math_and_so_does_cached_generation(monkeypatc
     assert torch.allclose(ref[mask.bool()], got[mask.bool()], atol=1e-4)
     assert torch.equal(generate(model, ids[:, :3], 3, temperature=0), greedy)
     # (dec.9) on the kernel: 3 new queries over 5 keys (2 cached), bottom-right aligned in the kernel itself
-    from minitx.generate import KVCache, forward_cached
-    cache = KVCache(len(model.blocks))
+    cache = model.new_cache()
     with torch.no_grad():
-        parts = torch.cat([forward_cached(model, ids[:, :2], cache), forward_cached(model, ids[:, 2:5], cache)], 1)
+        parts = torch.cat([model(ids[:, :2], cache=cache).logits, model(ids[:, 2:5], cache=cache).logits], 1)
     assert torch.allclose(parts[0], ref[0, :5], atol=1e-4)  # row 0 has no padding
     assert torch.allclose(parts[1, :4], ref[1, :4], atol=1e-4)  # row 1: padding from position 4 (causal: unseen)
 
@@ -178,6 +179,6 @@ def test_bias_free_as_nanogpt():
     edited[0, 5] = (edited[0, 5] + 1) % 31
     with torch.no_grad():
         assert torch.allclose(model(ids).logits[0, :5], model(edited).logits[0, :5], atol=1e-6)
-    from minitx.gpt2_interop import to_hf_gpt2
+    from minitx.interop.gpt2 import to_hf_gpt2
     with pytest.raises(ValueError, match="bias"):
         to_hf_gpt2(model)

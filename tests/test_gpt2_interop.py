@@ -6,9 +6,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from minitx.generate import generate  # noqa: E402
-from minitx.gpt2_interop import config_from_hf_gpt2, from_hf_gpt2, to_hf_gpt2  # noqa: E402
-from minitx.models import GPT, GPTConfig  # noqa: E402
+from minitx.generation.generate import generate  # noqa: E402
+from minitx.interop.gpt2 import config_from_hf_gpt2, from_hf_gpt2, to_hf_gpt2  # noqa: E402
+from minitx.models.gpt import GPT, GPTConfig  # noqa: E402
 
 CONFIGS = [  # (n_embd, n_layer, n_head, n_positions, vocab, activation, n_inner)
     (16, 1, 2, 32, 50, "gelu", None),

@@ -18,7 +18,7 @@ if torch.cuda.is_available() is False:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # flash runs on the CPU in the interpreter (before triton)
 
 from minitx import functional as mf  # noqa: E402
-from minitx.attention import attention  # noqa: E402
+from minitx.attention.front_door import attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the same cases run the real kernels
 FLOOR = {torch.float16: 1e-4, torch.bfloat16: 1e-3}

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint directories in and out (minitx.hf_checkpoint, minitx export, finetune --from DIR).
+"""Hugging Face checkpoint directories in and out (minitx.interop.hf_dirs, minitx export, finetune --from DIR).
 
 References are tiny random-weight models saved offline by transformers' own `save_pretrained`."""
 
@@ -11,12 +11,14 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from minitx.cli import main  # noqa: E402
-from minitx.corpus import SyntheticLanguage  # noqa: E402
-from minitx.finetune import FinetuneConfig, load_finetuned, run_finetuning  # noqa: E402
-from minitx.hf_checkpoint import (is_hf_checkpoint_dir, load_hf_encoder, load_hf_pretrained,  # noqa: E402
-                                  read_hf_state, read_hf_tokenizer, save_hf_pretrained)
-from minitx.model import BertConfig, BertForMaskedLM  # noqa: E402
-from minitx.tokenizer import WordPieceTokenizer  # noqa: E402
+from minitx.data.synthetic import SyntheticLanguage  # noqa: E402
+from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.inference import load_finetuned
+from minitx.recipes.finetune.recipe import run_finetuning  # noqa: E402
+from minitx.interop.hf_dirs import (is_hf_checkpoint_dir, load_hf_encoder, load_hf_pretrained, read_hf_state,
+                                    read_hf_tokenizer, save_hf_pretrained)
+from minitx.models.bert import BertConfig, BertForMaskedLM  # noqa: E402
+from minitx.tokenizers.wordpiece import WordPieceTokenizer  # noqa: E402
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TEXTS = ["these dogs near the old river are happy .", "Each SONG is not wonderful , as the kings said !",
@@ -224,7 +226,8 @@ def test_export_refuses_a_classifier_without_the_pooler(hf_dir, tmp_path, capsys
 
 
 def test_export_of_a_pretraining_run(tmp_path):
-    from minitx.pretrain import PretrainConfig, run_pretraining
+    from minitx.recipes.pretrain.config import PretrainConfig
+    from minitx.recipes.pretrain.recipe import run_pretraining
     run = run_pretraining(PretrainConfig(out_dir=str(tmp_path / "run"), max_steps=2, train_sentences=200,
                                          eval_sentences=20, d_model=16, n_heads=2, d_ff=32, vocab_size=120,
                                          eval_every=0, batch_size=8, progress=False))
@@ -239,7 +242,7 @@ def test_export_of_a_pretraining_run(tmp_path):
 def test_a_bare_bert_model_dir_gives_its_encoder_and_pooler(tmp_path):
     """A save_pretrained BertModel (keys without "bert.", with a pooler): the classifier's encoder computes the
     same hidden states, and with use_pooler it starts from the checkpoint's pooler."""
-    from minitx.finetune.recipe import starting_point
+    from minitx.recipes.finetune.recipe import starting_point
     vocab = SPECIALS + vocab_words()
     hf = hf_mlm(len(vocab))
     torch.manual_seed(3)

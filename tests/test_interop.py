@@ -5,9 +5,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from minitx.interop import (config_from_hf, from_hf_bert, hf_to_minitx_names, minitx_state_from_hf,  # noqa: E402
-                            to_hf_bert)
-from minitx.model import BertConfig, BertForMaskedLM  # noqa: E402
+from minitx.interop.bert import config_from_hf, from_hf_bert, hf_to_minitx_names, minitx_state_from_hf, to_hf_bert
+from minitx.models.bert import BertConfig, BertForMaskedLM  # noqa: E402
 
 CONFIGS = [  # (layers, hidden, heads, intermediate, vocab, max_pos, eps)
     (1, 16, 1, 32, 50, 16, 1e-12),

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from minitx.char_tokenizer import CharTokenizer
+from minitx.tokenizers.char import CharTokenizer
 from minitx.cli import main as cli_main
-from minitx.lm import SHAKESPEARE_SHA256, LMConfig, lm_batch, run_lm, shakespeare_text, split_ids
-from minitx.lm_generate import generate_main, load_lm
+from minitx.recipes.lm.recipe import lm_batch, LMConfig, run_lm, SHAKESPEARE_SHA256, shakespeare_text, split_ids
+from minitx.recipes.lm.generate import generate_main, load_lm
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40
 
@@ -75,7 +75,7 @@ def test_a_tiny_run_learns_and_writes_its_directory(tmp_path):
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     """A run killed after step 30 and resumed ends exactly where the uninterrupted run does."""
-    import minitx.lm as lm
+    import minitx.recipes.lm.recipe as lm
     full = run_lm(tiny_config(tmp_path, out_dir=str(tmp_path / "a"), sample_tokens=0))
     calls, real_loss = [], lm.causal_lm_loss
 
@@ -136,7 +136,7 @@ def test_config_errors_name_the_field(tmp_path):
 
 @pytest.mark.slow
 def test_train_lm_under_torchrun_with_two_ranks(tmp_path):
-    """DDP through minitx.train: two gloo ranks draw different windows (their seeds include the rank), rank 0
+    """DDP through minitx.training.loop: two gloo ranks draw different windows (their seeds include the rank), rank 0
     alone writes the run, and the replicas end identical (the checkpoint is rank 0's)."""
     import os
     import subprocess

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minitx.lm import compact_ids, lm_batch, split_loss
+from minitx.recipes.lm.recipe import compact_ids, lm_batch, split_loss
 from minitx.models.gpt import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_batches_and_split_loss_are_the_same_on_a_compact_stream():
 def test_loss_curve_is_drawn_without_matplotlib_in_the_training_process(tmp_path):
     history = [{"step": s, "split": "train", "loss": 4.0 / s} for s in range(1, 6)] + \
               [{"step": 5, "split": "eval", "loss": 1.0}]
-    code = ("import json, sys; from pathlib import Path; from minitx.lm import plot_in_child; "
+    code = ("import json, sys; from pathlib import Path; from minitx.recipes.lm.recipe import plot_in_child; "
             "plot_in_child(json.loads(sys.argv[1]), Path(sys.argv[2])); "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib')))")
     path = tmp_path / "loss_curve.png"
@@ -52,6 +52,6 @@ def test_loss_curve_is_drawn_without_matplotlib_in_the_training_process(tmp_path
 
 
 def test_a_failing_plot_is_reported(tmp_path):
-    from minitx.lm import plot_in_child
+    from minitx.recipes.lm.recipe import plot_in_child
     with pytest.raises(RuntimeError, match="plotting process failed"):
         plot_in_child([{"loss": 1.0}], tmp_path / "x.png")  # no "step": the child raises KeyError

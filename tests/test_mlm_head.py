@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from minitx.model import IGNORE_INDEX, BertConfig, BertForMaskedLM, labelled_logits
+from minitx.functional import IGNORE_INDEX
+from minitx.models.bert import BertConfig, BertForMaskedLM, labelled_logits
 
 
 def _pair(seed=0, **extra):
@@ -118,16 +119,16 @@ def test_last_block_rows_fall_back_where_they_do_not_apply():
 
 
 def test_encoder_block_rows_equal_the_full_blocks_rows():
-    from minitx.blocks import EncoderBlock
+    from minitx.nn.block import standard_block
     torch.manual_seed(0)
     x = torch.randn(2, 7, 16)
     mask = torch.ones(2, 7, dtype=torch.bool)
     mask[1, 5:] = False
     rows = torch.tensor([[6, 0, 3], [4, 4, 1]])  # any order, repeats allowed
     for norm_first in (False, True):
-        block = EncoderBlock(16, 2, 32, dropout=0.0, norm_first=norm_first).eval()
-        want = block(x, attention_mask=mask).gather(1, rows[..., None].expand(-1, -1, 16))
-        torch.testing.assert_close(block(x, attention_mask=mask, rows=rows), want, atol=1e-6, rtol=1e-5)
+        block = standard_block(16, 2, 32, dropout=0.0, norm_first=norm_first).eval()
+        want = block(x, key_padding_mask=mask).gather(1, rows[..., None].expand(-1, -1, 16))
+        torch.testing.assert_close(block(x, key_padding_mask=mask, rows=rows), want, atol=1e-6, rtol=1e-5)
         with pytest.raises(ValueError, match="rows"):
             block(x, rows=rows.int())
         with pytest.raises(ValueError, match="rows"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minitx.model import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
+from minitx.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 
 
 def tiny(**overrides):
@@ -65,14 +65,14 @@ def test_encoder_is_the_blocks_in_order_on_the_embeddings(norm_first):
     ids, mask = batch()
     h = model.embeddings(ids)
     for block in model.blocks:
-        h = block(h, attention_mask=mask.bool())
+        h = block(h, key_padding_mask=mask.bool())
     if norm_first:
         h = model.final_norm(h)
     torch.testing.assert_close(model(ids, mask), h)
     swapped = [model.blocks[1], model.blocks[0]]  # the order matters, so the check above can fail
     h2 = model.embeddings(ids)
     for block in swapped:
-        h2 = block(h2, attention_mask=mask.bool())
+        h2 = block(h2, key_padding_mask=mask.bool())
     assert not torch.allclose(model(ids, mask), model.final_norm(h2) if norm_first else h2)
 
 

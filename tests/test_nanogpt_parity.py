@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from minitx.lm import LMConfig, lm_batch, shakespeare_text
+from minitx.recipes.lm.recipe import lm_batch, LMConfig, shakespeare_text
 from minitx.models.gpt import GPT, GPTConfig
-from minitx.optim import lr_at, parameter_groups
+from minitx.training.optim import lr_at, parameter_groups
 
 
 @pytest.fixture(scope="module")

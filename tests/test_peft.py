@@ -10,9 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from minitx.peft import (AdapterLinear, LoRAFunction, LoRALinear, apply_adapters, apply_bitfit, apply_lora,
-                         load_lora_state_dict, lora_state_dict, merge_lora, parameter_table,
-                         trainable_parameters_report)
+from minitx.peft.adapters import AdapterLinear, apply_adapters
+from minitx.peft.lora import (apply_lora, load_lora_state_dict, lora_state_dict, LoRAFunction, LoRALinear,
+                              merge_lora)
+from minitx.peft.bitfit import apply_bitfit
+from minitx.peft.targets import parameter_table, trainable_parameters_report
 
 C = 8
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"]
@@ -381,10 +383,10 @@ def test_lora_parameter_count_and_table():
 
 # ---------------------------------------------------------------------------------- minitx's own modules
 def test_on_minitx_encoder_block():
-    """LoRA on a real minitx EncoderBlock: fresh = original, trained and merged = unmerged."""
-    blocks = pytest.importorskip("minitx.blocks")
+    """LoRA on a real minitx Block: fresh = original, trained and merged = unmerged."""
+    blocks = pytest.importorskip("minitx.nn.block")
     torch.manual_seed(0)
-    block = blocks.EncoderBlock(C, 2, 16, dropout=0.0).eval()
+    block = blocks.standard_block(C, 2, 16, dropout=0.0).eval()
     x = torch.randn(2, 5, C)
     y0 = block(x)
     names = apply_lora(block, ["q_proj", "v_proj", "fc_in"], r=2, alpha=4)
@@ -400,7 +402,7 @@ def test_on_minitx_encoder_block():
 def test_on_minitx_bert_classifier():
     """The fine-tuning set-up: LoRA on q/v of every block, classifier trainable; fresh = original, then a
     round trip of the adapter-only state into a fresh copy reproduces the trained model's logits."""
-    model_mod = pytest.importorskip("minitx.model")
+    model_mod = pytest.importorskip("minitx.models.bert")
     torch.manual_seed(0)
     config = model_mod.BertConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=16)
     model = model_mod.BertForSequenceClassification(config, num_labels=3).eval()

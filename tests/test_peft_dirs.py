@@ -1,4 +1,4 @@
-"""PEFT adapter directories both ways (minitx.peft.hf_adapter): a minitx LoRA adapter loads in
+"""PEFT adapter directories both ways (minitx.interop.peft_dirs): a minitx LoRA adapter loads in
 `peft.PeftModel.from_pretrained` with equal outputs, and a PEFT adapter loads into minitx with equal outputs.
 Tiny random models, built offline."""
 
@@ -11,10 +11,10 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from minitx.cli import main  # noqa: E402
-from minitx.finetune import load_finetuned  # noqa: E402
-from minitx.interop import from_hf_bert  # noqa: E402
-from minitx.peft import LoRALinear, apply_lora  # noqa: E402
-from minitx.peft.hf_adapter import load_peft_adapter, read_peft_adapter, save_peft_adapter  # noqa: E402
+from minitx.recipes.finetune.inference import load_finetuned  # noqa: E402
+from minitx.interop.bert import from_hf_bert  # noqa: E402
+from minitx.peft.lora import apply_lora, LoRALinear  # noqa: E402
+from minitx.interop.peft_dirs import load_peft_adapter, read_peft_adapter, save_peft_adapter  # noqa: E402
 from test_hf_dirs import batch, finetune_args, hf_dir, hf_mlm  # noqa: E402,F401 (hf_dir: a fixture)
 
 
@@ -124,7 +124,7 @@ def test_adapter_options_minitx_cannot_represent_are_refused_by_name(tmp_path, o
 
 
 def test_a_merged_model_is_refused(tmp_path):
-    from minitx.peft import merge_lora
+    from minitx.peft.lora import merge_lora
     ours = from_hf_bert(hf_mlm(60))
     apply_lora(ours, ["q_proj"], r=2, alpha=4)
     for m in ours.modules():

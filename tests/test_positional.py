@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minitx.positional import (LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding,
-                               alibi_bias, alibi_slopes)
+from minitx.positional.absolute import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from minitx.positional.rope import RotaryEmbedding
+from minitx.positional.alibi import alibi_bias, alibi_slopes
 
 F64 = torch.float64
 
@@ -144,7 +145,7 @@ def test_bad_input_errors_name_the_argument():
 
 def test_alibi_bias_from_slopes_is_alibi_bias_with_a_movable_diagonal():
     """(pos.8): offset 0 reproduces alibi_bias; offset M - N puts distance 0 on the bottom-right diagonal."""
-    from minitx.positional import alibi_bias, alibi_bias_from_slopes, alibi_slopes
+    from minitx.positional.alibi import alibi_bias, alibi_bias_from_slopes, alibi_slopes
 
     slopes = alibi_slopes(3)
     assert torch.equal(alibi_bias_from_slopes(slopes, 4, 6), alibi_bias(3, 4, 6))

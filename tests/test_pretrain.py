@@ -19,11 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minitx import cli
-from minitx import pretrain as P
-from minitx.corpus import BRACKETS, P_PLURAL, SyntheticLanguage
-from minitx.fill_mask import encode_with_masks
-from minitx.model import BertConfig, BertForMaskedLM
-from minitx.tokenizer import WordPieceTokenizer
+from minitx.recipes.pretrain.config import PretrainConfig
+from minitx.recipes.pretrain.data import build_corpus
+from minitx.recipes.pretrain.fill_mask import fill_mask, load_pretrained
+from minitx.recipes.pretrain import recipe as P
+from minitx.recipes.pretrain.recipe import masked_lm_loss, run_pretraining
+from minitx.data.synthetic import BRACKETS, P_PLURAL, SyntheticLanguage
+from minitx.recipes.pretrain.fill_mask import encode_with_masks
+from minitx.models.bert import BertConfig, BertForMaskedLM
+from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FILES = {"checkpoint.pt", "checkpoint.json", "tokenizer.json", "model_config.json", "metrics.jsonl",
@@ -33,8 +37,8 @@ TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, batch_size=8, max_length
 
 
 
-def tiny(tmp_path: Path, **overrides) -> P.PretrainConfig:
-    return P.PretrainConfig(**{**TINY, "out_dir": str(tmp_path / "run"), **overrides})
+def tiny(tmp_path: Path, **overrides) -> PretrainConfig:
+    return PretrainConfig(**{**TINY, "out_dir": str(tmp_path / "run"), **overrides})
 
 
 def records(out_dir: Path) -> list[dict]:
@@ -45,7 +49,7 @@ def records(out_dir: Path) -> list[dict]:
 def test_tiny_run_writes_every_file_with_consistent_metrics(tmp_path):
     from minitx.plots import plt
     open_figures = len(plt.get_fignums())
-    result = P.run_pretraining(tiny(tmp_path))
+    result = run_pretraining(tiny(tmp_path))
     assert len(plt.get_fignums()) == open_figures  # the saved loss curve is closed, not kept alive by pyplot
     out = tmp_path / "run"
     assert {p.name for p in out.iterdir()} == RUN_FILES
@@ -69,7 +73,7 @@ def test_tiny_run_writes_every_file_with_consistent_metrics(tmp_path):
     kinds = summary["determined"]["per_kind"]
     n = sum(v["probes"] for v in kinds.values())
     assert summary["determined"]["chance"] == pytest.approx(sum(v["chance"] * v["probes"] for v in kinds.values()) / n)
-    model, tok = P.load_pretrained(out)
+    model, tok = load_pretrained(out)
     assert summary["parameters"] == sum(p.numel() for p in model.parameters())
     assert tok.vocab == WordPieceTokenizer.load(out / "tokenizer.json").vocab == result.tokenizer.vocab
     assert BertConfig.from_dict(json.loads((out / "model_config.json").read_text())) == model.config
@@ -88,7 +92,7 @@ def test_masked_lm_loss_counts_only_selected_positions():
     batch = {"input_ids": torch.zeros(1, 4, dtype=torch.long), "attention_mask": torch.ones(1, 4),
              "token_type_ids": torch.zeros(1, 4, dtype=torch.long),
              "labels": torch.tensor([[0, -100, 2, 0]])}  # 3 selected, 2 right (the ignored one would be right)
-    loss, metrics = P.masked_lm_loss(Fixed(), batch)
+    loss, metrics = masked_lm_loss(Fixed(), batch)
     assert float(metrics["masked_accuracy"]) == pytest.approx(2 / 3)
     assert float(metrics["perplexity"]) == pytest.approx(math.exp(float(loss)))
 
@@ -97,9 +101,9 @@ def test_masked_lm_loss_counts_only_selected_positions():
 def test_stop_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     """Crash in step 5 (checkpoint at 4), resume: the logged losses equal the uninterrupted run's exactly."""
     common = dict(max_steps=8, eval_every=0, checkpoint_every=4, log_every=1, dropout=0.1)
-    full = P.run_pretraining(tiny(tmp_path / "a", **common))
+    full = run_pretraining(tiny(tmp_path / "a", **common))
     calls = {"n": 0}
-    real_loss = P.masked_lm_loss
+    real_loss = masked_lm_loss
 
     def crash_in_step_5(model, batch):
         calls["n"] += model.training  # eval-mode calls are the loop's pre-save check of the updated weights
@@ -109,10 +113,10 @@ def test_stop_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch)
 
     monkeypatch.setattr(P, "masked_lm_loss", crash_in_step_5)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        P.run_pretraining(tiny(tmp_path / "b", **common))
+        run_pretraining(tiny(tmp_path / "b", **common))
     monkeypatch.setattr(P, "masked_lm_loss", real_loss)
     torch.manual_seed(1234)  # disturb the global RNG: resuming must not depend on it
-    resumed = P.run_pretraining(tiny(tmp_path / "b", **common, resume=True))
+    resumed = run_pretraining(tiny(tmp_path / "b", **common, resume=True))
     a, b = records(tmp_path / "a" / "run"), records(tmp_path / "b" / "run")
     assert [r["step"] for r in b if r["split"] == "train"] == list(range(1, 9))
     assert [r["loss"] for r in a if r["split"] == "train"] == [r["loss"] for r in b if r["split"] == "train"]
@@ -133,9 +137,9 @@ def trained(tmp_path_factory):
     """
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("trained")
-    cfg = P.PretrainConfig(train_sentences=4000, eval_sentences=150, max_steps=320, warmup_steps=25,
+    cfg = PretrainConfig(train_sentences=4000, eval_sentences=150, max_steps=320, warmup_steps=25,
                            log_every=25, eval_every=0, progress=False, out_dir=str(out), threads=1)
-    return P.run_pretraining(cfg), out
+    return run_pretraining(cfg), out
 
 
 def test_short_run_beats_chance_on_determined_positions(trained):
@@ -152,18 +156,18 @@ def test_fill_mask_predicts_the_copula_from_a_distant_subject(trained):
     """fill_mask, one unpadded sentence at a time, agrees with the batched probe evaluation on the same held-out
     copulas; and the noun next to the mask, of the other number, does not fool it."""
     result, out = trained
-    model, tok = P.load_pretrained(out / "checkpoint.pt")
+    model, tok = load_pretrained(out / "checkpoint.pt")
     hits = []
     for s in SyntheticLanguage(0).sentences(150, "validation"):
         for i, kind in s.determined.items():
             if kind == "agreement":
                 text = " ".join(s.words[:i] + ["[MASK]"] + s.words[i + 1:])
-                hits.append(P.fill_mask(model, tok, text, top_k=1)[0][0][0] == s.words[i])
+                hits.append(fill_mask(model, tok, text, top_k=1)[0][0][0] == s.words[i])
     summary_accuracy = result.summary["determined"]["per_kind"]["agreement"]["accuracy"]
     assert sum(hits) / len(hits) == pytest.approx(summary_accuracy, abs=1.5 / len(hits))
     for text, copula in (("every dog near the houses [MASK] happy .", "is"),
                          ("these dogs near the house [MASK] happy .", "are")):
-        assert P.fill_mask(model, tok, text, top_k=3)[0][0][0] == copula, text
+        assert fill_mask(model, tok, text, top_k=3)[0][0][0] == copula, text
 
 
 # ----------------------------------------------------------------------------------------------- fill-mask
@@ -174,9 +178,9 @@ def test_fill_mask_probabilities_are_sorted_and_sum_to_at_most_one(n_masks, top_
     torch.manual_seed(seed)
     model = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, d_ff=32))
     text = " ".join(["the [MASK]"] * n_masks) + " is happy ."
-    preds = P.fill_mask(model, tok, text, top_k=top_k)
+    preds = fill_mask(model, tok, text, top_k=top_k)
     assert len(preds) == n_masks
-    full = P.fill_mask(model, tok, text, top_k=tok.vocab_size)
+    full = fill_mask(model, tok, text, top_k=tok.vocab_size)
     for cands, everything in zip(preds, full):
         probs = [p for _, p in cands]
         assert len(cands) == top_k and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
@@ -188,9 +192,9 @@ def test_fill_mask_rejects_text_without_mask():
     tok = WordPieceTokenizer.train(["the dog is happy ."] * 3, vocab_size=40)
     model = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, d_ff=32))
     with pytest.raises(ValueError, match=r"text: expected at least one \[MASK\]"):
-        P.fill_mask(model, tok, "the dog is happy .")
+        fill_mask(model, tok, "the dog is happy .")
     with pytest.raises(ValueError, match="top_k"):
-        P.fill_mask(model, tok, "the [MASK] is happy .", top_k=0)
+        fill_mask(model, tok, "the [MASK] is happy .", top_k=0)
 
 
 def test_fill_mask_cli_prints_ranked_candidates(trained, capsys):
@@ -209,22 +213,22 @@ def test_pretrain_help_lists_every_config_field(capsys):
         cli.main(["pretrain", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for field in dataclasses.fields(P.PretrainConfig):
+    for field in dataclasses.fields(PretrainConfig):
         assert "--" + field.name.replace("_", "-") in text, field.name
 
 
 def test_bad_config_names_the_field(tmp_path, capsys):
     missing = str(tmp_path / "nowhere.txt")
     with pytest.raises(ValueError, match=r"text: .*nowhere\.txt"):
-        P.PretrainConfig(text=[missing])
+        PretrainConfig(text=[missing])
     assert cli.main(["pretrain", "--text", missing]) == 2  # the CLI: one line, no traceback
     assert re.match(r"minitx: error: text: .*nowhere", capsys.readouterr().err)
     with pytest.raises(ValueError, match="d_model: expected a multiple of n_heads"):
-        P.PretrainConfig(d_model=30, n_heads=4)
+        PretrainConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="tokenizer: "):
-        P.PretrainConfig(tokenizer=str(tmp_path / "tok.json"))
+        PretrainConfig(tokenizer=str(tmp_path / "tok.json"))
     with pytest.raises(ValueError, match="path: "):
-        P.load_pretrained(tmp_path / "no_run")
+        load_pretrained(tmp_path / "no_run")
 
 
 # ----------------------------------------------------------------------------------------------- text files
@@ -233,16 +237,16 @@ def test_text_corpus_batches_are_pure_and_ranks_disjoint(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = tiny(tmp_path, text=[str(path)], batch_size=4, eval_sentences=10, packing=False)  # lines: hashable
-    corpus = P.build_corpus(cfg)
+    corpus = build_corpus(cfg)
     tok = WordPieceTokenizer.train(corpus.tokenizer_texts(), 200)
     fn = corpus.batch_fn(tok)
     in_order = [fn(s, 0, 0, 1) for s in (1, 2, 3, 4)]
     again = fn(2, 0, 0, 1)  # out of order, as after a resume
     assert torch.equal(again["input_ids"], in_order[1]["input_ids"])
     assert torch.equal(again["labels"], in_order[1]["labels"])
-    fresh = P.build_corpus(cfg).batch_fn(tok)(3, 0, 0, 1)
+    fresh = build_corpus(cfg).batch_fn(tok)(3, 0, 0, 1)
     assert torch.equal(fresh["input_ids"], in_order[2]["input_ids"])
-    r0, r1 = (set(next(P.build_corpus(cfg).rank_stream(r, 2, 0))) for r in (0, 1))
+    r0, r1 = (set(next(build_corpus(cfg).rank_stream(r, 2, 0))) for r in (0, 1))
     assert len(r0) == len(r1) == 4 and not r0 & r1  # DDP ranks read disjoint lines
     held_out = set(corpus.eval_examples)
     assert held_out and not held_out & set(next(corpus.rank_stream(0, 1, 0)))
@@ -253,7 +257,7 @@ def test_text_files_train_end_to_end(tmp_path):
     animals = ["cat", "dog", "bird", "cow", "fox", "owl"]
     path.write_text("\n".join(f"the {a} sat on mat {i} ." for i in range(200) for a in animals[i % 6:][:1]),
                     encoding="utf-8")
-    result = P.run_pretraining(tiny(tmp_path, text=[str(path)], eval_sentences=20, max_steps=3, eval_every=0))
+    result = run_pretraining(tiny(tmp_path, text=[str(path)], eval_sentences=20, max_steps=3, eval_every=0))
     assert result.summary["corpus"] == "text files" and result.summary["determined"] is None
     assert 0.0 <= result.summary["eval"]["masked_accuracy"] <= 1.0
 

@@ -10,14 +10,16 @@ import time
 import pytest
 import torch
 
-import minitx.pretrain as P
-from minitx.corpora import CORPORA, corpus_file, iter_corpus_lines
-from minitx.fill_mask import fill_mask, starts_a_word
-from minitx.mlm_eval import unigram_log_probs
-from minitx.model import BertConfig, BertForMaskedLM
-from minitx.pretokenize import pre_tokenize
-from minitx.text_data import HELD_OUT_PERCENT, PASSAGE_LINES, pack_lines, passage_split, shuffled, split_lines
-from minitx.tokenizer import WordPieceTokenizer
+from minitx.recipes.pretrain.config import PretrainConfig
+from minitx.recipes.pretrain.data import build_corpus
+from minitx.recipes.pretrain.recipe import run_pretraining
+from minitx.data.corpora import CORPORA, corpus_file, iter_corpus_lines
+from minitx.recipes.pretrain.fill_mask import fill_mask, starts_a_word
+from minitx.recipes.pretrain.evaluate import unigram_log_probs
+from minitx.models.bert import BertConfig, BertForMaskedLM
+from minitx.tokenizers.pretokenize import pre_tokenize
+from minitx.data.text import HELD_OUT_PERCENT, pack_lines, PASSAGE_LINES, passage_split, shuffled, split_lines
+from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"  # ../shared/data/README.md
 
@@ -106,12 +108,12 @@ def tiny(tmp_path, **kw):
                 max_steps=2, eval_every=0, eval_sentences=8, log_every=1, out_dir=str(tmp_path / "run"),
                 progress=False, tokenizer_lines=2000)
     base.update(kw)
-    return P.PretrainConfig(**base)
+    return PretrainConfig(**base)
 
 
 def test_shakespeare_corpus_gives_full_packed_shuffled_batches(tmp_path):
     cfg = tiny(tmp_path, corpus="shakespeare")
-    corpus = P.build_corpus(cfg)
+    corpus = build_corpus(cfg)
     tok = WordPieceTokenizer.train(corpus.tokenizer_texts(), cfg.vocab_size)
     fn = corpus.batch_fn(tok)
     batch = fn(1, 0, 0, 1)
@@ -131,7 +133,7 @@ def test_per_line_mode_and_a_separate_eval_file(tmp_path):
     train.write_text("\n".join(f"the cat {i} sat on the mat ." for i in range(100)), encoding="utf-8")
     held.write_text("\n".join(f"a dog {i} ran ." for i in range(20)), encoding="utf-8")
     cfg = tiny(tmp_path, text=[str(train)], eval_text=[str(held)], packing=False, shuffle_buffer=1)
-    corpus = P.build_corpus(cfg)
+    corpus = build_corpus(cfg)
     tok = WordPieceTokenizer.train(corpus.tokenizer_texts(), 100)
     corpus.batch_fn(tok)
     assert set(corpus.eval_examples) <= {f"a dog {i} ran ." for i in range(20)} and len(corpus.eval_examples) == 8
@@ -139,7 +141,7 @@ def test_per_line_mode_and_a_separate_eval_file(tmp_path):
 
 
 def test_pretrain_on_shakespeare_end_to_end_reports_the_unigram_baseline(tmp_path):
-    result = P.run_pretraining(tiny(tmp_path, corpus="shakespeare", max_steps=3))
+    result = run_pretraining(tiny(tmp_path, corpus="shakespeare", max_steps=3))
     assert result.summary["corpus"] == "shakespeare" and result.summary["determined"] is None
     ev = [r for r in result.train.history if r.get("split") == "eval"][-1]
     assert ev["unigram_loss"] > 0 and 0 < ev["unigram_accuracy"] < 0.5 and ev["loss"] > 0
@@ -172,7 +174,7 @@ def test_binary_text_file_is_refused_naming_it(tmp_path):
     path.write_bytes(b"line one\n" + bytes(range(128, 256)) * 10)
     cfg = tiny(tmp_path, text=[str(path)])
     with pytest.raises(ValueError, match="image.bin"):
-        P.run_pretraining(cfg)
+        run_pretraining(cfg)
 
 
 # ----------------------------------------------------------------------------------------------- fill-mask

@@ -19,14 +19,19 @@ import torch
 from torch import nn
 
 from minitx import cli
-from minitx import pretrain as P
-from minitx.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from minitx.finetune import FinetuneConfig, run_finetuning
-from minitx.finetune.data import read_labelled_file
-from minitx.model import BertConfig, BertForMaskedLM, BertForSequenceClassification
-from minitx.peft import apply_adapters, apply_lora, merge_lora
+from minitx.recipes.pretrain.config import PretrainConfig
+from minitx.recipes.pretrain.fill_mask import load_pretrained
+from minitx.recipes.pretrain.recipe import run_pretraining
+from minitx.training.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.recipe import run_finetuning
+from minitx.recipes.finetune.data import read_labelled_file
+from minitx.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
+from minitx.peft.adapters import apply_adapters
+from minitx.peft.lora import apply_lora, merge_lora
 from minitx.peft.lora import LoRALinear
-from minitx.train import NonFiniteLossError, TrainConfig, train
+from minitx.training.loop import NonFiniteLossError, train
+from minitx.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, batch_size=8, max_length=40, train_sentences=200,
@@ -38,14 +43,14 @@ TINY_FLAGS = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", 
 BF16_LOSS_RTOL = 1e-2
 
 
-def tiny(tmp_path: Path, **overrides) -> P.PretrainConfig:
-    return P.PretrainConfig(**{**TINY, "out_dir": str(tmp_path / "run"), **overrides})
+def tiny(tmp_path: Path, **overrides) -> PretrainConfig:
+    return PretrainConfig(**{**TINY, "out_dir": str(tmp_path / "run"), **overrides})
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rel") / "run"
-    P.run_pretraining(P.PretrainConfig(**{**TINY, "out_dir": str(out), "eval_every": 2}))
+    run_pretraining(PretrainConfig(**{**TINY, "out_dir": str(out), "eval_every": 2}))
     return out
 
 
@@ -57,7 +62,7 @@ def minitx_cli(*argv: str, env: dict | None = None, **kw) -> subprocess.Complete
 
 # ----------------------------------------------------------------------------------------------- row 1: bf16
 def test_row1_pretrain_bf16_autocast_tracks_fp32(tmp_path):
-    losses = {p: P.run_pretraining(tiny(tmp_path / p, precision=p)).train.metrics["loss"] for p in ("fp32", "bf16")}
+    losses = {p: run_pretraining(tiny(tmp_path / p, precision=p)).train.metrics["loss"] for p in ("fp32", "bf16")}
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=BF16_LOSS_RTOL)
     assert losses["bf16"] != losses["fp32"]  # autocast really ran in bf16
 
@@ -91,7 +96,7 @@ def test_row1_layer_norm_and_lora_backward_under_cpu_autocast():
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_row1_cuda_autocast_pretrain_and_lora_finetune(tmp_path, precision):
-    run = P.run_pretraining(tiny(tmp_path / "pre", precision=precision, device="cuda"))
+    run = run_pretraining(tiny(tmp_path / "pre", precision=precision, device="cuda"))
     assert math.isfinite(run.train.metrics["loss"])
     ft = run_finetuning(FinetuneConfig(from_checkpoint=str(tmp_path / "pre" / "run"), method="lora",
                                        precision=precision, device="cuda", max_steps=3, warmup_steps=1, eval_every=3,
@@ -103,7 +108,7 @@ def test_row1_cuda_autocast_pretrain_and_lora_finetune(tmp_path, precision):
 # ----------------------------------------------------------------------------------------------- row 2: empty batch
 def test_row2_a_batch_with_nothing_to_predict_gives_zero_loss_not_nan(tmp_path):
     # At p = 0.02 and batch size 1 most batches select nothing; before the fix the run stopped with "loss is nan".
-    result = P.run_pretraining(tiny(tmp_path, mlm_probability=0.02, batch_size=1, max_steps=12, log_every=1))
+    result = run_pretraining(tiny(tmp_path, mlm_probability=0.02, batch_size=1, max_steps=12, log_every=1))
     losses = [r["loss"] for r in result.train.history if r["split"] == "train"]
     assert len(losses) == 12 and all(math.isfinite(v) for v in losses) and 0.0 in losses
 
@@ -147,16 +152,16 @@ def test_row3_save_checkpoint_refuses_non_finite_state(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- row 4: resume
 def test_row4_resuming_a_finished_run_keeps_its_results_and_can_extend_it(tmp_path):
-    first = P.run_pretraining(tiny(tmp_path, eval_every=2))
-    again = P.run_pretraining(tiny(tmp_path, eval_every=2, resume=True))
+    first = run_pretraining(tiny(tmp_path, eval_every=2))
+    again = run_pretraining(tiny(tmp_path, eval_every=2, resume=True))
     assert again.summary["eval"] == first.summary["eval"] and again.summary["eval"]
     assert again.summary["determined"] == first.summary["determined"] is not None
-    longer = P.run_pretraining(tiny(tmp_path, eval_every=2, resume=True, max_steps=6))
+    longer = run_pretraining(tiny(tmp_path, eval_every=2, resume=True, max_steps=6))
     assert longer.summary["steps"] == 6
     steps = [r["step"] for r in longer.train.history if r["split"] == "train"]
     assert steps == [2, 4, 6]
     with pytest.raises(CheckpointError, match="past max_steps=2"):
-        P.run_pretraining(tiny(tmp_path, resume=True, max_steps=2))
+        run_pretraining(tiny(tmp_path, resume=True, max_steps=2))
 
 
 def test_row4_cli_refuses_an_existing_run_directory_without_resume_or_overwrite(tmp_path):
@@ -267,7 +272,7 @@ def test_row7_piped_output_has_plain_lines_no_bar_and_names_the_run_directory(tm
 
 # ----------------------------------------------------------------------------------------------- row 8: side files
 def test_row8_damaged_side_files_do_not_block_resume_and_stale_temporaries_go(tmp_path):
-    P.run_pretraining(tiny(tmp_path, checkpoint_every=2, max_steps=2))
+    run_pretraining(tiny(tmp_path, checkpoint_every=2, max_steps=2))
     out = tmp_path / "run"
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "split": "tr')  # a record cut short by a kill
@@ -275,7 +280,7 @@ def test_row8_damaged_side_files_do_not_block_resume_and_stale_temporaries_go(tm
     stale = out / ".checkpoint.pt.tmp.999999999"
     stale.write_bytes(b"\0" * 1000)
     with pytest.warns(UserWarning, match="dropped 1 damaged line"):
-        result = P.run_pretraining(tiny(tmp_path, resume=True, max_steps=4))
+        result = run_pretraining(tiny(tmp_path, resume=True, max_steps=4))
     assert result.summary["steps"] == 4 and not stale.exists()
     assert [r["step"] for r in result.train.history if r["split"] == "train"] == [2, 4]
     json.loads((out / "tokenizer.json").read_text())  # rewritten whole
@@ -294,7 +299,7 @@ def test_row9_bad_manifests_are_checkpoint_errors(pretrained, tmp_path, manifest
     shutil.copytree(pretrained, run)
     (run / "checkpoint.json").write_text(manifest)
     with pytest.raises(CheckpointError, match=re.escape(message)):
-        P.load_pretrained(run)
+        load_pretrained(run)
 
 
 def test_row9_payloads_missing_keys_and_bad_model_config_are_checkpoint_errors(tmp_path):
@@ -302,12 +307,12 @@ def test_row9_payloads_missing_keys_and_bad_model_config_are_checkpoint_errors(t
     save_checkpoint(tmp_path / "checkpoint.pt", model=model, step=1, extra_state={"model_config": [1, 2],
                                                                                   "tokenizer": {}})
     with pytest.raises(CheckpointError, match=r"extra_state\['model_config'\]|'model_config': expected dict"):
-        P.load_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     save_checkpoint(tmp_path / "checkpoint.pt", model=model, step=1)
     (tmp_path / "model_config.json").write_text("{broken")
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(CheckpointError, match="model config .*model_config.json: missing or unreadable"):
-        P.load_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- row 10: LoRA
@@ -344,8 +349,8 @@ def test_row10_apply_lora_refuses_no_targets_and_bad_regexes(targets, message):
 
 # ----------------------------------------------------------------------------------------------- row 12: configs
 @pytest.mark.parametrize("make, error, message", [
-    (lambda: P.PretrainConfig(init_std=-1.0, out_dir=""), ValueError, "initializer_range|init_std"),
-    (lambda: P.PretrainConfig(init_std=math.nan, out_dir=""), ValueError, "init_std: expected a finite number"),
+    (lambda: PretrainConfig(init_std=-1.0, out_dir=""), ValueError, "initializer_range|init_std"),
+    (lambda: PretrainConfig(init_std=math.nan, out_dir=""), ValueError, "init_std: expected a finite number"),
     (lambda: TrainConfig(seed=2**70), ValueError, r"seed: expected an int in \[0, 2\*\*63\)"),
     (lambda: TrainConfig(seed=1.5), TypeError, "seed: expected an int"),
     (lambda: TrainConfig(max_steps=True), TypeError, "max_steps: expected an int"),
@@ -381,6 +386,6 @@ def test_row13_binary_and_deeply_nested_finetune_files_name_the_argument(tmp_pat
 
 # ----------------------------------------------------------------------------------------------- row 14: defaults
 def test_row14_one_thread_policy_and_warmup_longer_than_the_run_is_warned():
-    assert FinetuneConfig(out_dir="").threads == P.PretrainConfig(out_dir="").threads == 1
+    assert FinetuneConfig(out_dir="").threads == PretrainConfig(out_dir="").threads == 1
     with pytest.warns(UserWarning, match="warmup_steps=60 > max_steps=50"):
-        P.PretrainConfig(max_steps=50, out_dir="")
+        PretrainConfig(max_steps=50, out_dir="")

@@ -9,8 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minitx.corpus import SyntheticLanguage
-from minitx.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, learn_vocabulary, pre_tokenize, truncated_lengths
+from minitx.data.synthetic import SyntheticLanguage
+from minitx.tokenizers.wordpiece import SPECIAL_TOKENS, truncated_lengths, WordPieceTokenizer
+from minitx.tokenizers.wordpiece_trainer import learn_vocabulary
+from minitx.tokenizers.pretokenize import pre_tokenize
 
 SMALL_TEXT = """The quick brown fox jumps over the lazy dog. Café au lait, s'il vous plaît!
 Tokenizers split unbelievable words into pieces; un-tokenizable ones become [UNK].
@@ -332,7 +334,7 @@ def test_hugging_face_vocab_txt_with_specials_anywhere(tmp_path):
 
 
 def test_masking_with_specials_elsewhere_never_draws_a_special(tmp_path):
-    from minitx.data import mask_tokens
+    from minitx.data.mlm import mask_tokens
     special = [0, 100, 101, 102, 103]
     ids = torch.full((256, 256), 200)
     g = torch.Generator().manual_seed(0)

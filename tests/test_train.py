@@ -15,8 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from minitx.checkpoint import read_checkpoint
-from minitx.train import (NonFiniteLossError, TrainConfig, lr_at, parameter_groups, step_seed, train)
+from minitx.training.checkpoint import read_checkpoint
+from minitx.training.loop import NonFiniteLossError, train
+from minitx.training.config import TrainConfig
+from minitx.training.optim import lr_at, parameter_groups
+from minitx.seeding import step_seed
 
 VOCAB = 10
 

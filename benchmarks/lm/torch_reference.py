@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minitx.lm import shakespeare_text
+from minitx.recipes.lm.recipe import shakespeare_text
 
 N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH = 4, 4, 128, 64, 12
 LR, MIN_LR, WARMUP, MAX_ITERS, DECAY_ITERS = 1e-3, 1e-4, 100, 2000, 2000

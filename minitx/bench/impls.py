@@ -52,7 +52,7 @@ def resolve(name: str, device: torch.device) -> tuple[AttentionFn | None, str | 
             raise ValueError(f"impls: expected an sdpa kernel in {sorted(SDPA_KERNELS)}, got {name!r}")
         return _sdpa(which), None
     try:
-        backend = importlib.import_module("minitx.attention").get_backend(which)
+        backend = importlib.import_module("minitx.attention.backends").get_backend(which)
     except Exception as exc:  # ImportError, KeyError/ValueError for an unknown name, a kernel failing to build
         return None, f"minitx backend {which!r} unavailable: {type(exc).__name__}: {exc}"
 

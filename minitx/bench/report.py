@@ -142,7 +142,7 @@ def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | No
                 pass_: str = "fwd_bwd"):
     """TFLOP/s against N (log x), one panel per (mask, head dim), one line per (implementation, dtype);
     error bars span the TFLOP/s at the p75 and p25 times."""
-    from minitx.plots import plt  # importing minitx.plots selects a headless backend when needed
+    from minitx.plots import plt
 
     doc = load(document)
     ok = [r for r in doc["results"] if r["status"] == "ok"]

@@ -30,17 +30,18 @@ from typing import Callable
 import torch
 from torch import nn
 
-from minitx.attention import available_backends
+from minitx.attention.backends import available_backends
 from minitx.bench.attention import is_unsupported
 from minitx.bench.timing import (CPU_CLOCKS, check_run_options, cuda_peak_memory, time_cuda, time_host,
                                  torch_threads)
 from minitx.bench.training_gate import gate, loss_and_grads
 from minitx.bench.training_report import ratios, throughput
-from minitx.data import mask_tokens
-from minitx.interop import to_hf_bert
-from minitx.model import IGNORE_INDEX, BertConfig, BertForMaskedLM
-from minitx.tokenizer import SPECIAL_TOKENS
-from minitx.train import parameter_groups
+from minitx.data.mlm import mask_tokens
+from minitx.interop.bert import to_hf_bert
+from minitx.functional import IGNORE_INDEX
+from minitx.models.bert import BertConfig, BertForMaskedLM
+from minitx.tokenizers.wordpiece import SPECIAL_TOKENS
+from minitx.training.optim import parameter_groups
 
 DEFAULT_IMPLS = ("minitx:math", "minitx:math:full-head", "minitx:sdpa", "minitx:flash", "hf:eager", "hf:sdpa")
 FULL_HEAD = "full-head"  # impl suffix: minitx with the MLM head at every position (sparse_prediction off)

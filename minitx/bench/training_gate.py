@@ -9,8 +9,8 @@ import math
 import torch
 from torch import nn
 
-from minitx.interop import hf_to_minitx_names
-from minitx.model import BertForMaskedLM
+from minitx.interop.bert import hf_to_minitx_names
+from minitx.models.bert import BertForMaskedLM
 
 # HF's decoder shares its weight and bias with the word embeddings and `cls.predictions.bias`; whichever name
 # named_parameters() reports for a tied tensor, it has one minitx home.

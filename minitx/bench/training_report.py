@@ -109,7 +109,7 @@ def training_table(document: dict | str | os.PathLike) -> str:
 def plot_training(document: dict | str | os.PathLike, path: str | os.PathLike | None = None):
     """Bars of tokens/s per timed implementation (error bars: the p25..p75 step times), each annotated with
     its paired ratio to every HF implementation."""
-    from minitx.plots import plt  # importing minitx.plots selects a headless backend when needed
+    from minitx.plots import plt
 
     doc = load(document)
     ok = [r for r in doc["results"] if r["status"] == "ok"]

@@ -7,7 +7,8 @@ derivation. The equation label in a comment names what that line computes.
 
 One private module per derivation page, so each reads next to its page: `_softmax.py` (softmax.md),
 `_layer_norm.py` (layer_norm.md), `_gelu.py` (gelu.md), `_attention.py` (attention.md),
-`_cross_entropy.py` (cross_entropy.md); `_checks.py` holds the
+`_cross_entropy.py` (cross_entropy.md, and `IGNORE_INDEX`, the label of positions without a loss);
+`_checks.py` holds the
 argument checks and the un-broadcasting of gradients they share. Import from `minitx.functional`.
 
 Conventions (see docs/architecture.md): q (..., N, D), k (..., M, D), v (..., M, Dv); boolean masks use
@@ -15,10 +16,11 @@ True = may attend; a query row with no allowed key gives zeros and zero gradient
 """
 
 from minitx.functional._attention import causal_mask, scaled_dot_product_attention
-from minitx.functional._cross_entropy import cross_entropy
+from minitx.functional._cross_entropy import IGNORE_INDEX, cross_entropy
 from minitx.functional._checks import _sum_to_shape  # noqa: F401 (tested directly: tests/test_functional.py)
-from minitx.functional._gelu import gelu
+from minitx.functional._gelu import gelu, gelu_tanh
 from minitx.functional._layer_norm import layer_norm
 from minitx.functional._softmax import softmax
 
-__all__ = ["softmax", "layer_norm", "gelu", "causal_mask", "scaled_dot_product_attention", "cross_entropy"]
+__all__ = ["softmax", "layer_norm", "gelu", "gelu_tanh", "causal_mask", "scaled_dot_product_attention",
+           "cross_entropy", "IGNORE_INDEX"]

@@ -1,4 +1,4 @@
-"""The hand-written bodies the autograd Functions run, registered by name so that `minitx.compile` can swap
+"""The hand-written bodies the autograd Functions run, registered by name so that `minitx.training.compile` can swap
 in `torch.compile`d copies (`--compile`) and put the eager ones back. Eager is the default and the reference."""
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from torch.autograd.function import once_differentiable
 from minitx.functional._checks import _check_float_tensor
 from minitx.functional._softmax import _compute_dtype
 
+IGNORE_INDEX = -100  # label of positions that carry no loss (as in PyTorch's cross_entropy and HF)
+
 
 def _cross_entropy_textbook(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """(ce.1) as printed: mean over labelled rows of log sum_v exp(z_v) - z_t, every row computed."""
@@ -49,7 +51,7 @@ class _CrossEntropy(torch.autograd.Function):
         return grad.index_copy_(0, rows, grad_rows.to(ctx.dtype)), None, None
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean cross-entropy (ce.1) over the rows whose target is not `ignore_index`: logits (R, V) or (..., V)
     with targets (R,) or (...,); half-precision logits are read in float32 and give a float32 loss (as torch's
     loss under autocast). Backward by hand, (ce.2)-(ce.3). No labelled row: nan, as torch's."""

@@ -71,3 +71,10 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     (gelu.4)-(gelu.5) in the forward from the same Phi(x), and saved."""
     _check_float_tensor(x, "x")
     return _Gelu.apply(x, torch.is_grad_enabled() and x.requires_grad)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU, (dec.5): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); autograd differentiates it.
+
+    An approximation of (gelu.1) kept only to load GPT-2's weights exactly (docs/math/decoder.md)."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))

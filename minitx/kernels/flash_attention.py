@@ -218,6 +218,14 @@ def attention_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_caus
 attention_backend.native_features = frozenset({"gqa", "causal_align", "window", "alibi"})
 
 
+def _varlen_backend(q, k, v, cu_seqlens_q, cu_seqlens_k, *, is_causal=False, **options):
+    """What `minitx.attention.varlen` calls for this backend: one kernel over the whole packing (flash.19)."""
+    return flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=is_causal, **options)
+
+
+attention_backend.varlen = _varlen_backend
+
+
 def _merge_key_padding(attn_mask, key_padding_mask, batch: int, m: int):
     keys_only = (attn_mask.dtype == torch.bool and attn_mask.dim() == 4 and attn_mask.shape[1:3] == (1, 1)
                  and attn_mask.shape[0] in (1, batch) and attn_mask.shape[3] == m)

@@ -1,6 +1,4 @@
-"""Model families built from minitx's blocks. The BERT encoder lives in `minitx.model` (its public home);
-the GPT-2-style decoder in `minitx.models.gpt`."""
-
-from minitx.models.gpt import GPT, GPTConfig, CausalLMOutput, gelu_tanh
-
-__all__ = ["GPT", "GPTConfig", "CausalLMOutput", "gelu_tanh"]
+"""Model families built from minitx's Blocks: bert (BertConfig, BertModel, BertForMaskedLM,
+BertForSequenceClassification), gpt (GPTConfig, GPT), and inputs (the checks every model runs at its door).
+A new family is a module here: a config plus parts for `minitx.nn.block.Block`.
+"""

@@ -1,18 +1,18 @@
-"""A GPT-2-style decoder built from minitx's blocks (docs/math/decoder.md, labels (dec.*)).
+"""A GPT-2-style decoder built from minitx's Blocks (docs/math/decoder.md, labels (dec.*)).
 
-Token + learned position embeddings (dec.1), a stack of pre-LN `EncoderBlock`s run with `is_causal=True`
-(the causal mask, dec.2), a final LayerNorm, and an LM head tied to the token embedding (dec.3). The loss is
-next-token cross-entropy (dec.4). Module names keep the encoder's (`blocks.{i}.attention.q_proj`, ...), so
-LoRA targets, the attention backends and `minitx.gpt2_interop` all see the same parts.
+Token + learned position embeddings (dec.1), a stack of pre-LN Blocks run with `is_causal=True` (the causal
+mask, dec.2), a final LayerNorm, and an LM head tied to the token embedding (dec.3). The loss is next-token
+cross-entropy (dec.4). Module names keep the encoder's (`blocks.{i}.attention.q_proj`, ...), so LoRA targets,
+the attention backends and `minitx.interop.gpt2` all see the same parts. `forward(..., cache=KVCache)` decodes
+incrementally: each block's attention appends to its layer of the cache (dec.6)-(dec.9).
 
-GPT-2 uses the tanh approximation of GELU ("gelu_new", dec.5); minitx's FeedForward runs the exact erf GELU.
-`GPTConfig.activation` picks either: "gelu" (exact, the default, minitx's own hand-written backward) or
-"gelu_tanh" (GPT-2's, for loading real GPT-2 weights exactly).
+GPT-2 uses the tanh approximation of GELU ("gelu_new", dec.5); `GPTConfig.activation` picks either: "gelu"
+(exact, the default, minitx's own hand-written backward) or "gelu_tanh" (GPT-2's, for loading real GPT-2
+weights exactly). `n_kv_heads` below `n_heads` gives grouped-query attention (not in GPT-2; for experiments).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
@@ -21,100 +21,72 @@ import torch
 import torch.nn.functional as torch_F  # torch's; minitx.functional is `F` elsewhere
 from torch import nn
 
-from minitx.attention import available_backends
-from minitx.blocks import EncoderBlock, FeedForward, LayerNorm, set_blocks_backend
-from minitx.model_inputs import IGNORE_INDEX, check_model_config  # shared with the encoder
+from minitx.attention.cache import KVCache
+from minitx.attention.backends import available_backends
+from minitx.config import FlatConfig
+from minitx.functional import IGNORE_INDEX
+from minitx.models.inputs import check_model_config, key_padding_mask
+from minitx.nn.block import Block, set_blocks_backend, standard_block
+from minitx.nn.feed_forward import ACTIVATIONS
+from minitx.nn.norms import LayerNorm
 
-__all__ = ["GPTConfig", "GPT", "CausalLMOutput", "gelu_tanh", "IGNORE_INDEX", "ACTIVATIONS"]
 
-ACTIVATIONS = ("gelu", "gelu_tanh")
-
-
-def _help(text: str, **extra) -> dict:
+def _meta(text: str, **extra) -> dict:
     return {"help": text, **extra}
 
 
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's GELU, (dec.5): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); autograd differentiates it."""
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-
-
-class TanhFeedForward(FeedForward):
-    """FeedForward with GPT-2's tanh GELU (dec.5) in place of the exact one; same parameters, same names."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(self.dropout(gelu_tanh(self.fc_in(x))))  # (B, N, C) -> (B, N, d_ff) -> (B, N, C)
-
-
 @dataclass
-class GPTConfig:
+class GPTConfig(FlatConfig):
     """A flat decoder config; every field maps one to one onto a CLI flag of `minitx train-lm`."""
 
-    vocab_size: int = field(default=65, metadata=_help("vocabulary size V"))
-    max_position: int = field(default=64, metadata=_help("context length (block size): learned positions"))
-    d_model: int = field(default=128, metadata=_help("model width C"))
-    n_layers: int = field(default=4, metadata=_help("decoder blocks"))
-    n_heads: int = field(default=4, metadata=_help("attention heads H (d_model divisible by it)"))
-    d_ff: int = field(default=0, metadata=_help("feed-forward width (0: 4 * d_model, as GPT-2)"))
-    dropout: float = field(default=0.0, metadata=_help("dropout on embeddings and residual branches"))
-    attention_dropout: float = field(default=0.0, metadata=_help("dropout on attention weights"))
-    layer_norm_eps: float = field(default=1e-5, metadata=_help("LayerNorm epsilon (GPT-2: 1e-5)"))
-    activation: str = field(default="gelu", metadata=_help("gelu (exact erf) or gelu_tanh (GPT-2's)",
-                                                           choices=ACTIVATIONS))
-    attention_backend: str = field(default="math", metadata=_help("attention backend: math, sdpa or flash"))
-    initializer_range: float = field(default=0.02, metadata=_help("std of the normal initial weights"))
-    bias: bool = field(default=True, metadata=_help("biases in linear layers and LayerNorms (GPT-2: yes; "
+    vocab_size: int = field(default=65, metadata=_meta("vocabulary size V"))
+    max_position: int = field(default=64, metadata=_meta("context length (block size): learned positions"))
+    d_model: int = field(default=128, metadata=_meta("model width C"))
+    n_layers: int = field(default=4, metadata=_meta("decoder blocks"))
+    n_heads: int = field(default=4, metadata=_meta("attention heads H (d_model divisible by it)"))
+    n_kv_heads: int = field(default=0, metadata=_meta("key/value heads (0: n_heads; fewer: grouped-query "
+                                                      "attention, 1: multi-query)"))
+    d_ff: int = field(default=0, metadata=_meta("feed-forward width (0: 4 * d_model, as GPT-2)"))
+    dropout: float = field(default=0.0, metadata=_meta("dropout on embeddings and residual branches"))
+    attention_dropout: float = field(default=0.0, metadata=_meta("dropout on attention weights"))
+    layer_norm_eps: float = field(default=1e-5, metadata=_meta("LayerNorm epsilon (GPT-2: 1e-5)"))
+    activation: str = field(default="gelu", metadata=_meta("gelu (exact erf) or gelu_tanh (GPT-2's)",
+                                                           choices=tuple(ACTIVATIONS)))
+    attention_backend: str = field(default="math", metadata=_meta(
+        "attention backend: math, sdpa, flash or any registered one", choices=available_backends))
+    initializer_range: float = field(default=0.02, metadata=_meta("std of the normal initial weights"))
+    bias: bool = field(default=True, metadata=_meta("biases in linear layers and LayerNorms (GPT-2: yes; "
                                                     "nanoGPT's default: no)"))
 
     def __post_init__(self) -> None:
         if isinstance(self.d_ff, bool) or not isinstance(self.d_ff, int) or self.d_ff < 0:
             raise ValueError(f"d_ff: expected an int >= 0 (0: 4 * d_model), got {self.d_ff!r}")
+        kv = self.n_kv_heads
+        if isinstance(kv, bool) or not isinstance(kv, int) or kv < 0 or (kv and self.n_heads % kv):
+            raise ValueError(f"n_kv_heads: expected 0 or a divisor of n_heads={self.n_heads}, got {kv!r}")
         check_model_config(self, ("vocab_size", "max_position", "d_model", "n_layers", "n_heads"))
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.attention_backend not in available_backends():
-            raise ValueError(f"attention_backend: expected one of {available_backends()}, "
-                             f"got {self.attention_backend!r}")
+            raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
 
     @property
     def ff_width(self) -> int:
         return self.d_ff or 4 * self.d_model
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "GPTConfig":
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"config: unknown fields {unknown}")
-        return cls(**values)
 
 
 class CausalLMOutput(NamedTuple):
     logits: torch.Tensor            # (B, N, V)
     loss: Optional[torch.Tensor]    # next-token cross-entropy (dec.4), or None without targets
     hidden: torch.Tensor            # (B, N, C), after the final LayerNorm
+    cache: Optional[KVCache] = None  # the cache passed in, now holding these tokens' keys and values too
 
 
-def decoder_block(config: GPTConfig) -> EncoderBlock:
-    """A pre-LN block (block.3)-(block.4), GPT-2's layout; made causal by the caller's `is_causal=True`."""
-    block = EncoderBlock(config.d_model, config.n_heads, config.ff_width, dropout=config.dropout,
-                         attention_dropout=config.attention_dropout, norm_first=True,
-                         layer_norm_eps=config.layer_norm_eps, backend=config.attention_backend)
-    if config.activation == "gelu_tanh":
-        block.feed_forward = TanhFeedForward(config.d_model, config.ff_width)
-    if not config.bias:
-        _drop_biases(block)
-    return block
-
-
-def _drop_biases(module: nn.Module) -> None:
-    """nanoGPT's bias=False: every nn.Linear and LayerNorm bias removed (None: functional.layer_norm and
-    torch's linear take no shift)."""
-    for sub in module.modules():
-        if isinstance(sub, (nn.Linear, LayerNorm)) and sub.bias is not None:
-            sub.bias = None
+def decoder_block(config: GPTConfig) -> Block:
+    """A pre-LN block (block.3)-(block.4), GPT-2's layout; made causal by the caller's `is_causal=True`.
+    `bias=False` (nanoGPT's) builds every linear layer and LayerNorm without a shift."""
+    return standard_block(config.d_model, config.n_heads, config.ff_width, dropout=config.dropout,
+                          attention_dropout=config.attention_dropout, norm_first=True,
+                          layer_norm_eps=config.layer_norm_eps, backend=config.attention_backend,
+                          activation=config.activation, bias=config.bias, n_kv_heads=config.n_kv_heads or None)
 
 
 class GPT(nn.Module):
@@ -129,9 +101,7 @@ class GPT(nn.Module):
         self.position = nn.Embedding(config.max_position, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(decoder_block(config) for _ in range(config.n_layers))
-        self.final_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        if not config.bias:
-            _drop_biases(self.final_norm)
+        self.final_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -173,22 +143,40 @@ class GPT(nn.Module):
         return torch_F.linear(hidden, self.token.weight)  # (B, N, C) @ (C, V) -> (B, N, V)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> CausalLMOutput:
+                targets: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> CausalLMOutput:
         """Logits for the next token at every position; `targets[b, i]` is the token after `input_ids[b, i]`
-        (IGNORE_INDEX: no loss). `attention_mask` (B, N): 1 = real token, 0 = padding (as in HF)."""
+        (IGNORE_INDEX: no loss). `attention_mask` (B, M): 1 = real token, 0 = padding (as in HF).
+
+        With `cache` (a `KVCache(n_layers)`), `input_ids` are the tokens after the M - N cached ones: they sit
+        at positions M - N.. (unless `position_ids` says otherwise), attend to every cached key through the
+        bottom-right causal mask (dec.9), and are appended to the cache; `attention_mask` then covers all M."""
+        past = 0 if cache is None else self._check_cache(cache, input_ids)
+        if position_ids is None and past:
+            position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)[None]  # (1, N)
         x = self.embed(input_ids, position_ids)
-        key_mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (1 = real token), "
-                                 f"got {tuple(attention_mask.shape)}")
-            key_mask = attention_mask.bool()  # (B, M), True = real token
-        for block in self.blocks:
-            x = block(x, attention_mask=key_mask, is_causal=True)  # (dec.2): key j allowed iff j <= i
+        padding = key_padding_mask(attention_mask, (input_ids.shape[0], past + input_ids.shape[1]))  # (B, M)
+        for i, block in enumerate(self.blocks):
+            # (dec.2): key j allowed iff j <= i (+ M - N over a cache, dec.9)
+            x = block(x, padding, is_causal=True, cache=None if cache is None else cache[i])
         hidden = self.final_norm(x)
         logits = self.lm_head(hidden)
         loss = None if targets is None else next_token_loss(logits, targets)
-        return CausalLMOutput(logits, loss, hidden)
+        return CausalLMOutput(logits, loss, hidden, cache)
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for this model: one layer per block."""
+        return KVCache(len(self.blocks))
+
+    def _check_cache(self, cache, input_ids) -> int:
+        if not isinstance(cache, KVCache) or len(cache) != len(self.blocks):
+            raise TypeError(f"cache: expected a KVCache with {len(self.blocks)} layers (model.new_cache()), "
+                            f"got {cache!r}")
+        past, n = cache.length, input_ids.shape[1] if isinstance(input_ids, torch.Tensor) else 0
+        if past + n > self.config.max_position:
+            raise ValueError(f"input_ids: {past} cached + {n} new tokens exceed max_position="
+                             f"{self.config.max_position}")
+        return past
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Bottleneck adapters (Houlsby et al., 2019), BitFit (Ben Zaken et al., 2022) and trainable-parameter counts.
+"""Bottleneck adapters (Houlsby et al., 2019): a small residual MLP after a frozen Linear.
 
 The math is in `docs/math/lora.md`, section "Adapters and BitFit".
 """
@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from minitx import functional as F
-from minitx.peft.targets import (find_linear_targets, find_modules, freeze_except, parse_targets,
-                                 set_submodule)
+from minitx.peft.targets import (find_linear_targets, find_modules, freeze_except, parse_targets, set_submodule,
+                                 WrappedLinear)
 
 
-class AdapterLinear(nn.Module):
+class AdapterLinear(WrappedLinear):
     """y = base(x); y + up(GELU(down(y)))  (adapter.1), with `up` zero-initialised so a fresh adapter is the identity.
 
     `down` (out -> bottleneck) keeps nn.Linear's default init; the frozen base is left untouched.
@@ -57,31 +57,3 @@ def apply_adapters(model: nn.Module, target_modules=("out_proj", "fc_out"), bott
     adapter_prefixes = tuple(f"{n}.{part}." for n in wrappers for part in ("down", "up"))
     freeze_except(model, kept, keep=lambda pname: pname.startswith(adapter_prefixes))
     return names
-
-
-def apply_bitfit(model: nn.Module, trainable_modules=()) -> list[str]:
-    """Leave only bias terms (every parameter named "bias", layer norms' included) and `trainable_modules`
-    trainable (bitfit.1); return the names of the trainable parameters."""
-    kept = find_modules(model, trainable_modules, "trainable_modules")
-    freeze_except(model, kept, keep=lambda pname: pname.rsplit(".", 1)[-1] == "bias")
-    return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
-def trainable_parameters_report(model: nn.Module) -> tuple[int, int, float]:
-    """(trainable, total, trainable / total), counting elements; total includes the added PEFT parameters."""
-    params = list(model.parameters())
-    total = sum(p.numel() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    return trainable, total, (trainable / total if total else 0.0)
-
-
-def parameter_table(models: dict[str, nn.Module]) -> str:
-    """A printable table, one row per method: {"full": m0, "LoRA r=8": m1, ...} -> trainable, total, share."""
-    if not isinstance(models, dict):
-        raise TypeError(f"models: expected a dict name -> nn.Module, got {type(models).__name__}")
-    width = max([len("method")] + [len(k) for k in models])
-    lines = [f"{'method':<{width}}  {'trainable':>12}  {'total':>12}  {'share':>8}"]
-    for name, model in models.items():
-        trainable, total, share = trainable_parameters_report(model)
-        lines.append(f"{name:<{width}}  {trainable:>12,}  {total:>12,}  {share:>8.3%}")
-    return "\n".join(lines)

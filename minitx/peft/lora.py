@@ -10,8 +10,8 @@ import math
 import torch
 from torch import nn
 
-from minitx.peft.targets import (find_linear_targets, find_modules, freeze_except, parse_targets,
-                                 set_submodule)
+from minitx.peft.targets import (find_linear_targets, find_modules, freeze_except, parse_targets, set_submodule,
+                                 WrappedLinear)
 
 
 class LoRAFunction(torch.autograd.Function):
@@ -81,7 +81,7 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     return None
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(WrappedLinear):
     """A frozen `base` Linear plus the low-rank path s * B A, s = alpha / r (alpha / sqrt(r) with rsLoRA) (lora.5).
 
     `lora_A` (r, in_features) starts kaiming-uniform (a=sqrt(5)) as in PEFT; `lora_B` (out_features, r) starts at

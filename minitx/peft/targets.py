@@ -1,4 +1,4 @@
-"""Which modules a PEFT method touches: name patterns, and freezing everything else.
+"""Which modules a PEFT method touches: name patterns, freezing everything else, and counting what trains.
 
 A pattern is either a plain string, matched as PEFT does (the module's full name equals it or ends with
 "." + it, so "q_proj" finds "encoder.layers.0.attention.q_proj"), or a regular expression that must
@@ -13,6 +13,12 @@ from typing import Callable
 from torch import nn
 
 Pattern = str | re.Pattern
+
+
+class WrappedLinear(nn.Module):
+    """A PEFT wrapper around a frozen `base` nn.Linear (LoRALinear, AdapterLinear): its base is not a target again."""
+
+    base: nn.Linear
 
 
 def parse_targets(patterns, arg: str) -> list[Pattern]:
@@ -51,10 +57,7 @@ def _show(pattern: Pattern) -> str:
 
 def plain_linears(model: nn.Module) -> list[str]:
     """Full names of the `nn.Linear` modules not already inside a PEFT wrapper (whose base is a Linear too)."""
-    from minitx.peft.adapters import AdapterLinear
-    from minitx.peft.lora import LoRALinear
-
-    wrapped = [n for n, m in model.named_modules() if isinstance(m, (LoRALinear, AdapterLinear))]
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, WrappedLinear)]
     return [n for n, m in model.named_modules()
             if type(m) is nn.Linear and n and not any(n.startswith(w + ".") or w == "" for w in wrapped)]
 
@@ -91,3 +94,23 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     """Replace the submodule at dotted `name` (e.g. "layers.0.q_proj") with `module`."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def trainable_parameters_report(model: nn.Module) -> tuple[int, int, float]:
+    """(trainable, total, trainable / total), counting elements; total includes the added PEFT parameters."""
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return trainable, total, (trainable / total if total else 0.0)
+
+
+def parameter_table(models: dict[str, nn.Module]) -> str:
+    """A printable table, one row per method: {"full": m0, "LoRA r=8": m1, ...} -> trainable, total, share."""
+    if not isinstance(models, dict):
+        raise TypeError(f"models: expected a dict name -> nn.Module, got {type(models).__name__}")
+    width = max([len("method")] + [len(k) for k in models])
+    lines = [f"{'method':<{width}}  {'trainable':>12}  {'total':>12}  {'share':>8}"]
+    for name, model in models.items():
+        trainable, total, share = trainable_parameters_report(model)
+        lines.append(f"{name:<{width}}  {trainable:>12,}  {total:>12,}  {share:>8.3%}")
+    return "\n".join(lines)

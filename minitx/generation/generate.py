@@ -1,0 +1,73 @@
+"""Text generation from a causal LM, with and without a KV cache (docs/math/decoder.md, (dec.6)-(dec.9)).
+
+This is the sampling loop only: the model computes the logits, and with `use_cache` it keeps the keys and
+values of every token so far in the `KVCache` it is handed (`minitx.attention.cache`), so each step feeds it
+just the newest token (dec.7). The loop never looks inside the model: any causal LM with `forward(ids,
+cache=...)`, `new_cache()` and `config.max_position` (minitx's GPT and the families to come) is generated from.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from minitx.generation.sampling import sample_next
+
+
+def _check_args(model, ids, max_new_tokens, temperature, top_k, top_p) -> None:
+    if not (isinstance(model, torch.nn.Module) and hasattr(model, "new_cache")
+            and hasattr(getattr(model, "config", None), "max_position")):
+        raise TypeError(f"model: expected a minitx causal LM (a GPT: forward(ids, cache=...), new_cache(), "
+                        f"config.max_position), got {type(model).__name__}")
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] == 0 or ids.dtype != torch.long:
+        got = (tuple(ids.shape), ids.dtype) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"ids: expected a non-empty (B, N) long tensor of token ids, got {got}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"temperature: expected a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+
+
+@torch.no_grad()
+def iter_generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                  use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield each new token (B,) as soon as it is chosen. The context is the last max_position tokens, as in
+    nanoGPT; once the cache holds a full window it is rebuilt from the window (positions are absolute)."""
+    _check_args(model, ids, max_new_tokens, temperature, top_k, top_p)
+    was_training = model.training
+    model.eval()
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=ids.device).manual_seed(seed)
+    window, cache, pending = model.config.max_position, None, ids
+    try:
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits = model(ids[:, -window:]).logits[:, -1]
+            else:
+                if cache is None or cache.length + pending.shape[1] > window:
+                    cache, pending = model.new_cache(), ids[:, -window:]  # (re)fill from the window
+                logits = model(pending, cache=cache).logits[:, -1]  # the model appends to its cache
+            token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            pending = token[:, None]
+            yield token
+    finally:
+        model.train(was_training)
+
+
+def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             use_cache: bool = True) -> torch.Tensor:
+    """`ids` (B, N) followed by `max_new_tokens` generated tokens: (B, N + max_new_tokens).
+
+    temperature 0 is greedy decoding; `seed` makes sampling repeatable (a private torch.Generator)."""
+    new = list(iter_generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache))
+    return torch.cat([ids, torch.stack(new, dim=1)], dim=1) if new else ids.clone()

@@ -1,0 +1,45 @@
+"""Position-wise feed-forward networks: the MLP of (block.6), with the exact GELU or GPT-2's tanh one.
+
+A family picks its feed-forward through the Block's `feed_forward` part; SwiGLU slots in here beside FeedForward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minitx import functional as F
+from minitx.checks import check_probability
+from minitx.hooks import HookPoints
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": F.gelu_tanh}  # (gelu.1) exact, (dec.5) GPT-2's approximation
+
+
+class FeedForward(HookPoints, nn.Module):
+    """Position-wise MLP, (block.6): fc_out(Drop(act(fc_in(x)))), C -> d_ff -> C.
+
+    `activation` "gelu" (exact erf, minitx's hand-written backward) or "gelu_tanh" (GPT-2's, dec.5).
+    `dropout` sits after the activation (as in torch.nn.TransformerEncoderLayer); BERT and GPT-2 have none
+    there, so their blocks build this with 0. The dropout after `fc_out` belongs to the block.
+    Hook point "hidden" (B, N, d_ff): the activations after the nonlinearity, one per neuron.
+    """
+
+    hook_points = ("hidden",)
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "gelu", bias: bool = True):
+        super().__init__()
+        check_probability("dropout", dropout)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        self._act = ACTIVATIONS[activation]
+        self.fc_in = nn.Linear(d_model, d_ff, bias=bias)
+        self.fc_out = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.hook("hidden", self._act(self.fc_in(x)))  # (B, N, C) -> (B, N, d_ff)
+        return self.fc_out(self.dropout(hidden))  # (B, N, d_ff) -> (B, N, C)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"

@@ -1,0 +1,1 @@
+"""Training: config (TrainConfig), loop (train), optim (AdamW), checkpoint, guards, distributed, compile."""
