@@ -131,3 +131,62 @@ def test_bad_input_errors_name_the_argument():
         LayerNorm(8)(torch.randn(2, 6))
     with pytest.raises(ValueError, match="backend"):
         standard_block(8, 2, 16, backend="nope")
+
+
+# ------------------------------------------------------------------------------------------ the Block's seams
+class _Doubler(torch.nn.Module):
+    """A feed-forward part no family uses: the Block must run whatever module it is handed."""
+
+    def forward(self, x):
+        return 2.0 * x
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_block_runs_the_parts_it_is_given(norm_first):
+    """(block.1)-(block.4) with a foreign feed-forward and norm: the Block composes, it does not hard-wire."""
+    from functools import partial
+
+    from minitx.attention.multi_head import MultiHeadAttention
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(8, 2).double()
+    block = Block(attention, _Doubler(), partial(torch.nn.LayerNorm, 8), norm_first=norm_first,
+                  dropout=0.0).double().eval()
+    assert type(block.ffn_norm) is torch.nn.LayerNorm and type(block.feed_forward) is _Doubler
+    x = torch.randn(2, 5, 8, dtype=F64)
+    if norm_first:
+        h = x + attention(block.attention_norm(x))  # (block.3)
+        want = h + 2.0 * block.ffn_norm(h)  # (block.4)
+    else:
+        h = block.attention_norm(x + attention(x))  # (block.1)
+        want = block.ffn_norm(h + 2.0 * h)  # (block.2)
+    torch.testing.assert_close(block(x), want)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_cross_attention_sublayer_reads_the_context(norm_first):
+    """The decoder block of an encoder-decoder: self-attention, then cross-attention over `context` with its
+    own padding mask, then the feed-forward, each (block.1) / (block.3)."""
+    torch.manual_seed(0)
+    block = standard_block(8, 2, 16, dropout=0.0, norm_first=norm_first, cross_attention=True).double().eval()
+    x, ctx = torch.randn(2, 4, 8, dtype=F64), torch.randn(2, 6, 8, dtype=F64)
+    ctx_pad = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    sa, ca, ff = block.attention, block.cross_attention, block.feed_forward
+    n1, n2, n3 = block.attention_norm, block.cross_attention_norm, block.ffn_norm
+    if norm_first:
+        h = x + sa(n1(x), is_causal=True)
+        h = h + ca(n2(h), ctx, key_padding_mask=ctx_pad)
+        want = h + ff(n3(h))
+    else:
+        h = n1(x + sa(x, is_causal=True))
+        h = n2(h + ca(h, ctx, key_padding_mask=ctx_pad))
+        want = n3(h + ff(h))
+    got = block(x, is_causal=True, context=ctx, context_padding_mask=ctx_pad)
+    torch.testing.assert_close(got, want)
+    changed = ctx.clone()
+    changed[1, 3:] = 100.0  # padding of the context: no effect; real context: an effect
+    torch.testing.assert_close(block(x, is_causal=True, context=changed, context_padding_mask=ctx_pad)[1], got[1])
+    assert not torch.allclose(block(x, is_causal=True, context=ctx * 2, context_padding_mask=ctx_pad), got)
+    with pytest.raises(ValueError, match="context"):
+        block(x)  # a cross-attention block without its context
+    with pytest.raises(ValueError, match="context"):
+        standard_block(8, 2, 16)(x, context=ctx)  # a context for a block without cross-attention

@@ -112,3 +112,40 @@ def test_cache_projects_each_token_once():
     hook.remove()
     assert cached == 4 + new - 1  # the prompt, then one row per step (the last token is never fed back)
     assert sum(rows) == sum(4 + s for s in range(new))  # 4 + 5 + ... + 13
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_grouped_query_cache_generates_what_the_uncached_model_does(backend):
+    """A GPT with 2 key/value heads for 4 query heads (flash.18): the cache holds (B, 2, M, D) per layer, and
+    cached and uncached decoding agree, greedy and sampled, across a cache rebuilt past the window."""
+    model = tiny(backend, n_kv_heads=2)
+    assert model.blocks[0].attention.k_proj.out_features == 2 * 8
+    prompt = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(3))
+    for kw in (dict(temperature=0), dict(temperature=1.1, top_k=10, seed=4)):
+        assert torch.equal(generate(model, prompt, 30, **kw), generate(model, prompt, 30, use_cache=False, **kw))
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(prompt, cache=cache)
+    assert cache[0].keys.shape == (2, 2, 5, 8) and cache.length == 5
+    full = tiny(backend)  # the same seed with 4 key/value heads is a different model: the check can fail
+    assert not torch.equal(generate(full, prompt, 30, temperature=0), generate(model, prompt, 30, temperature=0))
+
+
+def test_rope_inside_attention_is_the_same_cached_and_uncached():
+    """RoPE applied to q and k inside MultiHeadAttention (pos.4): keys enter the cache rotated at their own
+    positions, so chunked decoding equals the full causal pass, and the rotation really is applied."""
+    from minitx.attention.cache import LayerKV
+    from minitx.attention.multi_head import MultiHeadAttention
+    from minitx.positional.rope import RotaryEmbedding
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, n_kv_heads=2, rotary=RotaryEmbedding(4)).double().eval()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    full = mha(x, is_causal=True)
+    cache = LayerKV()
+    parts = torch.cat([mha(x[:, a:b], is_causal=True, cache=cache) for a, b in ((0, 4), (4, 5), (5, 9))], dim=1)
+    torch.testing.assert_close(parts, full)
+    plain = MultiHeadAttention(16, 4, n_kv_heads=2).double().eval()
+    plain.load_state_dict(mha.state_dict())
+    assert not torch.allclose(plain(x, is_causal=True), full)
+    shifted = mha(x, is_causal=True, positions=torch.arange(3, 12))  # RoPE sees offsets only (pos.6)
+    torch.testing.assert_close(shifted, full)
