@@ -16,8 +16,8 @@ import torch
 from minitx.bench.report import environment
 from minitx.bench.timing import summarize
 from minitx.bench.training import TrainingBenchConfig, build_impl, make_batch, make_step
-from minitx.training.compile import compile_bodies, eager_bodies
 from minitx.models.bert import BertForMaskedLM
+from minitx.training.compile import compile_bodies, eager_bodies
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

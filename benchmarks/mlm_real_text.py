@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from minitx.interop.bert import to_hf_bert
-from minitx.recipes.pretrain.evaluate import _eval_batches
 from minitx.functional import IGNORE_INDEX
+from minitx.interop.bert import to_hf_bert
 from minitx.models.bert import BertForMaskedLM
-from minitx.training.optim import lr_at, parameter_groups
 from minitx.plots import _finish, plt
-from minitx.recipes.pretrain.config import model_config, PretrainConfig
+from minitx.recipes.pretrain.config import PretrainConfig, model_config
 from minitx.recipes.pretrain.data import build_corpus
+from minitx.recipes.pretrain.evaluate import _eval_batches
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
+from minitx.training.optim import lr_at, parameter_groups
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -28,10 +28,10 @@ import torch
 
 import minitx.data.synthetic as corpus
 from minitx.data.synthetic import NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
-from minitx.recipes.finetune.config import FinetuneConfig
-from minitx.recipes.finetune.recipe import run_finetuning
 from minitx.models.bert import BertForMaskedLM
 from minitx.plots import method_accuracy
+from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.recipe import run_finetuning
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # name -> FinetuneConfig overrides; "scratch" takes the pretrained run's architecture and tokenizer, not weights.

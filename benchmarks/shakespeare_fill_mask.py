@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from minitx.data.corpora import iter_corpus_lines
-from minitx.recipes.pretrain.fill_mask import fill_mask, load_pretrained, MASK
 from minitx.data.text import split_lines
+from minitx.recipes.pretrain.fill_mask import MASK, fill_mask, load_pretrained
 
 
 def masked_lines(n: int, min_words: int) -> list[tuple[str, str]]:

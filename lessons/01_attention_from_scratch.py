@@ -26,8 +26,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from minitx import functional as mf
-from minitx import plots
+from minitx import functional as mf, plots
 
 FAST = os.environ.get("MINITX_FAST") == "1"
 torch.manual_seed(0)

@@ -15,8 +15,8 @@ import torch
 from minitx.attention.multi_head import MultiHeadAttention
 from minitx.plots import heatmap, output_dir
 from minitx.positional.absolute import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
-from minitx.positional.rope import RotaryEmbedding
 from minitx.positional.alibi import alibi_bias, alibi_slopes
+from minitx.positional.rope import RotaryEmbedding
 
 FAST = os.environ.get("MINITX_FAST") == "1"
 torch.manual_seed(0)

@@ -43,7 +43,7 @@ mu = x.mean(dim=-1, keepdim=True)
 var = x.var(dim=-1, unbiased=False, keepdim=True)
 by_hand = ln.weight * (x - mu) / torch.sqrt(var + ln.eps) + ln.bias
 torch.testing.assert_close(ln(x), by_hand, rtol=1e-5, atol=1e-5)
-print("LayerNorm by hand == minitx.nn.block.LayerNorm")
+print("LayerNorm by hand == minitx.nn.norms.LayerNorm")
 
 # %% [markdown]
 # ## The two blocks by hand

@@ -31,12 +31,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from minitx.data.corpora import iter_corpus_lines
-from minitx.data.synthetic import SyntheticLanguage
 from minitx.data.mlm import mask_tokens
-from minitx.plots import output_dir
+from minitx.data.synthetic import SyntheticLanguage
 from minitx.data.text import pack_lines
-from minitx.tokenizers.wordpiece import WordPieceTokenizer
+from minitx.plots import output_dir
 from minitx.tokenizers.pretokenize import pre_tokenize
+from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 FAST = os.environ.get("MINITX_FAST") == "1"
 OUT = output_dir()

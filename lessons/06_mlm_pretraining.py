@@ -26,9 +26,8 @@ import os
 
 import torch
 
-from minitx.data.synthetic import FIXED_PHRASES
-from minitx.data.synthetic import chance_baselines, SyntheticLanguage
 from minitx.data.mlm import mlm_batch
+from minitx.data.synthetic import FIXED_PHRASES, SyntheticLanguage, chance_baselines
 from minitx.plots import accuracy_vs_chance, output_dir
 from minitx.recipes.pretrain.config import PretrainConfig
 from minitx.recipes.pretrain.fill_mask import fill_mask

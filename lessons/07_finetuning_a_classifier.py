@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from minitx.recipes.finetune.config import FinetuneConfig
-from minitx.recipes.finetune.inference import predict
-from minitx.recipes.finetune.recipe import run_finetuning
 from minitx.models.bert import BertForSequenceClassification
 from minitx.peft.lora import apply_lora
 from minitx.peft.targets import trainable_parameters_report
 from minitx.plots import method_accuracy, output_dir
+from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.inference import predict
+from minitx.recipes.finetune.recipe import run_finetuning
 from minitx.recipes.pretrain.config import PretrainConfig
 from minitx.recipes.pretrain.recipe import run_pretraining
 

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from minitx.peft.lora import apply_lora, LoRALinear, merge_lora
+from minitx.peft.lora import LoRALinear, apply_lora, merge_lora
 from minitx.peft.targets import parameter_table
 from minitx.plots import loss_curve, output_dir
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minitx.bench import (AttentionBenchConfig, arithmetic_intensity, attention_flops, plot_tflops, results_document,
-                          results_table, roofline, run_sweep, summarize, time_host)
+from minitx.bench import (AttentionBenchConfig, arithmetic_intensity, attention_flops, plot_tflops,
+                          results_document, results_table, roofline, run_sweep, summarize, time_host)
 from minitx.bench.report import plot_roofline
 from minitx.plots import output_dir
 

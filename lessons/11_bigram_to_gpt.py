@@ -16,15 +16,14 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from minitx.tokenizers.char import CharTokenizer
 from minitx.functional import causal_mask
 from minitx.generation.generate import generate
 from minitx.generation.sampling import sample_next
-from minitx.recipes.lm.recipe import lm_batch, shakespeare_text, split_ids
-from minitx.models.gpt import GPT, GPTConfig
-from minitx.models.gpt import next_token_loss
+from minitx.models.gpt import GPT, GPTConfig, next_token_loss
 from minitx.plots import output_dir
+from minitx.recipes.lm.recipe import lm_batch, shakespeare_text, split_ids
 from minitx.seeding import seed_for
+from minitx.tokenizers.char import CharTokenizer
 from minitx.training.config import TrainConfig
 from minitx.training.loop import train
 

@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt
 import torch
 from einops import rearrange
 
+from minitx.attention.cache import KVCache, bottom_right_causal_mask
 from minitx.attention.front_door import attention
 from minitx.functional import causal_mask
-from minitx.attention.cache import bottom_right_causal_mask, KVCache
 from minitx.generation.generate import generate
 from minitx.models.gpt import GPT, GPTConfig
 from minitx.plots import output_dir

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from minitx import functional as F
 from minitx.attention import backends as A
-from minitx.attention.multi_head import MultiHeadAttention
-from minitx.attention.front_door import attention
 from minitx.attention.backends import available_backends, get_backend, register_backend
+from minitx.attention.front_door import attention
+from minitx.attention.multi_head import MultiHeadAttention
 
 F64 = torch.float64
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from minitx.tokenizers.bpe import ByteBPETokenizer, bytes_to_unicode, pre_tokenize_bytes
 from minitx.recipes.lm.recipe import shakespeare_text
+from minitx.tokenizers.bpe import ByteBPETokenizer, bytes_to_unicode, pre_tokenize_bytes
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 3

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from minitx import functional as mf
-from minitx.training.compile import apply_compile, compile_bodies, eager_bodies, is_compiled
 from minitx.functional import _bodies
+from minitx.training.compile import apply_compile, compile_bodies, eager_bodies, is_compiled
 
 
 def test_eager_by_default_and_eager_bodies_restores():

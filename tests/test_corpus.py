@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from minitx.data import synthetic as corpus
-from minitx.data.synthetic import split_of, SyntheticLanguage
+from minitx.data.synthetic import SyntheticLanguage, split_of
 from minitx.data.text_files import iter_text_files
 
 N = 3000

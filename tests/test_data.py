@@ -4,8 +4,8 @@ function of (seed, step, rank) with disjoint rank shards; probe sets; streaming 
 import pytest
 import torch
 
-from minitx.data.synthetic import kind_id, KINDS, SyntheticLanguage
 from minitx.data.mlm import mask_tokens, mlm_batch, probe_batches, stream_mlm_batches
+from minitx.data.synthetic import KINDS, SyntheticLanguage, kind_id
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 # Upper critical values of the chi-square distribution at p = 0.001 (standard tables).

@@ -12,13 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from minitx import cli
-from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.config import DEFAULT_LR, FinetuneConfig
+from minitx.recipes.finetune.data import encode_split, load_splits, read_labelled_file
 from minitx.recipes.finetune.inference import classify_main, load_finetuned, predict
-from minitx.recipes.finetune.recipe import evaluate
-from minitx.recipes.finetune.data import read_labelled_file
-from minitx.recipes.finetune.config import DEFAULT_LR
-from minitx.recipes.finetune.data import encode_split, load_splits
-from minitx.recipes.finetune.recipe import BestWeights, run_finetuning, starting_point
+from minitx.recipes.finetune.recipe import BestWeights, evaluate, run_finetuning, starting_point
 from minitx.recipes.pretrain.config import PretrainConfig
 from minitx.recipes.pretrain.recipe import run_pretraining
 

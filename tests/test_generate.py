@@ -4,9 +4,9 @@ mask for N new queries over M keys is bottom-right (dec.9) and top-left would be
 import pytest
 import torch
 
+from minitx.attention.cache import KVCache, bottom_right_causal_mask
 from minitx.attention.front_door import attention
 from minitx.functional import causal_mask
-from minitx.attention.cache import bottom_right_causal_mask, KVCache
 from minitx.generation.generate import generate
 from minitx.generation.sampling import sample_next
 from minitx.models.gpt import GPT, GPTConfig

@@ -7,11 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as torch_F
 
+from minitx.functional import IGNORE_INDEX, gelu_tanh
+from minitx.models.gpt import GPT, GPTConfig, next_token_loss
 from minitx.nn.block import Block
-from minitx.models.gpt import GPT, GPTConfig
-from minitx.functional import gelu_tanh
-from minitx.functional import IGNORE_INDEX
-from minitx.models.gpt import next_token_loss
 
 
 def tiny(**kw):

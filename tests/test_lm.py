@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from minitx.tokenizers.char import CharTokenizer
 from minitx.cli import main as cli_main
-from minitx.recipes.lm.recipe import lm_batch, LMConfig, run_lm, SHAKESPEARE_SHA256, shakespeare_text, split_ids
 from minitx.recipes.lm.generate import generate_main, load_lm
+from minitx.recipes.lm.recipe import LMConfig, SHAKESPEARE_SHA256, lm_batch, run_lm, shakespeare_text, split_ids
+from minitx.tokenizers.char import CharTokenizer
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40
 

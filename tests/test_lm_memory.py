@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minitx.recipes.lm.recipe import compact_ids, lm_batch, split_loss
 from minitx.models.gpt import GPT, GPTConfig
+from minitx.recipes.lm.recipe import compact_ids, lm_batch, split_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 

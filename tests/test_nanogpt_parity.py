@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from minitx.recipes.lm.recipe import lm_batch, LMConfig, shakespeare_text
 from minitx.models.gpt import GPT, GPTConfig
+from minitx.recipes.lm.recipe import LMConfig, lm_batch, shakespeare_text
 from minitx.training.optim import lr_at, parameter_groups
 
 

@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from minitx.peft.adapters import AdapterLinear, apply_adapters
-from minitx.peft.lora import (apply_lora, load_lora_state_dict, lora_state_dict, LoRAFunction, LoRALinear,
-                              merge_lora)
 from minitx.peft.bitfit import apply_bitfit
+from minitx.peft.lora import LoRAFunction, LoRALinear, apply_lora, load_lora_state_dict, lora_state_dict, merge_lora
 from minitx.peft.targets import parameter_table, trainable_parameters_report
 
 C = 8

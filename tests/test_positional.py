@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minitx.positional.absolute import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
-from minitx.positional.rope import RotaryEmbedding
 from minitx.positional.alibi import alibi_bias, alibi_slopes
+from minitx.positional.rope import RotaryEmbedding
 
 F64 = torch.float64
 

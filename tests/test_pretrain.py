@@ -19,14 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minitx import cli
+from minitx.data.synthetic import BRACKETS, P_PLURAL, SyntheticLanguage
+from minitx.models.bert import BertConfig, BertForMaskedLM
+from minitx.recipes.pretrain import recipe as P
 from minitx.recipes.pretrain.config import PretrainConfig
 from minitx.recipes.pretrain.data import build_corpus
-from minitx.recipes.pretrain.fill_mask import fill_mask, load_pretrained
-from minitx.recipes.pretrain import recipe as P
+from minitx.recipes.pretrain.fill_mask import encode_with_masks, fill_mask, load_pretrained
 from minitx.recipes.pretrain.recipe import masked_lm_loss, run_pretraining
-from minitx.data.synthetic import BRACKETS, P_PLURAL, SyntheticLanguage
-from minitx.recipes.pretrain.fill_mask import encode_with_masks
-from minitx.models.bert import BertConfig, BertForMaskedLM
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,15 +10,15 @@ import time
 import pytest
 import torch
 
+from minitx.data.corpora import CORPORA, corpus_file, iter_corpus_lines
+from minitx.data.text import HELD_OUT_PERCENT, PASSAGE_LINES, pack_lines, passage_split, shuffled, split_lines
+from minitx.models.bert import BertConfig, BertForMaskedLM
 from minitx.recipes.pretrain.config import PretrainConfig
 from minitx.recipes.pretrain.data import build_corpus
-from minitx.recipes.pretrain.recipe import run_pretraining
-from minitx.data.corpora import CORPORA, corpus_file, iter_corpus_lines
-from minitx.recipes.pretrain.fill_mask import fill_mask, starts_a_word
 from minitx.recipes.pretrain.evaluate import unigram_log_probs
-from minitx.models.bert import BertConfig, BertForMaskedLM
+from minitx.recipes.pretrain.fill_mask import fill_mask, starts_a_word
+from minitx.recipes.pretrain.recipe import run_pretraining
 from minitx.tokenizers.pretokenize import pre_tokenize
-from minitx.data.text import HELD_OUT_PERCENT, pack_lines, PASSAGE_LINES, passage_split, shuffled, split_lines
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"  # ../shared/data/README.md

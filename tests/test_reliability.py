@@ -19,19 +19,18 @@ import torch
 from torch import nn
 
 from minitx import cli
+from minitx.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
+from minitx.peft.adapters import apply_adapters
+from minitx.peft.lora import LoRALinear, apply_lora, merge_lora
+from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.data import read_labelled_file
+from minitx.recipes.finetune.recipe import run_finetuning
 from minitx.recipes.pretrain.config import PretrainConfig
 from minitx.recipes.pretrain.fill_mask import load_pretrained
 from minitx.recipes.pretrain.recipe import run_pretraining
 from minitx.training.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from minitx.recipes.finetune.config import FinetuneConfig
-from minitx.recipes.finetune.recipe import run_finetuning
-from minitx.recipes.finetune.data import read_labelled_file
-from minitx.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
-from minitx.peft.adapters import apply_adapters
-from minitx.peft.lora import apply_lora, merge_lora
-from minitx.peft.lora import LoRALinear
-from minitx.training.loop import NonFiniteLossError, train
 from minitx.training.config import TrainConfig
+from minitx.training.loop import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, batch_size=8, max_length=40, train_sentences=200,

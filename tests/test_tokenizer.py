@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minitx.data.synthetic import SyntheticLanguage
-from minitx.tokenizers.wordpiece import SPECIAL_TOKENS, truncated_lengths, WordPieceTokenizer
-from minitx.tokenizers.wordpiece_trainer import learn_vocabulary
 from minitx.tokenizers.pretokenize import pre_tokenize
+from minitx.tokenizers.wordpiece import SPECIAL_TOKENS, WordPieceTokenizer, truncated_lengths
+from minitx.tokenizers.wordpiece_trainer import learn_vocabulary
 
 SMALL_TEXT = """The quick brown fox jumps over the lazy dog. Café au lait, s'il vous plaît!
 Tokenizers split unbelievable words into pieces; un-tokenizable ones become [UNK].

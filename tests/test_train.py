@@ -15,11 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from minitx.training.checkpoint import read_checkpoint
-from minitx.training.loop import NonFiniteLossError, train
-from minitx.training.config import TrainConfig
-from minitx.training.optim import lr_at, parameter_groups
 from minitx.seeding import step_seed
+from minitx.training.checkpoint import read_checkpoint
+from minitx.training.config import TrainConfig
+from minitx.training.loop import NonFiniteLossError, train
+from minitx.training.optim import lr_at, parameter_groups
 
 VOCAB = 10
 

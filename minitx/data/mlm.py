@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from minitx.data.synthetic import kind_id, Sentence
+from minitx.data.synthetic import Sentence, kind_id
 from minitx.functional import IGNORE_INDEX
 from minitx.seeding import seed_for
 from minitx.tokenizers.wordpiece import Encoding, SPECIAL_TOKENS, WordPieceTokenizer

@@ -22,7 +22,7 @@ from torch import nn
 
 from minitx.interop.bert import hf_to_minitx_names
 from minitx.models.bert import BertForMaskedLM, BertForSequenceClassification
-from minitx.peft.lora import apply_lora, LoRALinear
+from minitx.peft.lora import LoRALinear, apply_lora
 
 PREFIX = "base_model.model."
 # adapter_config.json options and the only value minitx's LoRA can take (None / {} / [] mean "unused").

@@ -18,7 +18,7 @@ from torch import nn
 
 from minitx.attention.backends import available_backends
 from minitx.config import FlatConfig
-from minitx.functional import cross_entropy, gelu, IGNORE_INDEX
+from minitx.functional import IGNORE_INDEX, cross_entropy, gelu
 from minitx.models.inputs import check_ids, check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend, standard_block
 from minitx.nn.norms import LayerNorm

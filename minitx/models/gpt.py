@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as torch_F  # torch's; minitx.functional is `F` elsewhere
 from torch import nn
 
-from minitx.attention.cache import KVCache
 from minitx.attention.backends import available_backends
+from minitx.attention.cache import KVCache
 from minitx.config import FlatConfig
 from minitx.functional import IGNORE_INDEX
 from minitx.models.inputs import check_model_config, key_padding_mask

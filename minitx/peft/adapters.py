@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from minitx import functional as F
-from minitx.peft.targets import (find_linear_targets, find_modules, freeze_except, parse_targets, set_submodule,
-                                 WrappedLinear)
+from minitx.peft.targets import (WrappedLinear, find_linear_targets, find_modules, freeze_except, parse_targets,
+                                 set_submodule)
 
 
 class AdapterLinear(WrappedLinear):

@@ -36,13 +36,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from minitx.training import distributed as D
-from minitx.training import guards
-from minitx.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from minitx.training.optim import AdamW, lr_at, parameter_groups
-from minitx.training.guards import TrainingInterrupted
 from minitx.seeding import seed_everything, step_seed
+from minitx.training import distributed as D, guards
+from minitx.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minitx.training.config import TrainConfig
+from minitx.training.guards import TrainingInterrupted
+from minitx.training.optim import AdamW, lr_at, parameter_groups
 
 def begin_recipe(config: TrainConfig, config_cls: type) -> float:
     """What every recipe does first: refuse a config of the wrong class, apply its thread policy (`threads`,

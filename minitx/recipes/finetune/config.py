@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from minitx.training.config import TrainConfig
 from minitx.config import option
+from minitx.training.config import TrainConfig
 
 METHODS = ("full", "lora", "adapter", "bitfit")
 # Peak learning rates per method, chosen by benchmarks/peft_experiment.py (docs/finetuning.md): methods that

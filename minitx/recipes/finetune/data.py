@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from minitx.data.synthetic import split_of, SyntheticLanguage
+from minitx.data.synthetic import SyntheticLanguage, split_of
 from minitx.seeding import seed_for
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
 

@@ -34,9 +34,8 @@ def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, seed: int = 
              progress: bool = True) -> dict[str, Any]:
     """Pretrain (out_dir/pretrain) then LoRA fine-tune (out_dir/finetune); return both summaries and timings."""
     from minitx.recipes.pretrain.config import PretrainConfig
-    from minitx.recipes.pretrain.fill_mask import fill_mask
+    from minitx.recipes.pretrain.fill_mask import fill_mask, format_predictions
     from minitx.recipes.pretrain.recipe import run_pretraining
-    from minitx.recipes.pretrain.fill_mask import format_predictions
     out, began = Path(out_dir), time.perf_counter()
     pretrain = run_pretraining(PretrainConfig(out_dir=str(out / "pretrain"), seed=seed, progress=progress,
                                               **(FAST_PRETRAIN if fast else {})))

@@ -8,11 +8,11 @@ from typing import Any, Sequence
 
 import torch
 
-from minitx.training.checkpoint import check_state_dict, CheckpointError, read_checkpoint, require_keys
-from minitx.recipes.finetune.recipe import ADAPTER_TARGETS
 from minitx.models.bert import BertConfig, BertForSequenceClassification
 from minitx.peft.adapters import apply_adapters
+from minitx.recipes.finetune.recipe import ADAPTER_TARGETS
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
+from minitx.training.checkpoint import CheckpointError, check_state_dict, read_checkpoint, require_keys
 
 
 TOKENIZER_KEYS = {"vocab": list, "lowercase": bool, "max_input_chars_per_word": int}

@@ -19,18 +19,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from minitx.training.checkpoint import save_checkpoint
-from minitx.training.compile import apply_compile
 from minitx.data.synthetic import SyntheticLanguage
-from minitx.recipes.finetune.config import FinetuneConfig
-from minitx.recipes.finetune.data import BUILTIN_LABEL_NAMES, chunks, encode_split, load_splits, make_batch_fn
 from minitx.models.bert import BertConfig, BertForSequenceClassification
 from minitx.peft.adapters import apply_adapters
 from minitx.peft.bitfit import apply_bitfit
 from minitx.peft.lora import apply_lora, lora_state_dict, merge_lora
 from minitx.peft.targets import trainable_parameters_report
+from minitx.recipes.finetune.config import FinetuneConfig
+from minitx.recipes.finetune.data import BUILTIN_LABEL_NAMES, chunks, encode_split, load_splits, make_batch_fn
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
-from minitx.training.loop import begin_recipe, train, TrainResult
+from minitx.training.checkpoint import save_checkpoint
+from minitx.training.compile import apply_compile
+from minitx.training.loop import TrainResult, begin_recipe, train
 
 ADAPTER_TARGETS = ("out_proj", "fc_out")     # after attention and after the feed-forward, as Houlsby et al.
 ADAPTER_NORMS = ("attention_norm", "ffn_norm")  # Houlsby et al. also train each block's layer norms

@@ -9,10 +9,10 @@ from typing import Any, Sequence
 
 import torch
 
-from minitx.training.checkpoint import check_state_dict, read_run_checkpoint
-from minitx.tokenizers.char import CharTokenizer
 from minitx.generation.generate import iter_generate
 from minitx.models.gpt import GPT, GPTConfig
+from minitx.tokenizers.char import CharTokenizer
+from minitx.training.checkpoint import check_state_dict, read_run_checkpoint
 
 __all__ = ["load_lm", "tokenizer_from_state", "generate_main"]
 

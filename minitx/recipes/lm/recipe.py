@@ -10,8 +10,6 @@ exact and every DDP rank draws its own windows. Results: docs/results/lm_shakesp
 
 from __future__ import annotations
 
-from minitx.attention.backends import available_backends
-
 import dataclasses
 import gzip
 import hashlib
@@ -27,14 +25,15 @@ from typing import Any
 
 import torch
 
-from minitx.training import distributed as D
-from minitx.tokenizers.char import CharTokenizer
+from minitx.attention.backends import available_backends
+from minitx.config import option
 from minitx.data.corpora import CORPORA, corpus_file
 from minitx.models.gpt import GPT, GPTConfig, next_token_loss
 from minitx.seeding import seed_for
+from minitx.tokenizers.char import CharTokenizer
+from minitx.training import distributed as D
 from minitx.training.config import TrainConfig
-from minitx.training.loop import begin_recipe, train, TrainResult
-from minitx.config import option
+from minitx.training.loop import TrainResult, begin_recipe, train
 
 __all__ = ["LMConfig", "LMResult", "run_lm", "shakespeare_text", "split_ids", "lm_batch", "compact_ids",
            "SHAKESPEARE_SHA256"]

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 from minitx.data.corpora import iter_corpus_lines
-from minitx.data.synthetic import SyntheticLanguage
-from minitx.data.text_files import iter_text_files
 from minitx.data.mlm import mlm_batch
-from minitx.seeding import seed_for
-from minitx.recipes.pretrain.evaluate import unigram_log_probs
+from minitx.data.synthetic import SyntheticLanguage
 from minitx.data.text import epochs, examples_stream, shuffled, split_lines
+from minitx.data.text_files import iter_text_files
+from minitx.recipes.pretrain.evaluate import unigram_log_probs
+from minitx.seeding import seed_for
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 if TYPE_CHECKING:  # only for annotations: minitx.recipes.pretrain imports this module

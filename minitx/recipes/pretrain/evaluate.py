@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import torch
 
-from minitx.functional import IGNORE_INDEX
-from minitx.data.synthetic import chance_baselines, KINDS
 from minitx.data.mlm import mlm_batch, probe_batches
-from minitx.seeding import seed_for
+from minitx.data.synthetic import KINDS, chance_baselines
+from minitx.functional import IGNORE_INDEX
 from minitx.models.bert import BertForMaskedLM
+from minitx.seeding import seed_for
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 if TYPE_CHECKING:  # only for annotations: pretrain imports this module

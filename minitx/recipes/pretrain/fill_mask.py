@@ -11,10 +11,10 @@ from typing import Sequence
 
 import torch
 
-from minitx.training.checkpoint import (check_state_dict, CheckpointError, read_json_object, read_run_checkpoint,
-                                        require_keys)
 from minitx.models.bert import BertConfig, BertForMaskedLM
 from minitx.tokenizers.wordpiece import SPECIAL_TOKENS, WordPieceTokenizer
+from minitx.training.checkpoint import (CheckpointError, check_state_dict, read_json_object, read_run_checkpoint,
+                                        require_keys)
 
 MASK = SPECIAL_TOKENS[4]  # "[MASK]", written literally in the text
 

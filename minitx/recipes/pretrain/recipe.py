@@ -20,17 +20,17 @@ from typing import Any
 
 import torch
 
+from minitx.functional import IGNORE_INDEX
+from minitx.models.bert import BertForMaskedLM, labelled_logits
+from minitx.plots import loss_curve, plt
+from minitx.recipes.pretrain.config import PretrainConfig, model_config
+from minitx.recipes.pretrain.data import build_corpus
+from minitx.recipes.pretrain.evaluate import evaluate
+from minitx.tokenizers.wordpiece import WordPieceTokenizer
 from minitx.training import distributed as D
 from minitx.training.checkpoint import CheckpointError, read_checkpoint
 from minitx.training.compile import apply_compile
-from minitx.functional import IGNORE_INDEX
-from minitx.recipes.pretrain.evaluate import evaluate
-from minitx.models.bert import BertForMaskedLM, labelled_logits
-from minitx.recipes.pretrain.config import PretrainConfig, model_config
-from minitx.plots import loss_curve, plt
-from minitx.recipes.pretrain.data import build_corpus
-from minitx.tokenizers.wordpiece import WordPieceTokenizer
-from minitx.training.loop import begin_recipe, train, TrainResult
+from minitx.training.loop import TrainResult, begin_recipe, train
 
 __all__ = ["PretrainResult", "run_pretraining", "masked_lm_loss"]
 
