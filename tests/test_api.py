@@ -52,7 +52,7 @@ import torch
 bert = minitx.BertForMaskedLM(minitx.BertConfig(vocab_size=30, d_model=16, n_heads=2, d_ff=32, n_layers=1))
 gpt = minitx.GPT(minitx.GPTConfig(vocab_size=30, d_model=16, n_heads=2, n_layers=1))
 ids = torch.randint(0, 30, (1, 5))
-bert(ids), minitx.generation.generate(gpt, ids, 3, temperature=0)
+bert(ids), minitx.generate(gpt, ids, 3, temperature=0)
 bad = [m for m in sys.modules if m.startswith(("minitx.kernels", "triton"))]
 assert not bad, bad
 print("ok")
