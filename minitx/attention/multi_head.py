@@ -100,27 +100,16 @@ class MultiHeadAttention(HookPoints, nn.Module):
         """
         context = x if context is None else context
         self._check_inputs(x, context)
-        past = 0 if cache is None else cache.length
-        # (mha.1): one projection per role, then split the width into heads
-        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", h=self.n_heads)  # (B, N, C) -> (B, H, N, D)
-        k = rearrange(self.k_proj(context), "b m (h d) -> b h m d", h=self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
-        v = rearrange(self.v_proj(context), "b m (h d) -> b h m d", h=self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
-        if self.rotary is not None:  # (pos.4): rotate q and k by their absolute positions
-            if context is not x:
-                raise ValueError("rotary: RoPE rotates self-attention only; got a context (cross-attention)")
-            if positions is None:
-                positions = torch.arange(past, past + x.shape[1], device=x.device)
-            q, k = self.rotary.rotate(q, positions), self.rotary.rotate(k, positions)
-        q, k, v = self.hook("q", q), self.hook("k", k), self.hook("v", v)
+        if cache is not None and (context is not x or cu_seqlens is not None):
+            raise ValueError("cache: a KV cache holds self-attention keys; got a context or cu_seqlens")
+        q, k, v = self._project(x, context, positions, 0 if cache is None else cache.length)
         if cache is not None:
-            if context is not x or cu_seqlens is not None:
-                raise ValueError("cache: a KV cache holds self-attention keys; got a context or cu_seqlens")
             k, v = cache.append(k, v)  # (B, Hkv, past + N, D): (dec.6)
             if is_causal:  # (dec.9): N new queries over past + N keys
                 causal_align = "bottom_right"
-        dropout_p = self.dropout if self.training else 0.0
         options = dict(attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal,
-                       dropout_p=dropout_p, causal_align=causal_align, window=window, alibi_slopes=alibi_slopes)
+                       dropout_p=self.dropout if self.training else 0.0, causal_align=causal_align, window=window,
+                       alibi_slopes=alibi_slopes)
         weights = None
         if cu_seqlens is not None:
             out = self._packed(q, k, v, context is not x, return_weights, cu_seqlens, **options)
@@ -135,6 +124,20 @@ class MultiHeadAttention(HookPoints, nn.Module):
         # (mha.3): concatenate the heads and mix them
         out = self.out_proj(rearrange(out, "b h n d -> b n (h d)"))  # (B, H, N, D) -> (B, N, C)
         return (out, weights) if return_weights else out
+
+    def _project(self, x, context, positions, past: int):
+        """(mha.1): one projection per role, split into heads; then RoPE on q and k (pos.4) at their absolute
+        positions (default: after the `past` cached tokens)."""
+        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", h=self.n_heads)  # (B, N, C) -> (B, H, N, D)
+        k = rearrange(self.k_proj(context), "b m (h d) -> b h m d", h=self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
+        v = rearrange(self.v_proj(context), "b m (h d) -> b h m d", h=self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
+        if self.rotary is not None:
+            if context is not x:
+                raise ValueError("rotary: RoPE rotates self-attention only; got a context (cross-attention)")
+            if positions is None:
+                positions = torch.arange(past, past + x.shape[1], device=x.device)
+            q, k = self.rotary.rotate(q, positions), self.rotary.rotate(k, positions)
+        return self.hook("q", q), self.hook("k", k), self.hook("v", v)
 
     def _packed(self, q, k, v, cross, return_weights, cu_seqlens, attn_mask, key_padding_mask, **options):
         if cross or attn_mask is not None or key_padding_mask is not None or return_weights or q.shape[0] != 1:
