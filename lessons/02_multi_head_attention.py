@@ -102,8 +102,9 @@ assert min(differences) > 1e-3, "every pair of heads attends differently"
 # ## Check against PyTorch
 #
 # `torch.nn.MultiheadAttention` packs $W_Q, W_K, W_V$ into one `in_proj_weight` of shape $(3C, C)$. Copy our
-# weights in, and the outputs must agree. Padding: PyTorch's `key_padding_mask` is True for *padding*; ours
-# (like Hugging Face's `attention_mask`) is 1 for *real* tokens.
+# weights in, and the outputs must agree. Padding: PyTorch's `key_padding_mask` is True for *padding*; minitx's
+# `key_padding_mask` (the name every layer and backend uses, down from the model's Hugging Face-style
+# `attention_mask`) is True for *real* tokens.
 
 # %%
 ref = torch.nn.MultiheadAttention(C, H, batch_first=True).eval()

@@ -48,7 +48,9 @@ print("LayerNorm by hand == minitx.nn.norms.LayerNorm")
 # %% [markdown]
 # ## The two blocks by hand
 #
-# The same submodules, wired two ways. (Dropout is 0 here; in training it follows `out_proj` and `fc_out`.)
+# The same submodules, wired two ways. `standard_block` builds BERT's and GPT-2's block: a `Block` handed its
+# parts (a MultiHeadAttention, a GELU FeedForward, a LayerNorm factory) and told where the norm goes; a new
+# family hands it other parts instead. (Dropout is 0 here; in training it follows `out_proj` and `fc_out`.)
 
 # %%
 for norm_first in (False, True):
