@@ -463,3 +463,30 @@ def test_one_dimensional_float_mask_over_the_keys(backend):
     bias = torch.tensor([0.0, -1.0, 2.0, float("-inf")], dtype=F64)
     torch.testing.assert_close(attention(q, k, v, backend=backend, attn_mask=bias),
                                _reference(q, k, v, bias=bias))
+
+
+def test_varlen_dispatches_through_the_registry():
+    """A backend that offers `fn.varlen` runs the whole packing in one call (as flash does); one without is
+    looped over the sequences through the front door. No backend name is special-cased."""
+    from minitx.attention.varlen import varlen_attention
+    calls = []
+
+    def packed(q, k, v, cu_q, cu_k, **options):
+        calls.append(options)
+        return torch.zeros_like(q)
+    math = get_backend("math")
+
+    def with_varlen(q, k, v, **kw):
+        return math(q, k, v, **kw)
+    with_varlen.varlen = packed
+    register_backend("varlen_spy", with_varlen)
+    try:
+        q, k, v = (torch.randn(7, 2, 4) for _ in range(3))
+        cu = torch.tensor([0, 3, 7])
+        assert torch.equal(varlen_attention(q, k, v, cu, cu, backend="varlen_spy", is_causal=True),
+                           torch.zeros(7, 2, 4))
+        assert calls == [{"is_causal": True}]
+        looped = varlen_attention(q, k, v, cu, cu, backend="math", is_causal=True)
+        assert looped.abs().sum() > 0
+    finally:
+        A._BACKENDS.pop("varlen_spy")

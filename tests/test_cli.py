@@ -51,3 +51,22 @@ def test_unknown_command_is_refused_and_help_lists_the_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("pretrain", "finetune", "bench", "demo"))
+
+
+def test_backend_choices_come_from_the_registry():
+    """A backend registered in the process is a valid --attention-backend of every recipe; a name that is
+    not registered is refused by argparse."""
+    from minitx.attention.backends import _BACKENDS, get_backend, register_backend
+    from minitx.recipes.lm.recipe import LMConfig
+    from minitx.recipes.pretrain.config import PretrainConfig
+
+    register_backend("cli_spy", get_backend("math"))
+    try:
+        for config_cls in (PretrainConfig, LMConfig):
+            parser = argparse.ArgumentParser()
+            add_config_arguments(parser, config_cls)
+            assert parser.parse_args(["--attention-backend", "cli_spy"]).attention_backend == "cli_spy"
+            with pytest.raises(SystemExit):
+                parser.parse_args(["--attention-backend", "not_registered"])
+    finally:
+        _BACKENDS.pop("cli_spy")

@@ -90,3 +90,11 @@ def test_config_refuses_what_minitx_lacks():
         config_from_hf_gpt2(config)
     with pytest.raises(TypeError, match="hf_model"):
         from_hf_gpt2(object())
+
+
+def test_export_refuses_what_gpt2_lacks():
+    """GPT-2 has no grouped-query attention and biases everywhere: such a model is refused by name."""
+    for kw, match in ((dict(n_kv_heads=1), "n_kv_heads"), (dict(bias=False), "bias")):
+        model = GPT(GPTConfig(vocab_size=11, max_position=8, d_model=16, n_layers=1, n_heads=2, **kw))
+        with pytest.raises(ValueError, match=match):
+            to_hf_gpt2(model)

@@ -90,6 +90,9 @@ def to_hf_gpt2(model: GPT) -> Any:
     c = model.config
     if not c.bias:
         raise ValueError("model: GPT-2 has biases everywhere; a GPTConfig(bias=False) model has none to give")
+    if c.n_kv_heads not in (0, c.n_heads):
+        raise ValueError(f"model: GPT-2 has as many key/value heads as query heads; this model has "
+                         f"n_kv_heads={c.n_kv_heads} for n_heads={c.n_heads} (grouped-query attention)")
     act = {"gelu": "gelu", "gelu_tanh": "gelu_new"}[c.activation]
     hf_config = transformers.GPT2Config(
         vocab_size=c.vocab_size, n_positions=c.max_position, n_embd=c.d_model, n_layer=c.n_layers,
