@@ -131,6 +131,18 @@ def test_bad_input_errors_name_the_argument():
         LayerNorm(8)(torch.randn(2, 6))
     with pytest.raises(ValueError, match="backend"):
         standard_block(8, 2, 16, backend="nope")
+    from functools import partial
+
+    from minitx.attention.multi_head import MultiHeadAttention
+    parts = dict(feed_forward=torch.nn.Identity(), norm=partial(LayerNorm, 8))
+    with pytest.raises(TypeError, match="attention: expected a MultiHeadAttention"):
+        Block(None, **parts)
+    with pytest.raises(TypeError, match="cross_attention"):
+        Block(MultiHeadAttention(8, 2), **parts, cross_attention=torch.nn.Identity())
+    with pytest.raises(TypeError, match="norm: expected a factory"):
+        Block(MultiHeadAttention(8, 2), torch.nn.Identity(), LayerNorm(8))
+    with pytest.raises(TypeError, match="feed_forward"):
+        Block(MultiHeadAttention(8, 2), lambda x: x, partial(LayerNorm, 8))
 
 
 # ------------------------------------------------------------------------------------------ the Block's seams

@@ -48,14 +48,14 @@ class Block(HookPoints, nn.Module):
     def __init__(self, attention: MultiHeadAttention, feed_forward: nn.Module, norm: Callable[[], nn.Module], *,
                  norm_first: bool = False, dropout: float = 0.1, cross_attention: MultiHeadAttention | None = None):
         super().__init__()
-        for name, part in (("attention", attention), ("cross_attention", cross_attention)):
-            if part is not None and not isinstance(part, MultiHeadAttention):
+        for name, part, optional in (("attention", attention, False), ("cross_attention", cross_attention, True)):
+            if not isinstance(part, MultiHeadAttention) and not (optional and part is None):
                 raise TypeError(f"{name}: expected a MultiHeadAttention, got {type(part).__name__}")
         if not isinstance(feed_forward, nn.Module):
             raise TypeError(f"feed_forward: expected an nn.Module, got {type(feed_forward).__name__}")
-        if not callable(norm):
-            raise TypeError(f"norm: expected a factory of norm modules (e.g. partial(LayerNorm, C)), "
-                            f"got {type(norm).__name__}")
+        if not callable(norm) or isinstance(norm, nn.Module):  # a module would be shared by every sublayer
+            raise TypeError(f"norm: expected a factory of norm modules, called once per sublayer (e.g. "
+                            f"partial(LayerNorm, C)), got {type(norm).__name__}")
         if not isinstance(norm_first, bool):
             raise TypeError(f"norm_first: expected a bool, got {norm_first!r}")
         check_probability("dropout", dropout)
