@@ -1,7 +1,7 @@
 """Data for masked-language-model pretraining: masking, deterministic batches, probe sets, text streams.
 
-The corpora themselves (the synthetic language, user text files) live in `minitx.data.synthetic` and are re-exported
-here. The masking rule and its equations are in docs/math/mlm.md; the data design in docs/data.md.
+The corpora themselves live in `minitx.data.synthetic` (the built-in language) and `minitx.data.text_files` (user
+files). The masking rule and its equations are in docs/math/mlm.md; the data design in docs/data.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""User text files, read lazily line by line (a 1 GB file is never held whole); re-exported by minitx.data.synthetic."""
+"""User text files, read lazily line by line (a 1 GB file is never held whole)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The training loop's configuration: one flat dataclass whose fields map one to one onto CLI flags.
 
-It lives below `minitx.training.loop` (and `minitx.training.optim`, which reads its schedule fields) so that neither imports the
-other for it; `minitx.training.loop` re-exports every name. The math the fields steer is docs/math/optimization.md.
+It lives below `minitx.training.loop` (and `minitx.training.optim`, which reads its schedule fields) so that
+neither imports the other for it. The math the fields steer is docs/math/optimization.md.
 """
 
 from __future__ import annotations

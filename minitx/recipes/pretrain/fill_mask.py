@@ -1,6 +1,6 @@
 """Using a pretrained MLM: load a run directory safely, and ask it to fill in the blanks (`minitx fill-mask`).
 
-`load_pretrained` is re-exported by `minitx.recipes.pretrain`, which is where recipes import it from.
+`load_pretrained` is what the fine-tuning and export recipes start from.
 """
 
 from __future__ import annotations
