@@ -32,16 +32,19 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
              "the quickstart: pretrain on the built-in language, then LoRA fine-tune a classifier"),
     "pretrain": ("minitx.recipes.pretrain.config:PretrainConfig", "minitx.recipes.pretrain.recipe:run_pretraining",
                  "masked-language-model pretraining (built-in corpus or --text files)"),
-    "fill-mask": (None, "minitx.recipes.pretrain.fill_mask:fill_mask_main", "top-k predictions for each [MASK] in a text"),
+    "fill-mask": (None, "minitx.recipes.pretrain.fill_mask:fill_mask_main",
+                  "top-k predictions for each [MASK] in a text"),
     "finetune": ("minitx.recipes.finetune.config:FinetuneConfig", "minitx.recipes.finetune.recipe:run_finetuning",
                  "fine-tune a pretrained checkpoint for classification (full, lora, adapter, bitfit)"),
-    "classify": (None, "minitx.recipes.finetune.inference:classify_main", "classify texts with a fine-tuned checkpoint"),
+    "classify": (None, "minitx.recipes.finetune.inference:classify_main",
+                 "classify texts with a fine-tuned checkpoint"),
     "bench": (None, "minitx.bench.cli:bench_main", "benchmarks: `minitx bench attention|training ...`"),
     "export": (None, "minitx.recipes.export:export_main",
                "write a run as a Hugging Face checkpoint directory (or, with --peft, a PEFT adapter directory)"),
     "train-lm": ("minitx.recipes.lm.recipe:LMConfig", "minitx.recipes.lm.recipe:run_lm",
                  "causal language modelling (GPT): --corpus shakespeare with a character vocabulary, or --text"),
-    "generate": (None, "minitx.recipes.lm.generate:generate_main", "stream text from a train-lm run: generate RUN \"prompt\""),
+    "generate": (None, "minitx.recipes.lm.generate:generate_main",
+                 "stream text from a train-lm run: generate RUN \"prompt\""),
 }
 
 
