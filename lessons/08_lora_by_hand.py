@@ -8,7 +8,7 @@
 #    \qquad s = \alpha / r. $$
 #
 # The toy problem: a "pretrained" layer $W_0$ and a "task" whose ideal weight is $W_\star = W_0 + \Delta$, with
-# $\Delta$ of rank 4. We write LoRA by hand with plain tensors, check that `minitx.peft.LoRALinear` (whose
+# $\Delta$ of rank 4. We write LoRA by hand with plain tensors, check that `minitx.peft.lora.LoRALinear` (whose
 # backward is hand-written too) agrees, then see what the rank $r$ and the scale $\alpha$ do, and finally merge
 # the update into $W_0$ for inference.
 

@@ -62,7 +62,8 @@ class FinetuneConfig(TrainConfig):
     patience: int = option(8, "stop after this many validations without a better one (0: never stop early)")
     threads: int = option(1, "torch CPU threads per process (0: torch's default); one is fastest for models this small "
                           "on a shared CPU (docs/training.md: BitFit, 150 steps: 5-7 s on 1 thread, 113-117 s on 2)")
-    compile: bool = option(False, "torch.compile the hand-written kernel bodies (minitx.training.compile; pays compile time first)")
+    compile: bool = option(False, "torch.compile the hand-written kernel bodies (minitx.training.compile; pays "
+                                  "compile time first)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

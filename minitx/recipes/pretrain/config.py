@@ -82,7 +82,8 @@ class PretrainConfig(TrainConfig):
     whole_word: bool = option(False, "select whole words, all their WordPiece pieces together (mlm.4)")
     threads: int = option(1, "torch CPU threads per process (0: torch's default); one is fastest for a model this "
                           "small when anything else runs on a 2-core machine")
-    compile: bool = option(False, "torch.compile the hand-written kernel bodies (minitx.compile; pays compile time first)")
+    compile: bool = option(False, "torch.compile the hand-written kernel bodies (minitx.training.compile; pays "
+                                  "compile time first)")
 
     def __post_init__(self) -> None:
         real = bool(self.text) or self.corpus != "synthetic"
