@@ -229,18 +229,23 @@ def bench_point(name, fn, inputs, dout, ref, *, causal, config, dtype_name) -> d
 
 
 def run_sweep(config: AttentionBenchConfig, extra_impls: dict[str, Callable] | None = None,
-              progress: Callable[[str], object] | None = print) -> list[dict]:
+              progress: Callable[[str], object] | None = print,
+              on_record: Callable[[list[dict]], object] | None = None) -> list[dict]:
     """Every (dtype, mask, head dim, N) x implementation, as a list of records (see `bench_point`).
 
     `extra_impls` maps a name to a callable `fn(q, k, v, causal, scale)` benchmarked alongside the named
-    ones (tests use it to prove that a wrong kernel is caught).
+    ones (`--custom` kernels; tests use it to prove that a wrong kernel is caught). `on_record` sees the
+    records so far after each one (the CLI saves partial results with it). A name in `config.impls` that
+    matches no implementation raises ValueError before anything runs.
     """
     config.validate()
+    for name in config.impls:
+        impls_mod.check_name(name)
     with torch_threads(config.threads):
-        return _sweep(config, extra_impls or {}, progress)
+        return _sweep(config, extra_impls or {}, progress, on_record)
 
 
-def _sweep(config, extra_impls, progress) -> list[dict]:
+def _sweep(config, extra_impls, progress, on_record=None) -> list[dict]:
     """The loop of `run_sweep`: one set of inputs and one float64 reference per point, shared by all impls."""
     device = torch.device(config.device)
     names = list(config.impls) + list(extra_impls)
@@ -262,6 +267,8 @@ def _sweep(config, extra_impls, progress) -> list[dict]:
             records.append(record)
             if progress is not None:
                 progress(f"[{len(records):>3}/{total}] {format_record(record)}")
+            if on_record is not None:
+                on_record(records)
     return records
 
 

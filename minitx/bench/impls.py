@@ -4,15 +4,22 @@
   "sdpa", "flash" or anything registered with `register_backend`.
 - `sdpa:<kernel>`: PyTorch's `scaled_dot_product_attention` pinned to one of its kernels with
   `torch.nn.attention.sdpa_kernel` -- "flash", "efficient", "cudnn", "math".
+- `flex`: PyTorch's FlexAttention (`torch.nn.attention.flex_attention`, compiled), timed on CUDA only.
+- a custom kernel, `NAME=FILE.py:FUNCTION` (`load_custom`, the CLI's `--custom`): FUNCTION has SDPA's
+  signature, `fn(q, k, v, attn_mask=None, is_causal=False, scale=None)`.
 
 Every implementation is called as `fn(q, k, v, causal, scale) -> out` with q, k, v of shape (B, H, N, D).
-An implementation that cannot run here is not an error: `resolve` returns the reason and the sweep records it
-as skipped.
+A name that matches nothing is an error (`resolve` raises ValueError naming it); an implementation that
+exists but cannot run here is not: `resolve` returns the reason and the sweep records it as skipped.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -22,10 +29,13 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, float], 
 
 SDPA_KERNELS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
                 "math": "MATH"}
-DEFAULT_IMPLS = ("minitx:math", "minitx:flash") + tuple(f"sdpa:{k}" for k in SDPA_KERNELS)
+DEFAULT_IMPLS = ("minitx:math", "minitx:flash") + tuple(f"sdpa:{k}" for k in SDPA_KERNELS) + ("flex",)
 # Kernels that only make sense to *time* on a GPU: the Triton kernel runs on a CPU only in the interpreter
-# (TRITON_INTERPRET=1), which checks correctness but is orders of magnitude slower than any real kernel.
-GPU_ONLY = {"minitx:flash"}
+# (TRITON_INTERPRET=1), which checks correctness but is orders of magnitude slower than any real kernel;
+# FlexAttention on a CPU is Inductor's C++ code, not the kernel a GPU comparison is about.
+GPU_ONLY = {"minitx:flash", "flex"}
+# SDPA's fused kernels that exist only on CUDA: on a CPU they are "no viable backend" at every point.
+CUDA_ONLY_SDPA = {"efficient", "cudnn"}
 
 
 def _sdpa(kernel: str) -> AttentionFn:
@@ -39,21 +49,103 @@ def _sdpa(kernel: str) -> AttentionFn:
     return fn
 
 
-def resolve(name: str, device: torch.device) -> tuple[AttentionFn | None, str | None]:
-    """(fn, None) for a usable implementation, or (None, reason) when it cannot run on `device`."""
+def _flex() -> AttentionFn:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    compiled = torch.compile(flex_attention, dynamic=False)
+    masks: dict = {}
+
+    def causal_mask(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx
+
+    def fn(q, k, v, causal, scale):
+        block_mask = None
+        if causal:
+            key = (q.shape[2], k.shape[2], q.device)
+            if key not in masks:
+                masks[key] = create_block_mask(causal_mask, None, None, q.shape[2], k.shape[2], device=q.device)
+            block_mask = masks[key]
+        return compiled(q, k, v, block_mask=block_mask, scale=scale)
+    return fn
+
+
+def load_custom(spec: str) -> tuple[str, AttentionFn]:
+    """(NAME, fn) from "NAME=FILE.py:FUNCTION"; FUNCTION has SDPA's signature and is called as
+    FUNCTION(q, k, v, attn_mask=None, is_causal=causal, scale=scale)."""
+    name, eq, target = spec.partition("=")
+    path, colon, function = target.rpartition(":")
+    if not eq or not colon or not name.strip() or not path or not function.isidentifier():
+        raise ValueError(f"--custom: expected NAME=FILE.py:FUNCTION, got {spec!r}")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"--custom {name}: no such file {str(file)!r}")
+    module_spec = importlib.util.spec_from_file_location(f"minitx_custom_{abs(hash(str(file.resolve())))}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)  # the user's own kernel file, named on the command line
+    user_fn = getattr(module, function, None)
+    if not callable(user_fn):
+        raise ValueError(f"--custom {name}: {str(file)!r} defines no function {function!r}")
+    try:
+        inspect.signature(user_fn).bind(None, None, None, attn_mask=None, is_causal=False, scale=None)
+    except TypeError as exc:
+        raise ValueError(f"--custom {name}: {function} must take SDPA's arguments (q, k, v, attn_mask=None, "
+                         f"is_causal=False, scale=None): {exc}") from None
+    except ValueError:  # a builtin or C function without a signature: trust it
+        pass
+
+    def fn(q, k, v, causal, scale):
+        return user_fn(q, k, v, attn_mask=None, is_causal=causal, scale=scale)
+    return name.strip(), fn
+
+
+def check_name(name: str) -> None:
+    """Raise ValueError unless `name` names an implementation that exists (runnable here or not)."""
     family, _, which = name.partition(":")
+    if name == "flex":
+        return
     if family not in ("minitx", "sdpa") or not which:
-        raise ValueError(f"impls: expected names like 'minitx:math' or 'sdpa:flash', got {name!r}")
-    if name in GPU_ONLY and device.type != "cuda":
-        return None, (f"{name} is a Triton GPU kernel; on {device.type} it runs only in the Triton interpreter, "
-                      "which checks correctness but cannot be timed meaningfully")
+        raise ValueError(f"impls: expected names like 'minitx:math', 'sdpa:flash' or 'flex', got {name!r}")
+    if family == "sdpa" and which not in SDPA_KERNELS:
+        raise ValueError(f"impls: expected an sdpa kernel in {sorted(SDPA_KERNELS)}, got {name!r}")
+    if family == "minitx":
+        known = importlib.import_module("minitx.attention").available_backends()
+        if which not in known:
+            raise ValueError(f"impls: no minitx backend {which!r} in {name!r}; known: "
+                             f"{', '.join('minitx:' + b for b in known)}")
+
+
+def interpreter_allowed() -> bool:
+    """Dry runs time the Triton kernel under the interpreter (MINITX_BENCH_INTERPRETER=1 with TRITON_INTERPRET=1):
+    meaningless numbers, but every step of a GPU session runs end to end on a CPU."""
+    return (os.environ.get("MINITX_BENCH_INTERPRETER", "0") not in ("", "0")
+            and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+
+
+def runnable_here(name: str, device: torch.device) -> bool:
+    """Whether `name` can be timed on `device` (the CPU default impl list keeps only these)."""
+    if device.type == "cuda":
+        return True
+    if name == "minitx:flash":
+        return interpreter_allowed()
+    return name not in GPU_ONLY and name.partition(":")[2] not in CUDA_ONLY_SDPA
+
+
+def resolve(name: str, device: torch.device) -> tuple[AttentionFn | None, str | None]:
+    """(fn, None) for a usable implementation, or (None, reason) when it cannot run on `device`; ValueError
+    when `name` matches no implementation at all."""
+    check_name(name)
+    family, _, which = name.partition(":")
+    if name in GPU_ONLY and device.type != "cuda" and not (name == "minitx:flash" and interpreter_allowed()):
+        what = "a Triton GPU kernel" if name == "minitx:flash" else "timed on CUDA only"
+        return None, (f"{name} is {what}; on {device.type} it runs only in the Triton interpreter or Inductor's "
+                      "CPU code, which checks correctness but cannot be timed meaningfully")
+    if name == "flex":
+        return _flex(), None
     if family == "sdpa":
-        if which not in SDPA_KERNELS:
-            raise ValueError(f"impls: expected an sdpa kernel in {sorted(SDPA_KERNELS)}, got {name!r}")
         return _sdpa(which), None
     try:
         backend = importlib.import_module("minitx.attention").get_backend(which)
-    except Exception as exc:  # ImportError, KeyError/ValueError for an unknown name, a kernel failing to build
+    except Exception as exc:  # ImportError (no Triton), a kernel failing to build
         return None, f"minitx backend {which!r} unavailable: {type(exc).__name__}: {exc}"
 
     def fn(q, k, v, causal, scale):

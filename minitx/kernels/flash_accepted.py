@@ -4,7 +4,7 @@ kernel -> arch -> head dim (BLOCK_D) -> [(BLOCK_N, BLOCK_M, num_warps, num_stage
 the configs that compiled without spills and within shared memory in every variant and 16-bit dtype
 (where none did, at D = 256 only, the least-spilling one alone)."""
 
-ACCEPTED = {
+ACCEPTED_BY_TRITON = {'3.9': {
     'dkdv': {
         80: {
             64: [(32, 32, 4, 2, 18688), (16, 32, 4, 2, 13440)],
@@ -50,4 +50,4 @@ ACCEPTED = {
             128: [(64, 32, 4, 2, 49216), (64, 64, 4, 3, 115712), (128, 32, 4, 3, 82016), (128, 64, 8, 3, 132096), (128, 128, 8, 2, 164864), (64, 128, 4, 2, 148480), (32, 32, 4, 2, 26648)],
         },
     },
-}
+}}
