@@ -184,13 +184,16 @@ def test_gate_through_a_registered_minitx_backend():
     assert by_impl["minitx:sdpa"]["status"] == "ok"  # the front door's PyTorch backend passes the same gate
 
 
-def test_unavailable_implementations_are_skipped_with_a_reason():
-    config = AttentionBenchConfig(**TINY, masks=["full"], impls=["minitx:flash", "minitx:no_such_backend"])
+def test_unavailable_implementations_are_skipped_with_a_reason_and_unknown_names_refused(monkeypatch):
+    monkeypatch.delenv("MINITX_BENCH_INTERPRETER", raising=False)
+    config = AttentionBenchConfig(**TINY, masks=["full"], impls=["minitx:flash", "flex"])
     records = run_sweep(config, progress=None)
     assert all(r["status"] == "skipped" and r["timings_ms"] is None for r in records)
     reasons = {r["impl"]: r["reason"] for r in records}
-    assert "Triton" in reasons["minitx:flash"]
-    assert "no_such_backend" in reasons["minitx:no_such_backend"]
+    assert "Triton" in reasons["minitx:flash"] and "CUDA" in reasons["flex"]
+    for typo in ("minitx:no_such_backend", "minitx:flsh", "sdpa:flsh", "flash"):  # nothing runs, nothing skipped
+        with pytest.raises(ValueError, match=typo.split(":")[-1]):
+            run_sweep(AttentionBenchConfig(**TINY, masks=["full"], impls=["sdpa:math", typo]), progress=None)
 
 
 def test_shapes_hold_tokens_and_model_width_fixed():
@@ -300,13 +303,96 @@ def test_table_is_derived_from_the_json(cli_run):
     assert "| 123 |" in results_table(doc)
 
 
-def test_cli_bad_flags_fail_with_the_flag_named():
-    with pytest.raises(SystemExit, match="n_heads"):
-        bench_main(["training", "--d-model", "30", "--heads", "4"], prog="minitx bench")
-    with pytest.raises(SystemExit, match="model_dim"):
-        bench_main(["attention", "--head-dims", "48", "--model-dim", "64", "--quiet"], prog="minitx bench")
+def test_cli_bad_flags_fail_with_the_flag_named(capsys):
+    assert bench_main(["training", "--d-model", "30", "--heads", "4"], prog="minitx bench") == 2
+    assert "minitx: error:" in capsys.readouterr().err
+    assert bench_main(["attention", "--head-dims", "48", "--model-dim", "64", "--quiet"], prog="minitx bench") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minitx: error:") and "model_dim" in err and len(err.splitlines()) == 1
     with pytest.raises(SystemExit):
         bench_main(["attention", "--no-such-flag"], prog="minitx bench")
+
+
+# ---------------------------------------------------------------- bring your own kernel: --custom
+
+CUSTOM = """
+import torch.nn.functional as F
+
+
+def my_sdpa(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+
+
+def one_percent_off(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    return 1.01 * F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
+
+
+def wrong_signature(q, k, v, causal):
+    return q
+"""
+
+
+@pytest.fixture
+def kernel_file(tmp_path):
+    path = tmp_path / "my_kernels.py"
+    path.write_text(CUSTOM)
+    return path
+
+
+def test_custom_kernel_from_the_cli_is_timed_and_a_one_percent_wrong_one_refused(kernel_file, tmp_path):
+    out = tmp_path / "r.json"
+    argv = ["attention", "--seq-lens", "16", "--head-dims", "8", "--tokens", "32", "--model-dim", "16",
+            "--repeats", "2", "--warmup", "1", "--impls", "sdpa:math", "--custom", f"mine={kernel_file}:my_sdpa",
+            "--custom", f"off={kernel_file}:one_percent_off", "--device", "cpu", "--out", str(out), "--quiet"]
+    assert bench_main(argv, prog="minitx bench") == 0
+    doc = json.loads(out.read_text())
+    by = {(r["impl"], r["mask"]): r for r in doc["results"]}
+    for mask in ("full", "causal"):
+        mine, off = by[("mine", mask)], by[("off", mask)]
+        assert mine["status"] == "ok" and mine["timings_ms"]["fwd"]["median_ms"] > 0
+        assert max(mine["errors"].values()) < 1e-5
+        assert off["status"] == "failed" and off["timings_ms"] is None and off["tflops"] is None
+        assert off["errors"]["out"] == pytest.approx(0.01, rel=1e-3)  # exactly the 1% it is off by
+    assert doc["config"]["custom"] == [f"mine={kernel_file}:my_sdpa", f"off={kernel_file}:one_percent_off"]
+    assert doc["config"]["threads"] == 1 and doc["config"]["cpu_clock"] == "thread"  # CPU defaults
+
+
+@pytest.mark.parametrize("spec, words", [("x={file}:nope", "no function"), ("x={file}:wrong_signature", "SDPA"),
+                                         ("x=/no/such/file.py:f", "no such file"), ("{file}:my_sdpa", "NAME="),
+                                         ("sdpa:math={file}:my_sdpa", "already")])
+def test_bad_custom_specs_exit_2_naming_the_problem(kernel_file, capsys, spec, words):
+    argv = ["attention", "--seq-lens", "16", "--head-dims", "8", "--impls", "sdpa:math", "--quiet",
+            "--custom", spec.format(file=kernel_file)]
+    assert bench_main(argv, prog="minitx bench") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minitx: error: ") and words in err
+
+
+def test_a_typo_in_an_impl_name_exits_2_from_the_command_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "minitx", "bench", "attention", "--impls", "minitx:flsh",
+                           "--seq-lens", "16", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("minitx: error: ") and "flsh" in proc.stderr and "minitx:flash" in proc.stderr
+    assert "records" not in proc.stdout  # nothing ran
+
+
+def test_cpu_defaults_are_one_thread_the_thread_clock_and_runnable_impls(monkeypatch):
+    import argparse
+
+    from minitx.bench.cli import _attention_parser, config_from_args
+
+    monkeypatch.delenv("MINITX_BENCH_INTERPRETER", raising=False)
+    parser = argparse.ArgumentParser()
+    _attention_parser(parser.add_subparsers())
+    config = config_from_args(parser.parse_args(["attention", "--device", "cpu"]))
+    assert config.threads == 1 and config.cpu_clock == "thread"
+    assert "minitx:math" in config.impls and "sdpa:math" in config.impls
+    assert not {"minitx:flash", "flex", "sdpa:cudnn", "sdpa:efficient"} & set(config.impls)
+    explicit = config_from_args(parser.parse_args(["attention", "--device", "cpu", "--threads", "2"]))
+    assert explicit.threads == 2 and explicit.cpu_clock == "wall"
 
 
 # ---------------------------------------------------------------- GPU path (not run in CI: no GPU here)

@@ -21,6 +21,10 @@ from minitx.bench.training import PRESETS as TRAINING_PRESETS
 from minitx.bench.training import TrainingBenchConfig, run_training_bench
 from minitx.bench.training_report import plot_training, training_document, training_table
 
+class UsageError(ValueError):
+    """A bad flag, an impl name that matches nothing, a broken --custom spec: one line, exit 2."""
+
+
 # A GPU sweep as in the FlashAttention papers; the CPU one is scaled down so it finishes in seconds.
 GPU_DEFAULTS = dict(seq_lens=[512, 1024, 2048, 4096, 8192, 16384], head_dims=[64, 128], dtypes=["bf16", "fp16"],
                     tokens=16384, model_dim=2048, repeats=30, warmup=5)
@@ -89,15 +93,18 @@ def config_from_args(args: argparse.Namespace) -> AttentionBenchConfig:
 
 
 def attention_main(args: argparse.Namespace) -> int:
-    """Raises ValueError for a bad flag or an impl name that matches nothing (the CLI: exit 2)."""
-    config = config_from_args(args)
-    config.validate()
-    for name in config.impls:
-        check_name(name)
-    custom = dict(load_custom(spec) for spec in args.custom)
-    clash = sorted(set(custom) & set(config.impls))
-    if clash:
-        raise ValueError(f"--custom: name {clash[0]!r} is already an implementation; pick another")
+    """Raises UsageError for a bad flag, an impl name that matches nothing or a bad --custom (exit 2)."""
+    try:
+        config = config_from_args(args)
+        config.validate()
+        for name in config.impls:
+            check_name(name)
+        custom = dict(load_custom(spec) for spec in args.custom)
+        clash = sorted(set(custom) & set(config.impls))
+        if clash:
+            raise ValueError(f"--custom: name {clash[0]!r} is already an implementation; pick another")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     start, env = time.perf_counter(), environment(config.device)
     settings = {**config.to_dict(), "custom": list(args.custom)}
 
@@ -141,7 +148,7 @@ def bench_main(argv: list[str] | None = None, prog: str = "minitx bench") -> int
     mains = {"training": training_main, "attention": attention_main, "compile": compile_main}
     try:
         return mains[args.which](args)
-    except ValueError as exc:  # a user error: one line, exit 2 (DESIGN: the command line)
+    except UsageError as exc:  # a user error: one line, exit 2 (DESIGN: the command line)
         print(f"minitx: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
@@ -184,8 +191,11 @@ def training_config_from_args(args: argparse.Namespace) -> TrainingBenchConfig:
 
 
 def training_main(args: argparse.Namespace) -> int:
-    config = training_config_from_args(args)
-    config.validate()
+    try:
+        config = training_config_from_args(args)
+        config.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     start, env, load_start = time.perf_counter(), environment(config.device), os.getloadavg()
     try:
         records = run_training_bench(config, progress=None if args.quiet else lambda line: print(line, flush=True))

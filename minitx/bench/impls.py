@@ -81,7 +81,10 @@ def load_custom(spec: str) -> tuple[str, AttentionFn]:
         raise ValueError(f"--custom {name}: no such file {str(file)!r}")
     module_spec = importlib.util.spec_from_file_location(f"minitx_custom_{abs(hash(str(file.resolve())))}", file)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)  # the user's own kernel file, named on the command line
+    try:
+        module_spec.loader.exec_module(module)  # the user's own kernel file, named on the command line
+    except Exception as exc:  # noqa: BLE001 (a broken file is the user's to fix: say which and why)
+        raise ValueError(f"--custom {name}: importing {str(file)!r} failed: {type(exc).__name__}: {exc}") from exc
     user_fn = getattr(module, function, None)
     if not callable(user_fn):
         raise ValueError(f"--custom {name}: {str(file)!r} defines no function {function!r}")

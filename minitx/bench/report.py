@@ -159,8 +159,11 @@ def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | No
                 continue
             ns = [n for n, _ in pts]
             mid = [r["tflops"][pass_] for _, r in pts]
-            lo = [m - r["flops"][pass_] / (r["timings_ms"][pass_]["p75_ms"] * 1e9) for m, (_, r) in zip(mid, pts)]
-            hi = [r["flops"][pass_] / (r["timings_ms"][pass_]["p25_ms"] * 1e9) - m for m, (_, r) in zip(mid, pts)]
+            # clamped at 0: with one repeat p25 = median = p75, and rounding may leave a -1e-17 (matplotlib refuses)
+            lo = [max(0.0, m - r["flops"][pass_] / (r["timings_ms"][pass_]["p75_ms"] * 1e9))
+                  for m, (_, r) in zip(mid, pts)]
+            hi = [max(0.0, r["flops"][pass_] / (r["timings_ms"][pass_]["p25_ms"] * 1e9) - m)
+                  for m, (_, r) in zip(mid, pts)]
             ax.errorbar(ns, mid, yerr=[lo, hi], marker="o", capsize=3, label=f"{impl} {dtype}")
         ax.set_xscale("log", base=2)
         ns_all = sorted({r["seq_len"] for r in doc["results"]})
