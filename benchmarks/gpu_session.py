@@ -183,7 +183,7 @@ class Session:
         row = dict(step=step.name, what=step.what, budget_s=step.budget_s, limit_s=round(limit, 1), rc=None,
                    timed_out=False, wall_s=0.0, log=f"{step.name}.log", command=" ".join(step.argv))
         self.rows.append(row)
-        if limit < 5:
+        if limit < min(5, step.budget_s):  # too little left to start it usefully
             row["status"] = "not run: out of time"
             return row
         env = {**os.environ, **step.env, "PYTHONUNBUFFERED": "1",
