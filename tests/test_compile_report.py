@@ -47,7 +47,7 @@ def test_default_configs_do_not_spill_on_sm90(default_compiles):
 
 def test_hopper_code_runs_every_product_on_wgmma_and_the_forward_uses_tma(default_compiles):
     """Forward and both backward kernels the Hopper way: warpgroup MMA and no Ampere mma.sync (dK/dV's
-    transposed tiles, flash.16b, give its products the 64-row M a warpgroup needs); K/V through tensor
+    transposed tiles, flash.23, give its products the 64-row M a warpgroup needs); K/V through tensor
     descriptors in the forward."""
     for r in default_compiles:
         assert r["wgmma"] > 0 and r["mma_sync"] == 0, (r["kernel"], r["variant"], r["wgmma"], r["mma_sync"])

@@ -4,7 +4,7 @@ variable-length sequences (flash.19) and dropout (flash.21), plus the tensor-des
 the pointer one. The error of the kernel in bf16 is at most twice that of the readable math backend in bf16
 (plain PyTorch at the same precision, accumulating in fp32) plus a floor of one bf16 rounding of the largest
 reference entry. All `gpu`: skipped cleanly without CUDA (the interpreter has no bf16); a GPU session runs
-them first (benchmarks/gpu_session.py). Also here, on any machine: the scale's sign and zero (flash.9b).
+them first (benchmarks/gpu_session.py). Also here, on any machine: the scale's sign and zero (flash.22).
 """
 
 import math
@@ -130,7 +130,7 @@ def test_gpu_tma_forward_equals_the_pointer_forward():
 
 @pytest.mark.parametrize("scale", [-0.3, 0.0], ids=["negative", "zero"])
 def test_scale_of_any_sign_matches_math(scale):
-    """(flash.9b): the kernels need a positive scale to fold it into the row max; a negative one runs as
+    """(flash.22): the kernels need a positive scale to fold it into the row max; a negative one runs as
     |scale| with -k (dK negated back), zero as q = 0 (dQ = 0): the same values and gradients as math."""
     dtype = torch.float32
     tensors = [t.to(dtype) for t in _inputs(1, 2, 2, 19, 23, 16, seed=3)]

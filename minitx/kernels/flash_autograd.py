@@ -158,7 +158,7 @@ class FlashAttentionFunction(torch.autograd.Function):
 
 def _positive_scale(q, k, scale: float):
     """(q, k, sign of scale, scale > 0) with the same scores: the kernels fold the scale into the row max
-    and one FMA (flash.9b), which needs it positive. scale < 0: tau q.k = |tau| q.(-k); scale = 0: every
+    and one FMA (flash.22), which needs it positive. scale < 0: tau q.k = |tau| q.(-k); scale = 0: every
     score is 0 = 1 * 0.k."""
     if scale > 0:
         return q, k, 1, scale

@@ -46,7 +46,7 @@ def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, lo, hi, cols, n
                 HAS_ALIBI: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """dV += P^T dO (flash.14), dK += dS^T Q (flash.16) over the query tiles in [lo, hi), in the transposed
-    orientation (flash.16b): every tile is (BLOCK_M keys, BLOCK_N queries), so all four products have this
+    orientation (flash.23): every tile is (BLOCK_M keys, BLOCK_N queries), so all four products have this
     program's BLOCK_M key rows as their M dimension -- 64 or more rows make each one a Hopper wgmma."""
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)  # true: lo is a multiple of BLOCK_N (_inner_ranges)
@@ -57,7 +57,7 @@ def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, lo, hi, cols, n
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) = (Q K^T)^T, raw
         s_t = _scores(s_t, rows[None, :], cols[:, None], n_b, m_b, off, win_left, win_right, pad_row_ptr,
                       slope, MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
-        p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])  # (flash.13), one FMA per score (flash.9b)
+        p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])  # (flash.13), one FMA per score (flash.22)
         # dP^T before the dV update: P^T's registers are then reused at once (fewer live tiles, no spill)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (flash.14) (dO V^T)^T
         if HAS_DROPOUT:  # (flash.21): the forward's mask again; dV sees the dropped weights, dP flows through them
@@ -100,7 +100,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
     for g in range(GROUP):
         h = kv_h * GROUP + g
         slope = 0.0
-        if HAS_ALIBI:  # raw-score units (flash.9b)
+        if HAS_ALIBI:  # raw-score units (flash.22)
             slope = tl.load(SLOPES + h) * LOG2E / qk_scale
         q_ptr = Q + b * sqb + h * sqh + q0 * sqn
         do_ptr = DO + b * sdb + h * sdh + q0 * sdn
@@ -135,7 +135,7 @@ def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, lo, hi, rows, n_b, m_b, off, 
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # raw q.k
         s = _scores(s, rows[:, None], cols[None, :], n_b, m_b, off, win_left, win_right, pad_row_ptr, slope,
                     MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
-        p = tl.math.exp2(s * qk_scale - lse[:, None])  # (flash.13), one FMA per score (flash.9b)
+        p = tl.math.exp2(s * qk_scale - lse[:, None])  # (flash.13), one FMA per score (flash.22)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:  # (flash.21)
             keep = _dropout_keep(seed, p_drop, bhq, rows[:, None], cols[None, :], N, M)
@@ -169,7 +169,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, SLOPES, CU_Q, CU_K,
     v_ptr = V + b * svb + kv_h * svh + k0 * svm
     pad_row_ptr = MASK + b * M
     slope = 0.0
-    if HAS_ALIBI:  # raw-score units (flash.9b)
+    if HAS_ALIBI:  # raw-score units (flash.22)
         slope = tl.load(SLOPES + h) * LOG2E / qk_scale
     dq = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     lo, a, b_, hi = _inner_ranges(start_n, n_b, m_b, off, win_left, win_right, BLOCK_N, BLOCK_M,

@@ -22,7 +22,7 @@ from minitx.kernels.flash_accepted import ACCEPTED_BY_TRITON
 CANDIDATES: dict[str, list[tuple[int, int, int, int]]] = {
     "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2), (128, 64, 4, 3), (128, 64, 8, 4),
             (64, 64, 4, 4), (128, 128, 8, 2), (64, 128, 4, 2), (32, 32, 4, 2)],
-    # dK/dV computes its tiles transposed (flash.16b): BLOCK_M (keys) is every product's M, 64+ rows = wgmma
+    # dK/dV computes its tiles transposed (flash.23): BLOCK_M (keys) is every product's M, 64+ rows = wgmma
     "dkdv": [(32, 64, 4, 2), (32, 64, 4, 3), (16, 64, 4, 2), (16, 128, 8, 2), (32, 128, 8, 2), (32, 128, 8, 3),
              (64, 64, 4, 2), (64, 128, 8, 2), (16, 64, 4, 3), (32, 32, 4, 2)],
     "dq": [(64, 32, 4, 2), (64, 32, 4, 3), (128, 32, 8, 2), (128, 32, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3),

@@ -14,7 +14,7 @@ Conventions shared by all the kernels (here and in `flash_bwd_kernels.py`):
   - the key loop is split (flash.17): tiles wholly inside every row's allowed band take no mask at all,
     only the tiles that straddle a band edge or the end of the sequence are masked, tiles outside are skipped;
   - exponentials are `exp2` of base-2 scores scale * log2(e) * q.k (flash.9); the scale is not a separate
-    multiply over the tile: it is folded into the row max and into one FMA, exp2(s qk_scale - m) (flash.9b),
+    multiply over the tile: it is folded into the row max and into one FMA, exp2(s qk_scale - m) (flash.22),
     which needs qk_scale > 0 (the autograd op guarantees it: a negative scale flips k, a zero one zeroes q);
     the saved logsumexp stays in base-2 units (L2 = L log2(e)); the front door converts it to natural log;
   - grouped-query attention: query head h reads key/value head h // GROUP, never a repeated copy (flash.18);
@@ -155,12 +155,12 @@ def _fwd_tiles(acc, l_i, m_i, q, k_src, v_src, lo, hi, rows, n_b, m_b, off, win_
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M) raw q.k
         s = _scores(s, rows[:, None], cols[None, :], n_b, m_b, off, win_left, win_right, pad_row_ptr, slope,
                     MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
-        # (flash.9b) the row max of the raw scores, scaled once per row (qk_scale > 0 keeps it the max)
+        # (flash.22) the row max of the raw scores, scaled once per row (qk_scale > 0 keeps it the max)
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         # a row that has seen no allowed key yet keeps m = -inf; shift by 0 so exp2 never sees -inf - -inf
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.math.exp2(m_i - m_shift)  # rescales what was summed under the old max (flash.3)
-        p = tl.math.exp2(s * qk_scale - m_shift[:, None])  # one FMA per score, then exp2 (flash.9b)
+        p = tl.math.exp2(s * qk_scale - m_shift[:, None])  # one FMA per score, then exp2 (flash.22)
         l_i = l_i * alpha + tl.sum(p, 1)  # the softmax's own sum: dropout acts on the normalised weights
         if HAS_DROPOUT:  # (flash.21) inverted dropout on P, as (attn.5)
             keep = _dropout_keep(seed, p_drop, bhq, rows[:, None], cols[None, :], N, M)
@@ -198,7 +198,7 @@ def _fwd_kernel(Q, K, V, O, LSE, MASK, SLOPES, CU_Q, CU_K,
                                           block_shape=[BLOCK_M, BLOCK_D])
     pad_row_ptr = MASK + b * M
     slope = 0.0
-    if HAS_ALIBI:  # in raw-score units, slope / scale: the FMA's qk_scale turns it into log2 units (flash.9b)
+    if HAS_ALIBI:  # in raw-score units, slope / scale: the FMA's qk_scale turns it into log2 units (flash.22)
         slope = tl.load(SLOPES + h) * LOG2E / qk_scale
 
     m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)  # running max of the (log2-scaled) scores
