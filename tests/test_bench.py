@@ -45,6 +45,36 @@ def test_flops_reject_bad_arguments():
         tflops_per_second(1.0, 0.0)
 
 
+@given(n=st.integers(1, 40), m=st.integers(1, 40), causal=st.booleans(), bottom_right=st.booleans(),
+       left=st.integers(-1, 12), right=st.integers(-1, 12))
+def test_attended_pairs_count_the_allowed_mask(n, m, causal, bottom_right, left, right):
+    """(bench.8) against the mask built by brute force from (flash.10)."""
+    from minitx.bench.flops import attended_pairs
+
+    i, j = torch.arange(n)[:, None], torch.arange(m)[None, :]
+    rel = j - i - (m - n if bottom_right else 0)
+    r = 0 if causal and right < 0 else (min(right, 0) if causal else right)
+    allowed = torch.ones(n, m, dtype=torch.bool)
+    if r >= 0:
+        allowed &= rel <= r
+    if left >= 0:
+        allowed &= rel >= -left
+    assert attended_pairs(n, m, causal, (left, right), bottom_right) == int(allowed.sum())
+
+
+def test_device_peaks_and_bandwidth_columns():
+    from minitx.bench.flops import attention_bytes, device_peak
+
+    assert device_peak("NVIDIA H100 80GB HBM3", "bf16") == (989.4, 3.35)
+    assert device_peak("NVIDIA H200", "fp16") == (989.4, 4.8)
+    assert device_peak("NVIDIA H100 PCIe", "bf16") == (756.0, 2.0)
+    assert device_peak("NVIDIA H100 80GB HBM3", "fp32")[0] < 100  # fp32 has no tensor-core peak here
+    assert device_peak("Intel(R) Xeon(R)", "fp32") is None and device_peak(None, "bf16") is None
+    # GQA reads fewer K/V bytes; the backward moves twice the forward's
+    assert attention_bytes(1, 8, 2, 100, 100, 64, 2, "fwd") < attention_bytes(1, 8, 8, 100, 100, 64, 2, "fwd")
+    assert attention_bytes(1, 8, 8, 100, 100, 64, 2, "bwd") == 2 * attention_bytes(1, 8, 8, 100, 100, 64, 2, "fwd")
+
+
 def test_tflops_and_roofline_by_hand():
     assert tflops_per_second(3e12, 1500.0) == pytest.approx(2.0)  # 3 TFLOP in 1.5 s
     # (bench.4): IO-aware intensity N / s = 1024 / 2 = 512 FLOP/byte, for any D.
@@ -219,7 +249,8 @@ def test_config_rejects_bad_values():
 # ---------------------------------------------------------------- CLI, JSON schema, table, plot
 
 RECORD_KEYS = {"impl", "dtype", "mask", "causal", "seq_len", "head_dim", "batch", "heads", "tolerance", "flops",
-               "status", "reason", "errors", "timings_ms", "tflops", "peak_memory_bytes", "memory_note"}
+               "bytes", "status", "reason", "errors", "timings_ms", "tflops", "tb_per_s", "pct_peak", "pct_bandwidth",
+               "peak_memory_bytes", "memory_note"}
 def test_torch_threads_sets_the_count_and_restores_it_even_on_error():
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="boom"):
@@ -278,7 +309,12 @@ def test_json_figures_are_consistent(cli_run):
     assert {r["impl"] for r in ok} == {"sdpa:math", "sdpa:flash"}  # PyTorch's CPU kernels, stable references
     for r in ok:
         assert (r["batch"], r["heads"]) == (64 // r["seq_len"], 2)
-        assert r["flops"]["fwd"] == 4 * r["batch"] * r["heads"] * r["seq_len"] ** 2 * 8 / 2  # (bench.1), causal
+        n = r["seq_len"]
+        assert r["flops"]["fwd"] == 4 * r["batch"] * r["heads"] * n * (n + 1) / 2 * 8  # (bench.8): causal pairs
+        assert r["flops"]["bwd"] == 2.5 * r["flops"]["fwd"]
+        assert r["bytes"]["fwd"] == 4 * r["batch"] * r["heads"] * n * 8 * 4  # Q, K, V, O in fp32 (bench.9)
+        assert r["tb_per_s"]["fwd"] == pytest.approx(r["bytes"]["fwd"] / (r["timings_ms"]["fwd"]["median_ms"] * 1e9))
+        assert r["pct_peak"] is None and r["pct_bandwidth"] is None  # a CPU: no spec-sheet peak
         for p, t in r["timings_ms"].items():
             assert 0 < t["min_ms"] <= t["p25_ms"] <= t["median_ms"] <= t["p75_ms"] <= t["max_ms"]
             assert t["iqr_ms"] == pytest.approx(t["p75_ms"] - t["p25_ms"]) and t["repeats"] == 3
@@ -298,6 +334,7 @@ def test_table_is_derived_from_the_json(cli_run):
         assert cells[:5] == [r["impl"], "fp32", "causal", "8", str(r["seq_len"])]
         assert cells[6].startswith(f"{r['timings_ms']['fwd']['median_ms']:.3f} ± ")
         assert float(cells[11]) == pytest.approx(r["tflops"]["fwd_bwd"], rel=1e-2)
+        assert float(cells[14]) == pytest.approx(r["tb_per_s"]["fwd_bwd"], rel=1e-2) and cells[12] == "–"
     assert "**minitx:flash** skipped (2 config(s))" in table
     doc["results"][0]["tflops"]["fwd_bwd"] = 123.0  # the table follows the numbers it is given
     assert "| 123 |" in results_table(doc)

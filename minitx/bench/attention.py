@@ -22,7 +22,8 @@ import torch
 from einops import rearrange
 
 from minitx.bench import impls as impls_mod
-from minitx.bench.flops import PASSES, attention_flops, tflops_per_second
+from minitx.bench.flops import (PASSES, attended_pairs, attention_bytes, attention_flops_pairs, device_peak,
+                                tflops_per_second)
 from minitx.bench.timing import check_run_options, cuda_peak_memory, time_fn, torch_threads
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -204,9 +205,10 @@ def bench_point(name, fn, inputs, dout, ref, *, causal, config, dtype_name) -> d
     scale = 1.0 / math.sqrt(d)
     record = dict(impl=name, dtype=dtype_name, mask="causal" if causal else "full", causal=causal, seq_len=n,
                   head_dim=d, batch=b, heads=h, tolerance=TOLERANCES[dtype_name],
-                  flops={p: attention_flops(b, h, n, d, causal=causal, pass_=p) for p in PASSES},
-                  status="skipped", reason=None, errors=None, timings_ms=None, tflops=None,
-                  peak_memory_bytes=None, memory_note=None)
+                  flops={p: attention_flops_pairs(b, h, attended_pairs(n, n, causal), d, p) for p in PASSES},
+                  bytes={p: attention_bytes(b, h, h, n, n, d, q.element_size(), p) for p in PASSES},
+                  status="skipped", reason=None, errors=None, timings_ms=None, tflops=None, tb_per_s=None,
+                  pct_peak=None, pct_bandwidth=None, peak_memory_bytes=None, memory_note=None)
     if fn is None:
         return record
     record["status"], record["reason"], record["errors"] = _gate(fn, inputs, dout, ref, causal, scale,
@@ -225,6 +227,11 @@ def bench_point(name, fn, inputs, dout, ref, *, causal, config, dtype_name) -> d
         return record
     record["timings_ms"] = timings
     record["tflops"] = {p: tflops_per_second(record["flops"][p], timings[p]["median_ms"]) for p in PASSES}
+    record["tb_per_s"] = {p: record["bytes"][p] / (timings[p]["median_ms"] * 1e-3) / 1e12 for p in PASSES}
+    peak = device_peak(torch.cuda.get_device_name(device) if device.type == "cuda" else None, dtype_name)
+    if peak is not None:  # % of the spec sheet's dense peak and of its HBM bandwidth
+        record["pct_peak"] = {p: 100.0 * record["tflops"][p] / peak[0] for p in PASSES}
+        record["pct_bandwidth"] = {p: 100.0 * record["tb_per_s"][p] / peak[1] for p in PASSES}
     return record
 
 

@@ -111,20 +111,32 @@ def results_table(document: dict | str | os.PathLike) -> str:
     """
     doc = load(document)
     env = doc["environment"]
+    records = doc["results"]
+    # documents made since the bandwidth columns exist count FLOPs by attended pairs (bench.8) and show them
+    extended = any("tb_per_s" in r for r in records)
+    convention = ("FLOPs by attended pairs (bench.8), backward 2.5x; % of the device's dense peak and HBM "
+                  "bandwidth where known" if extended else "FlashAttention FLOP convention")
     lines = [f"Device: {env['device_name']} ({env['device']}), torch {env['torch']}, "
              f"{env['torch_threads']} thread(s), {_clock(doc)}, 1-min load average {_load(env)}, "
              f"commit {(env.get('git_commit') or 'unknown')[:10]}, {doc['created']}. "
-             "Times: median ± IQR/2 in ms; TFLOP/s from the median, FlashAttention FLOP convention.", "",
+             f"Times: median ± IQR/2 in ms; TFLOP/s from the median, {convention}.", "",
              "| impl | dtype | mask | D | N | B x H | fwd ms | bwd ms | fwd+bwd ms | fwd TFLOP/s | bwd TFLOP/s "
-             "| fwd+bwd TFLOP/s | peak MiB | max rel err |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    records = doc["results"]
+             "| fwd+bwd TFLOP/s |" + (" fwd % peak | bwd % peak | fwd+bwd TB/s | fwd+bwd % BW |" if extended else "")
+             + " peak MiB | max rel err |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if extended else "")
+             + "---|---|"]
     for r in (r for r in records if r["status"] == "ok"):
         t, f = r["timings_ms"], r["tflops"]
         mem = "–" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
+        more = ""
+        if extended:
+            pct, bw = r.get("pct_peak") or {}, r.get("pct_bandwidth") or {}
+            cell = lambda d, p: "–" if p not in d else f"{d[p]:.3g}"  # noqa: E731
+            more = (f" {cell(pct, 'fwd')} | {cell(pct, 'bwd')} | {cell(r.get('tb_per_s') or {}, 'fwd_bwd')} | "
+                    f"{cell(bw, 'fwd_bwd')} |")
         lines.append(f"| {r['impl']} | {r['dtype']} | {r['mask']} | {r['head_dim']} | {r['seq_len']} | "
                      f"{r['batch']} x {r['heads']} | {_ms(t['fwd'])} | {_ms(t['bwd'])} | {_ms(t['fwd_bwd'])} | "
-                     f"{f['fwd']:.3g} | {f['bwd']:.3g} | {f['fwd_bwd']:.3g} | {mem} | "
+                     f"{f['fwd']:.3g} | {f['bwd']:.3g} | {f['fwd_bwd']:.3g} |{more} {mem} | "
                      f"{max(r['errors'].values()):.1e} |")
     groups: dict[tuple, list[dict]] = {}
     for r in (r for r in records if r["status"] != "ok"):
