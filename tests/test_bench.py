@@ -465,3 +465,29 @@ def test_committed_cpu_results_and_readme_table_come_from_the_json():
     readme = (root / "README.md").read_text()
     start = readme.index("-->\n", readme.index("<!-- BEGIN cpu_attention table")) + len("-->\n")
     assert readme[start:readme.index("<!-- END cpu_attention table")] == table
+
+
+def test_plots_draw_the_roofline_and_peak_memory_when_the_device_has_them(cli_run, tmp_path):
+    """A GPU document (here: the CPU one relabelled as an H100 with measured memory) gets the dashed
+    roofline min(peak, I W) in each TFLOP/s panel and a peak-memory-vs-N figure; the CPU one gets neither."""
+    from minitx.bench.report import plot_memory, plot_tflops
+    from minitx.plots import plt
+
+    doc = json.loads((cli_run / "r.json").read_text())
+    assert plot_memory(doc) is None  # no CUDA, no memory measured
+    fig = plot_tflops(doc)
+    assert not any(line.get_label().startswith("roofline") for ax in fig.axes for line in ax.get_lines())
+    plt.close(fig)
+    doc["environment"].update(device="cuda", device_name="NVIDIA H100 80GB HBM3")
+    for i, r in enumerate(doc["results"]):
+        r["peak_memory_bytes"] = (i + 1) * 2**20
+    fig = plot_tflops(doc)
+    roof = [line for ax in fig.axes for line in ax.get_lines() if line.get_label() == "roofline fp32"]
+    assert roof
+    r = next(r for r in doc["results"] if r["status"] == "ok" and r["seq_len"] == 16)
+    expected = min(66.9, r["flops"]["fwd_bwd"] / r["bytes"]["fwd_bwd"] * 3.35)
+    assert any(y == pytest.approx(expected) for line in roof for y in line.get_ydata())
+    plt.close(fig)
+    mem = plot_memory(doc, tmp_path / "m.png")
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG" and mem.axes[0].get_lines()
+    plt.close(mem)

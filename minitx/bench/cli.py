@@ -13,7 +13,8 @@ import torch
 
 from minitx.bench.attention import DTYPES, MASKS, AttentionBenchConfig, run_sweep
 from minitx.bench.impls import DEFAULT_IMPLS, check_name, load_custom, runnable_here
-from minitx.bench.report import environment, plot_tflops, results_document, results_table, write_json
+from minitx.bench.report import (environment, plot_memory, plot_tflops, results_document, results_table,
+                                 write_json)
 from minitx.bench.timing import CPU_CLOCKS
 from minitx.bench.training import DEFAULT_IMPLS as TRAINING_IMPLS
 from minitx.bench.training import PRECISIONS as TRAINING_PRECISIONS
@@ -115,6 +116,12 @@ def attention_main(args: argparse.Namespace) -> int:
                         progress=None if args.quiet else lambda line: print(line, flush=True))
     document = results_document(records, settings, config.device, env=env)
     _write_outputs(document, results_table(document), plot_tflops, args)
+    if args.plot:  # beside the TFLOP/s plot: peak memory against N, where it was measured (CUDA)
+        memory_plot = args.plot.with_name(args.plot.stem + "_memory" + args.plot.suffix)
+        figure = plot_memory(document, memory_plot)
+        if figure is not None:
+            _close(figure)
+            print(f"plot: {memory_plot}")
     print(f"{len(records)} records in {time.perf_counter() - start:.1f} s")
     return 0
 

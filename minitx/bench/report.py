@@ -177,6 +177,7 @@ def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | No
             hi = [max(0.0, r["flops"][pass_] / (r["timings_ms"][pass_]["p25_ms"] * 1e9) - m)
                   for m, (_, r) in zip(mid, pts)]
             ax.errorbar(ns, mid, yerr=[lo, hi], marker="o", capsize=3, label=f"{impl} {dtype}")
+        _roofline_line(ax, doc, [r for r in ok if (r["mask"], r["head_dim"]) == (mask, d)], pass_)
         ax.set_xscale("log", base=2)
         ns_all = sorted({r["seq_len"] for r in doc["results"]})
         ax.set_xticks(ns_all, [str(n) for n in ns_all])
@@ -188,6 +189,53 @@ def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | No
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(f"attention {_PASS_LABEL[pass_]} on {doc['environment']['device_name']}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def _roofline_line(ax, doc: dict, records: list[dict], pass_: str) -> None:
+    """The device's roofline for these records, min(peak, I W) with I = FLOPs / compulsory bytes (bench.6,
+    bench.8, bench.9), dashed; only for a GPU with a known spec-sheet peak."""
+    from minitx.bench.flops import device_peak
+
+    for dtype in sorted({r["dtype"] for r in records if "bytes" in r}):
+        peak = device_peak(doc["environment"].get("device_name") if doc["environment"]["device"] == "cuda"
+                           else None, dtype)
+        if peak is None:
+            continue
+        by_n = {r["seq_len"]: r for r in records if r["dtype"] == dtype}
+        ns = sorted(by_n)
+        roof = [min(peak[0], by_n[n]["flops"][pass_] / by_n[n]["bytes"][pass_] * peak[1]) for n in ns]
+        ax.plot(ns, roof, "k--", linewidth=1, label=f"roofline {dtype}")
+
+
+def plot_memory(document: dict | str | os.PathLike, path: str | os.PathLike | None = None):
+    """Peak memory of forward + backward (MiB, log) against N, one panel per (mask, head dim); None when no
+    record measured it (a CPU)."""
+    from minitx.plots import plt
+
+    doc = load(document)
+    ok = [r for r in doc["results"] if r["status"] == "ok" and r.get("peak_memory_bytes")]
+    if not ok:
+        return None
+    keys = sorted({(r["mask"], r["head_dim"]) for r in ok}, reverse=True)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.4), squeeze=False)
+    for ax, (mask, d) in zip(axes[0], keys):
+        for impl, dtype in sorted({(r["impl"], r["dtype"]) for r in ok}):
+            pts = sorted((r["seq_len"], r["peak_memory_bytes"] / 2**20) for r in ok
+                         if (r["impl"], r["dtype"], r["mask"], r["head_dim"]) == (impl, dtype, mask, d))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{impl} {dtype}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length N")
+        ax.set_ylabel("peak memory, forward + backward (MiB)")
+        ax.set_title(f"{mask}, head dim {d}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
