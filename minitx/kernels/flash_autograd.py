@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from minitx.kernels.flash_bwd_atomic import _bwd_atomic_kernel
 from minitx.kernels.flash_bwd_kernels import _bwd_dkdv_kernel, _bwd_dq_kernel, _bwd_preprocess_kernel
 from minitx.kernels.flash_tuning import launch_tuned
 from minitx.kernels.flash_kernels import _fwd_kernel
@@ -26,7 +27,7 @@ FORCE_TMA = {"fwd": False}
 # name -> the row of the last tuned launch on a GPU (config, registers, spilled registers, Triton version), to
 # set beside the compile report's prediction (benchmarks/gpu_check.py).
 LAST_LAUNCH: dict = {}
-_KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
+_KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel, "atomic": _bwd_atomic_kernel}
 
 
 def interpreting() -> bool:
@@ -47,12 +48,13 @@ class FlashParams:
     max_m: int = 0
     dropout_p: float = 0.0
     seed: int = 0           # Philox stream of the dropout mask (flash.21)
+    deterministic: bool = True  # False: the single-kernel backward, dQ by atomic adds (flash.24)
 
 
 def _launch(name: str, n_rows: int, n_programs: int, *args, lengths=(0, 0), **kwargs) -> None:
     """Run kernel `name` on a (row tiles, programs) grid; fixed tiles under the interpreter, tuned on a GPU
     (`flash_tuning`: once per head dim, mask kind, dtype and length bucket)."""
-    row_block = "BLOCK_M" if name == "dkdv" else "BLOCK_N"  # dK/dV tiles the keys
+    row_block = "BLOCK_M" if name in ("dkdv", "atomic") else "BLOCK_N"  # dK/dV tiles the keys
     grid = lambda meta: (triton.cdiv(n_rows, meta[row_block]), n_programs)  # noqa: E731
     if interpreting():
         _KERNELS[name][grid](*args, **kwargs, **INTERPRETER_BLOCKS)
@@ -145,10 +147,17 @@ class FlashAttentionFunction(torch.autograd.Function):
                    *_rows_strides(dout, p.varlen), *lse_strides)
         scalars = (H // H_kv, p.max_n, p.max_m, p.scale, p.scale * math.log2(math.e), p.win_left, p.win_right,
                    p.seed, p.dropout_p)
-        _launch("dkdv", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, *extra, *strides,
-                *_rows_strides(dk, p.varlen), H_kv, *scalars, lengths=(p.max_n, p.max_m), **flags)
-        _launch("dq", p.max_n, p.n_seq * H, *tensors, dq, *extra, *strides,
-                *_rows_strides(dq, p.varlen), H, *scalars, lengths=(p.max_n, p.max_m), **flags)
+        if p.deterministic:  # two kernels, each owning the rows it writes (flash.16)
+            _launch("dkdv", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, *extra, *strides,
+                    *_rows_strides(dk, p.varlen), H_kv, *scalars, lengths=(p.max_n, p.max_m), **flags)
+            _launch("dq", p.max_n, p.n_seq * H, *tensors, dq, *extra, *strides,
+                    *_rows_strides(dq, p.varlen), H, *scalars, lengths=(p.max_n, p.max_m), **flags)
+        else:  # one kernel; dQ summed by atomic adds in fp32 (flash.24)
+            dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+            _launch("atomic", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, dq_acc, *extra, *strides,
+                    *_rows_strides(dk, p.varlen), *_rows_strides(dq_acc, p.varlen), H_kv, *scalars,
+                    lengths=(p.max_n, p.max_m), **flags)
+            dq = dq_acc.to(q.dtype)
         if ctx.sign < 0:  # the kernels saw -k (see _positive_scale): d/dk = -d/d(-k)
             dk = dk.neg_()
         elif ctx.sign == 0:  # scale 0: the scores do not depend on q (or k)

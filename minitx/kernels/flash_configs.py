@@ -28,6 +28,9 @@ CANDIDATES: dict[str, list[tuple[int, int, int, int]]] = {
     "dq": [(64, 32, 4, 2), (64, 32, 4, 3), (128, 32, 8, 2), (128, 32, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3),
            (128, 64, 8, 2), (64, 16, 4, 2), (32, 32, 4, 2)],
 }
+# The single-kernel backward (flash.24) tiles like dK/dV; its own verdict comes from its own compiles where the
+# report has them ("atomic" in ACCEPTED_BY_TRITON), else from dK/dV's.
+TILES_OF = {"atomic": "dkdv"}
 # fp32 inputs (IEEE dots, no tensor cores) are a correctness path on a GPU, not a fast one: one small config,
 # checked by the report for every kernel and head dim.
 FP32_CONFIG = (32, 32, 4, 2)
@@ -80,11 +83,12 @@ def accepted(kernel: str, arch: int, block_d: int, version: str | None = None) -
 
 def _verdict(kernel: str, arch: int, block_d: int, version: str | None = None):
     """The report's accepted list for (kernel, arch, head dim); sm_80's where that arch lacks the head dim."""
-    table = accepted_table(version)[1].get(kernel, {})
+    tables = accepted_table(version)[1]
+    table = tables.get(kernel) or tables.get(TILES_OF.get(kernel, kernel), {})
     d = report_head_dim(block_d)
     chosen = table.get(arch, {}).get(d, table.get(80, {}).get(d))
     if not chosen:  # a head dim the report did not compile: the smallest tile, the least likely to spill
-        smallest = min(CANDIDATES[kernel], key=lambda c: (c[0] * c[1], c[2]))
+        smallest = min(CANDIDATES[TILES_OF.get(kernel, kernel)], key=lambda c: (c[0] * c[1], c[2]))
         chosen = [smallest + (0,)]
     return chosen
 
