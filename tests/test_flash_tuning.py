@@ -49,3 +49,33 @@ def test_choices_are_cached_in_a_file_and_logged_row_by_row(tmp_path, monkeypatc
     monkeypatch.setattr(flash_tuning, "CHOICES", {})  # another process: reads the file
     monkeypatch.setattr(flash_tuning, "_LOADED", {"path": None})
     assert flash_tuning._cache()["k2"]["config"] == [128, 64, 8, 3]
+
+
+def test_an_accumulating_kernel_is_reset_between_tuning_and_the_launch_that_counts(monkeypatch):
+    """The atomic dQ buffer (flash.24) collects every timing run; `reset` zeroes it before the real launch."""
+    from minitx.kernels import flash_configs
+
+    buffer = [0]
+    calls = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                buffer[0] += 1  # like an atomic add into dQ
+                calls.append(kwargs["BLOCK_M"])
+                return type("Compiled", (), {"n_regs": 100, "n_spills": 0})()
+            return launch
+
+    monkeypatch.setattr(flash_configs, "_device_limits", lambda: (90, 232448))
+    monkeypatch.setattr(flash_tuning, "CHOICES", {})
+    monkeypatch.setattr(flash_tuning, "_LOADED", {"path": None})
+    monkeypatch.delenv("MINITX_FLASH_TUNE_CACHE", raising=False)
+    monkeypatch.delenv("MINITX_FLASH_TUNE_LOG", raising=False)
+    monkeypatch.setattr(flash_tuning.triton.testing, "do_bench", lambda fn, **kw: (fn(), fn(), 1.0)[-1])
+    import torch
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "test GPU")
+    row = flash_tuning.launch_tuned(Kernel(), "atomic", lambda meta: (1,), (), dict(FLAGS), 4096, 4096,
+                                    torch.bfloat16, reset=lambda: buffer.__setitem__(0, 0))
+    assert buffer[0] == 1  # only the launch that counts is in the buffer
+    assert len(calls) > 1 and row["registers"] == 100 and tuple(row["config"]) in \
+        [tuple(c) for c in flash_configs.accepted("atomic", 90, 128)]

@@ -51,7 +51,7 @@ class FlashParams:
     deterministic: bool = True  # False: the single-kernel backward, dQ by atomic adds (flash.24)
 
 
-def _launch(name: str, n_rows: int, n_programs: int, *args, lengths=(0, 0), **kwargs) -> None:
+def _launch(name: str, n_rows: int, n_programs: int, *args, lengths=(0, 0), reset=None, **kwargs) -> None:
     """Run kernel `name` on a (row tiles, programs) grid; fixed tiles under the interpreter, tuned on a GPU
     (`flash_tuning`: once per head dim, mask kind, dtype and length bucket)."""
     row_block = "BLOCK_M" if name in ("dkdv", "atomic") else "BLOCK_N"  # dK/dV tiles the keys
@@ -59,7 +59,7 @@ def _launch(name: str, n_rows: int, n_programs: int, *args, lengths=(0, 0), **kw
     if interpreting():
         _KERNELS[name][grid](*args, **kwargs, **INTERPRETER_BLOCKS)
         return
-    LAST_LAUNCH[name] = launch_tuned(_KERNELS[name], name, grid, args, kwargs, *lengths, args[0].dtype)
+    LAST_LAUNCH[name] = launch_tuned(_KERNELS[name], name, grid, args, kwargs, *lengths, args[0].dtype, reset)
 
 
 def block_d(d: int) -> int:
@@ -156,7 +156,7 @@ class FlashAttentionFunction(torch.autograd.Function):
             dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
             _launch("atomic", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, dq_acc, *extra, *strides,
                     *_rows_strides(dk, p.varlen), *_rows_strides(dq_acc, p.varlen), H_kv, *scalars,
-                    lengths=(p.max_n, p.max_m), **flags)
+                    lengths=(p.max_n, p.max_m), reset=dq_acc.zero_, **flags)
             dq = dq_acc.to(q.dtype)
         if ctx.sign < 0:  # the kernels saw -k (see _positive_scale): d/dk = -d/d(-k)
             dk = dk.neg_()
