@@ -3,7 +3,9 @@
 SIGALRM raises TimeoutError inside the test's setup, call or teardown after S seconds, so one slow test (a
 compile storm, a hang in Python) fails with a clear message and the next test still runs; the JUnit XML then
 records it like any other failure. A hang inside one CUDA call is beyond a signal's reach: the session's
-step timeout (benchmarks/gpu_session.py) kills the whole process group then.
+step timeout (benchmarks/gpu_session.py) stops the whole process group then: its SIGTERM is turned into
+a KeyboardInterrupt here, so pytest still finishes its reports (the JUnit XML of every test run so far) before
+the SIGKILL that follows a few seconds later.
 """
 
 import signal
@@ -13,6 +15,12 @@ import pytest
 
 def pytest_addoption(parser):
     parser.addoption("--test-timeout", type=float, default=0.0, help="seconds per test phase (0: no limit)")
+
+
+def pytest_configure(config):
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt("SIGTERM: the session's step timeout")
+    signal.signal(signal.SIGTERM, interrupted)
 
 
 def _alarm(item, phase):

@@ -91,3 +91,29 @@ def test_dry_run_runs_every_step_end_to_end(tmp_path):
         assert {r["mask"] for r in flash} == {"full", "causal"}
     summary = (out / "summary_first.md").read_text()
     assert "DRY RUN" in summary and all(f"| {s} |" in summary for s in gpu_session.BUDGETS["first"])
+
+
+def test_a_terminated_test_run_still_writes_its_junit_xml(tmp_path):
+    """The step timeout's SIGTERM becomes a KeyboardInterrupt (gpu_test_timeout): pytest writes the XML of
+    the tests that ran before the SIGKILL would come."""
+    import os
+    import signal
+    import time
+
+    (tmp_path / "test_two.py").write_text("import time\n\ndef test_first():\n    assert True\n\n"
+                                          "def test_hangs():\n    time.sleep(60)\n")
+    xml = tmp_path / "junit.xml"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "gpu_test_timeout", "-p", "no:cacheprovider",
+                             "-v", f"--junitxml={xml}", str(tmp_path / "test_two.py")], cwd=tmp_path,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")})
+    seen = ""
+    deadline = time.monotonic() + 60
+    while "test_first PASSED" not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    suite = ET.parse(xml).getroot().find("testsuite")
+    assert int(suite.get("tests")) >= 1
+    assert any(c.get("name") == "test_first" for c in suite.iter("testcase"))
