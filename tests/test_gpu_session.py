@@ -117,3 +117,19 @@ def test_a_terminated_test_run_still_writes_its_junit_xml(tmp_path):
     suite = ET.parse(xml).getroot().find("testsuite")
     assert int(suite.get("tests")) >= 1
     assert any(c.get("name") == "test_first" for c in suite.iter("testcase"))
+
+
+@pytest.mark.slow
+def test_dry_run_of_the_second_call(tmp_path):
+    """The second call's steps (training comparison, the papers' full sweep) run end to end too."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--dry-run", "--mode", "second",
+                           "--out", str(out), "--work", str(work)], capture_output=True, text=True, timeout=300)
+    status = json.loads((work / "status.json").read_text())
+    assert [r["step"] for r in status["steps"]] == list(gpu_session.BUDGETS["second"])
+    assert proc.returncode == 0 and all(r["rc"] == 0 for r in status["steps"]), proc.stdout[-2000:]
+    training = json.loads((work / "training.json").read_text())
+    flash = [r for r in training["results"] if r["impl"] == "minitx:flash"]
+    # attention dropout is on (0.1): flash is skipped only because a CPU cannot time it, never for dropout
+    assert training["config"]["attention_dropout"] > 0 and flash and "dropout" not in (flash[0]["reason"] or "")
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_session_second.tar.gz", "summary_second.md"]
