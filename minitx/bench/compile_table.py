@@ -157,7 +157,7 @@ def summary_markdown(document: dict) -> str:
         if r["dtype"] != "fp32":
             groups.setdefault((r["kernel"], r["arch"], r["head_dim"]), []).append(r)
     out = ["| kernel | arch | D | configs accepted | first accepted: tiles, warps, stages -> regs, shared KiB "
-           "| MMA | TMA | worst rejected: regs, stack B |", "|---|---|---|---|---|---|---|---|"]
+           "| MMA of the accepted | TMA | worst rejected: regs, stack B |", "|---|---|---|---|---|---|---|---|"]
     for (kernel, arch, d), rs in sorted(groups.items()):
         by_cfg: dict = {}
         for r in sorted(rs, key=lambda r: _candidate_index(r)):
@@ -170,7 +170,8 @@ def summary_markdown(document: dict) -> str:
                      f"{max(x['shared_bytes'] for x in cr) / 1024:.0f}")
         bad = [x for x in rs if not x["fits"] and "error" not in x]
         worst = max(bad, key=lambda x: x["stack_bytes"], default=None)
-        mma = "/".join(m for m in ("mma_sync", "wgmma", "tcgen05") if any(x.get(m) for x in rs)).replace("_", ".")
+        chosen = [x for c in ok for x in by_cfg[c]] or rs  # the MMA the autotuner's candidates actually use
+        mma = "/".join(m for m in ("mma_sync", "wgmma", "tcgen05") if any(x.get(m) for x in chosen)).replace("_", ".")
         worst_text = f"{worst['registers']}, {worst['stack_bytes']}" if worst else "-"
         tma = "yes" if any(x.get("tma") for x in rs) else "no"
         out.append(f"| {kernel} | sm_{arch} | {d} | {len(ok)} / {len(by_cfg)} | {first or 'none'} | {mma} | "

@@ -52,7 +52,7 @@ def _sdpa(kernel: str) -> AttentionFn:
 def _flex() -> AttentionFn:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    compiled = torch.compile(flex_attention, dynamic=False)
+    compiled = torch.compile(flex_attention)  # default dynamism: a sweep over N recompiles once, not per N
     masks: dict = {}
 
     def causal_mask(b, h, q_idx, kv_idx):
