@@ -249,7 +249,7 @@ def test_config_rejects_bad_values():
 # ---------------------------------------------------------------- CLI, JSON schema, table, plot
 
 RECORD_KEYS = {"impl", "dtype", "mask", "causal", "seq_len", "head_dim", "batch", "heads", "tolerance", "flops",
-               "bytes", "status", "reason", "errors", "timings_ms", "tflops", "tb_per_s", "pct_peak", "pct_bandwidth",
+               "bytes", "heads_kv", "window", "status", "reason", "errors", "timings_ms", "tflops", "tb_per_s", "pct_peak", "pct_bandwidth",
                "peak_memory_bytes", "memory_note"}
 def test_torch_threads_sets_the_count_and_restores_it_even_on_error():
     before = torch.get_num_threads()
@@ -491,3 +491,32 @@ def test_plots_draw_the_roofline_and_peak_memory_when_the_device_has_them(cli_ru
     mem = plot_memory(doc, tmp_path / "m.png")
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG" and mem.axes[0].get_lines()
     plt.close(mem)
+
+
+def test_grouped_query_and_window_sweeps_gate_every_impl_and_count_attended_pairs(monkeypatch):
+    """--gqa and --window: the float64 reference repeats k, v per group and masks the band (flash.10, flash.18);
+    the flash kernel (under the interpreter), the math backend and SDPA pass it, an impl that ignores the window
+    fails it, and FLOPs count the attended pairs (bench.8) and bytes the smaller k, v (bench.9)."""
+    from minitx.bench.flops import attended_pairs
+
+    monkeypatch.setenv("MINITX_BENCH_INTERPRETER", "1")
+
+    def ignores_window(q, k, v, causal, scale, window=None):
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    config = AttentionBenchConfig(seq_lens=[40], head_dims=[16], dtypes=["fp32"], tokens=40, model_dim=64,
+                                  repeats=1, warmup=0, gqa=2, window=7,
+                                  impls=["minitx:math", "minitx:flash", "sdpa:math"])
+    records = run_sweep(config, extra_impls={"ignores_window": ignores_window}, progress=None)
+    by = {(r["impl"], r["causal"]): r for r in records}
+    for causal in (False, True):
+        for impl in ("minitx:math", "minitx:flash", "sdpa:math"):
+            r = by[(impl, causal)]
+            assert r["status"] == "ok", (impl, causal, r["reason"])
+            assert (r["heads"], r["heads_kv"]) == (4, 2) and tuple(r["window"]) == ((7, 0) if causal else (7, 7))
+            pairs = attended_pairs(40, 40, causal, (7, 0) if causal else (7, 7))
+            assert r["flops"]["fwd"] == 4 * 1 * 4 * pairs * 16
+            assert r["bytes"]["fwd"] == 4 * (2 * 4 * 40 * 16 + 2 * 2 * 40 * 16)
+        assert by[("ignores_window", causal)]["status"] == "failed"
+    with pytest.raises(ValueError, match="gqa"):
+        AttentionBenchConfig(head_dims=[64], model_dim=256, gqa=3).validate()  # 4 heads: 3 does not divide

@@ -139,3 +139,23 @@ def test_cli_has_the_compile_subcommand(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--write-accepted" in text and "--archs" in text and "cuobjdump" in text
+
+
+@pytest.mark.parametrize("version", sorted(ACCEPTED_BY_TRITON))
+def test_single_kernel_backward_has_its_own_verdict_per_version(version):
+    """(flash.24): the optional atomic backward's accepted configs come from its own compiles under each
+    Triton version; none spills at D <= 128 and on sm_90 each uses wgmma (its dQ product may be mma.sync)."""
+    document = json.loads((RESULTS / f"compile_report_atomic_triton{version}.json").read_text())
+    assert {r["kernel"] for r in document["records"]} == {"atomic"}
+    table = accepted_table(document["records"])["atomic"]
+    assert {a: {d: [tuple(c) for c in cs] for d, cs in by_d.items()}
+            for a, by_d in ACCEPTED_BY_TRITON[version]["atomic"].items()} == table
+    for arch in (80, 90):
+        for d in (64, 128):
+            chosen = [c[:4] for c in table[arch][d]]
+            compiled = [r for r in document["records"] if (r["arch"], r["head_dim"]) == (arch, d)
+                        and (r["block_n"], r["block_m"], r["num_warps"], r["num_stages"]) in chosen
+                        and r["dtype"] != "fp32"]
+            assert compiled and all(r["fits"] and r["stack_bytes"] == 0 for r in compiled), (arch, d)
+            assert arch == 80 or all(r["wgmma"] > 0 for r in compiled)
+    assert accepted("atomic", 90, 128, version) == [c[:4] for c in table[90][128]]

@@ -8,7 +8,9 @@
 - a custom kernel, `NAME=FILE.py:FUNCTION` (`load_custom`, the CLI's `--custom`): FUNCTION has SDPA's
   signature, `fn(q, k, v, attn_mask=None, is_causal=False, scale=None)`.
 
-Every implementation is called as `fn(q, k, v, causal, scale) -> out` with q, k, v of shape (B, H, N, D).
+Every implementation is called as `fn(q, k, v, causal, scale) -> out` with q of shape (B, H, N, D) and k, v of
+shape (B, H_kv, N, D), H_kv dividing H (grouped-query sweeps); a sliding-window sweep adds `window=(left,
+right)` (flash.10).
 A name that matches nothing is an error (`resolve` raises ValueError naming it); an implementation that
 exists but cannot run here is not: `resolve` returns the reason and the sweep records it as skipped.
 """
@@ -38,14 +40,38 @@ GPU_ONLY = {"minitx:flash", "flex"}
 CUDA_ONLY_SDPA = {"efficient", "cudnn"}
 
 
+def band_mask(n: int, m: int, causal: bool, window: tuple[int, int] | None, device) -> torch.Tensor | None:
+    """The bool (N, M) mask, True = may attend, of causal (top-left) and a sliding window (left, right), as
+    (flash.10); None when neither is set (the kernel's own is_causal is then the fast path)."""
+    if window is None:
+        return None
+    left, right = window
+    rel = torch.arange(m, device=device)[None, :] - torch.arange(n, device=device)[:, None]
+    allowed = torch.ones(n, m, dtype=torch.bool, device=device)
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    if right >= 0:
+        allowed &= rel <= right
+    if left >= 0:
+        allowed &= rel >= -left
+    return allowed
+
+
+def _sdpa_call(q, k, v, causal, scale, window):
+    mask = band_mask(q.shape[2], k.shape[2], causal, window, q.device)
+    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale,
+                                          **gqa)
+
+
 def _sdpa(kernel: str) -> AttentionFn:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backend = getattr(SDPBackend, SDPA_KERNELS[kernel])
 
-    def fn(q, k, v, causal, scale):
+    def fn(q, k, v, causal, scale, window=None):
         with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+            return _sdpa_call(q, k, v, causal, scale, window)
     return fn
 
 
@@ -55,17 +81,24 @@ def _flex() -> AttentionFn:
     compiled = torch.compile(flex_attention)  # default dynamism: a sweep over N recompiles once, not per N
     masks: dict = {}
 
-    def causal_mask(b, h, q_idx, kv_idx):
-        return q_idx >= kv_idx
-
-    def fn(q, k, v, causal, scale):
+    def fn(q, k, v, causal, scale, window=None):
         block_mask = None
+        left, right = window if window is not None else (-1, -1)
         if causal:
-            key = (q.shape[2], k.shape[2], q.device)
+            right = 0 if right < 0 else min(right, 0)
+        if left >= 0 or right >= 0:
+            key = (q.shape[2], k.shape[2], q.device, left, right)
             if key not in masks:
-                masks[key] = create_block_mask(causal_mask, None, None, q.shape[2], k.shape[2], device=q.device)
+                def mask_mod(b, h, q_idx, kv_idx):
+                    ok = kv_idx >= 0
+                    if right >= 0:
+                        ok = ok & (kv_idx - q_idx <= right)
+                    if left >= 0:
+                        ok = ok & (kv_idx - q_idx >= -left)
+                    return ok
+                masks[key] = create_block_mask(mask_mod, None, None, q.shape[2], k.shape[2], device=q.device)
             block_mask = masks[key]
-        return compiled(q, k, v, block_mask=block_mask, scale=scale)
+        return compiled(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     return fn
 
 
@@ -96,8 +129,11 @@ def load_custom(spec: str) -> tuple[str, AttentionFn]:
     except ValueError:  # a builtin or C function without a signature: trust it
         pass
 
-    def fn(q, k, v, causal, scale):
-        return user_fn(q, k, v, attn_mask=None, is_causal=causal, scale=scale)
+    def fn(q, k, v, causal, scale, window=None):
+        if q.shape[1] != k.shape[1]:  # SDPA's signature has no GQA: the kernel sees repeated key/value heads
+            k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+        mask = band_mask(q.shape[2], k.shape[2], causal, window, q.device)
+        return user_fn(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
     return name.strip(), fn
 
 
@@ -151,6 +187,11 @@ def resolve(name: str, device: torch.device) -> tuple[AttentionFn | None, str | 
     except Exception as exc:  # ImportError (no Triton), a kernel failing to build
         return None, f"minitx backend {which!r} unavailable: {type(exc).__name__}: {exc}"
 
-    def fn(q, k, v, causal, scale):
-        return backend(q, k, v, is_causal=causal, scale=scale)
+    front_door = importlib.import_module("minitx.attention").attention
+
+    def fn(q, k, v, causal, scale, window=None):
+        if window is None and q.shape[1] == k.shape[1]:
+            return backend(q, k, v, is_causal=causal, scale=scale)
+        # windows and grouped-query heads through the front door, which lowers what a backend lacks
+        return front_door(q, k, v, backend=which, is_causal=causal, scale=scale, window=window)
     return fn, None

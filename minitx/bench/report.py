@@ -87,6 +87,11 @@ def load(document: dict | str | os.PathLike) -> dict:
     return json.loads(Path(document).read_text(encoding="utf-8"))
 
 
+def _kv(r: dict) -> str:
+    """"/H_kv" after the head count of a grouped-query record."""
+    return f"/{r['heads_kv']}" if r.get("heads_kv", r["heads"]) != r["heads"] else ""
+
+
 def _ms(stats: dict) -> str:
     return f"{stats['median_ms']:.3f} ± {stats['iqr_ms'] / 2:.3f}"
 
@@ -135,7 +140,7 @@ def results_table(document: dict | str | os.PathLike) -> str:
             more = (f" {cell(pct, 'fwd')} | {cell(pct, 'bwd')} | {cell(r.get('tb_per_s') or {}, 'fwd_bwd')} | "
                     f"{cell(bw, 'fwd_bwd')} |")
         lines.append(f"| {r['impl']} | {r['dtype']} | {r['mask']} | {r['head_dim']} | {r['seq_len']} | "
-                     f"{r['batch']} x {r['heads']} | {_ms(t['fwd'])} | {_ms(t['bwd'])} | {_ms(t['fwd_bwd'])} | "
+                     f"{r['batch']} x {r['heads']}{_kv(r)} | {_ms(t['fwd'])} | {_ms(t['bwd'])} | {_ms(t['fwd_bwd'])} | "
                      f"{f['fwd']:.3g} | {f['bwd']:.3g} | {f['fwd_bwd']:.3g} |{more} {mem} | "
                      f"{max(r['errors'].values()):.1e} |")
     groups: dict[tuple, list[dict]] = {}
