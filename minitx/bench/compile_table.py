@@ -76,6 +76,9 @@ def accepted_table(records: list[dict]) -> dict:
         order = {cfg: i for i, cfg in enumerate(CANDIDATES[TILES_OF.get(kernel, kernel)])}
         by_cfg = dict(sorted(by_cfg.items(), key=lambda item: order.get(item[0], len(order))))
         chosen = [cfg + (shared,) for cfg, (ok, shared, _) in by_cfg.items() if ok]
+        if not chosen and kernel in OPTIONAL_KERNELS:  # an optional kernel that spills is not run there at all
+            table.setdefault(kernel, {}).setdefault(arch, {})[d] = []
+            continue
         if not chosen:  # nothing fits (only ever at D = 256): the least-spilling config, so a call still runs
             cfg, (_, shared, _) = min(by_cfg.items(), key=lambda item: item[1][2])
             chosen = [cfg + (shared,)]

@@ -151,7 +151,9 @@ def flash_attention(q, k, v, causal=False, scale=None, attention_mask=None, retu
         returns zeros and zero gradients (flash.11).
     return_lse: also return the row logsumexp L (B, H, N), float32, natural log, -inf for empty rows (flash.5).
     deterministic: True (default) runs the two-kernel backward, bit-identical from run to run; False the
-        single-kernel one that adds dQ atomically (flash.24): less recomputation, dQ's last bits vary.
+        single-kernel one that adds dQ atomically (flash.24): less recomputation, dQ's last bits vary. On a GPU
+        it runs only where the compile report has a spill-free config of it (D <= 64 under Triton 3.6 and
+        3.9); elsewhere the deterministic kernels run.
     """
     _check_inputs(q, k, v, causal, scale, attention_mask)
     if not isinstance(deterministic, bool):

@@ -147,7 +147,7 @@ class FlashAttentionFunction(torch.autograd.Function):
                    *_rows_strides(dout, p.varlen), *lse_strides)
         scalars = (H // H_kv, p.max_n, p.max_m, p.scale, p.scale * math.log2(math.e), p.win_left, p.win_right,
                    p.seed, p.dropout_p)
-        if p.deterministic:  # two kernels, each owning the rows it writes (flash.16)
+        if p.deterministic or not _single_kernel_here(q):  # two kernels, each owning the rows it writes (flash.16)
             _launch("dkdv", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, *extra, *strides,
                     *_rows_strides(dk, p.varlen), H_kv, *scalars, lengths=(p.max_n, p.max_m), **flags)
             _launch("dq", p.max_n, p.n_seq * H, *tensors, dq, *extra, *strides,
@@ -174,6 +174,16 @@ def _positive_scale(q, k, scale: float):
     if scale < 0:
         return q, k.neg(), -1, -scale
     return torch.zeros_like(q), k, 0, 1.0
+
+
+def _single_kernel_here(q: torch.Tensor) -> bool:
+    """The single-kernel backward runs where the compile report has a spill-free config of it for this GPU,
+    head dim and Triton (flash.24); elsewhere (e.g. D = 128 with every feature) the deterministic kernels do."""
+    if interpreting():
+        return True
+    from minitx.kernels.flash_configs import arch_of, single_kernel_ok
+
+    return single_kernel_ok(arch_of(torch.cuda.get_device_capability(q.device)), block_d(q.shape[3]))
 
 
 def _or(t, fallback):

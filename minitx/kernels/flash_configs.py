@@ -93,6 +93,14 @@ def _verdict(kernel: str, arch: int, block_d: int, version: str | None = None):
     return chosen
 
 
+def single_kernel_ok(arch: int, block_d: int, version: str | None = None) -> bool:
+    """Whether the report accepts a spill-free config of the optional single-kernel backward (flash.24) for
+    this architecture (sm_80's verdict for one it did not compile) and head dim under this Triton."""
+    table = accepted_table(version)[1].get("atomic", {})
+    d = report_head_dim(block_d)
+    return bool(table.get(arch, {}).get(d, table.get(80, {}).get(d)))
+
+
 def report_head_dim(block_d: int) -> int:
     """The report compiles D = 64, 128, 256; a smaller padded head dim takes the D = 64 verdict (its tiles
     hold fewer values, so they fit where D = 64's do)."""
