@@ -4,7 +4,8 @@
 materialising the (N, M) score matrix: the forward streams key tiles through an online softmax and saves only
 the row logsumexp; the backward recomputes the probabilities from it (docs/math/flash_attention.md, (flash.1)
 to (flash.16)). The backward is two kernels that each own the rows they write (dK/dV per key tile, dQ per query
-tile), so there are no atomics and two backward passes are bit-identical.
+tile), so there are no atomics and two backward passes are bit-identical; `deterministic=False` asks for the
+single-kernel backward with dQ by atomic adds instead (flash.24).
 
 Where it runs: on a CUDA GPU (fp32, fp16, bf16), or on the CPU under Triton's interpreter with
 `TRITON_INTERPRET=1` set before triton is imported (fp32 and fp16: the interpreter has no bf16).
