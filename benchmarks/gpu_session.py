@@ -215,7 +215,16 @@ class Session:
         return row
 
     def pack(self) -> None:
-        """The work folder as one archive plus the summary, both replaced atomically in $OUT."""
+        """The work folder as one archive plus the summary, both replaced atomically in $OUT. A pack that
+        fails (a step deleting a file while it is read) is reported and retried at the next refresh: it never
+        stops the session, and the previous archive stays in place."""
+        try:
+            self._pack()
+        except (OSError, tarfile.TarError) as exc:
+            print(f"gpu session: packing failed, kept the previous archive: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+
+    def _pack(self) -> None:
         status = dict(mode=self.mode, dry_run=self.dry, started=self.started, elapsed_s=round(self.elapsed(), 1),
                       budget_s=self.budget_s, steps=self.rows)
         (self.work / "status.json").write_text(json.dumps(status, indent=1))

@@ -133,3 +133,17 @@ def test_dry_run_of_the_second_call(tmp_path):
     # attention dropout is on (0.1): flash is skipped only because a CPU cannot time it, never for dropout
     assert training["config"]["attention_dropout"] > 0 and flash and "dropout" not in (flash[0]["reason"] or "")
     assert sorted(p.name for p in out.iterdir()) == ["gpu_session_second.tar.gz", "summary_second.md"]
+
+
+def test_a_failing_pack_never_stops_the_session(tmp_path, monkeypatch, capsys):
+    session = gpu_session.Session("first", tmp_path / "work", tmp_path / "out", dry=True, budget_s=60)
+    session.pack()
+    before = (tmp_path / "out" / "gpu_session_first.tar.gz").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise FileNotFoundError("a step deleted a file while it was packed")
+    monkeypatch.setattr(gpu_session.tarfile, "open", broken)
+    row = session.run(gpu_session.Step("quick", 10, "", [sys.executable, "-c", "print('done')"]))
+    assert row["status"] == "ok" and row["rc"] == 0
+    assert (tmp_path / "out" / "gpu_session_first.tar.gz").read_bytes() == before  # the last good archive
+    assert "packing failed" in capsys.readouterr().err
