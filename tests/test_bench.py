@@ -249,7 +249,7 @@ def test_config_rejects_bad_values():
 # ---------------------------------------------------------------- CLI, JSON schema, table, plot
 
 RECORD_KEYS = {"impl", "dtype", "mask", "causal", "seq_len", "head_dim", "batch", "heads", "tolerance", "flops",
-               "bytes", "heads_kv", "window", "status", "reason", "errors", "timings_ms", "tflops", "tb_per_s", "pct_peak", "pct_bandwidth",
+               "bytes", "heads_kv", "window", "dropout", "status", "reason", "errors", "timings_ms", "tflops", "tb_per_s", "pct_peak", "pct_bandwidth",
                "peak_memory_bytes", "memory_note"}
 def test_torch_threads_sets_the_count_and_restores_it_even_on_error():
     before = torch.get_num_threads()
@@ -520,3 +520,25 @@ def test_grouped_query_and_window_sweeps_gate_every_impl_and_count_attended_pair
         assert by[("ignores_window", causal)]["status"] == "failed"
     with pytest.raises(ValueError, match="gqa"):
         AttentionBenchConfig(head_dims=[64], model_dim=256, gqa=3).validate()  # 4 heads: 3 does not divide
+
+
+def test_dropout_sweep_gates_without_dropout_and_times_with_it(monkeypatch):
+    """--dropout p: a random mask has no float64 reference, so the gate runs at p = 0 and only the timed calls
+    drop; an impl that takes no dropout_p (a --custom kernel, a plain function) is skipped, never mis-timed."""
+    monkeypatch.setenv("MINITX_BENCH_INTERPRETER", "1")
+    seen = []
+
+    def records_p(q, k, v, causal, scale, dropout_p=0.0):
+        seen.append(dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, dropout_p=dropout_p)
+    config = AttentionBenchConfig(seq_lens=[40], head_dims=[16], masks=["causal"], dtypes=["fp32"], tokens=40,
+                                  model_dim=32, repeats=1, warmup=0, dropout=0.25,
+                                  impls=["minitx:math", "minitx:flash", "sdpa:math"])
+    records = run_sweep(config, extra_impls={"records_p": records_p, "no_dropout": _sdpa}, progress=None)
+    by = {r["impl"]: r for r in records}
+    for impl in ("minitx:math", "minitx:flash", "sdpa:math", "records_p"):
+        assert by[impl]["status"] == "ok" and by[impl]["dropout"] == 0.25 and by[impl]["timings_ms"], impl
+    assert seen[0] == 0.0 and set(seen[1:]) == {0.25}  # gate first, undropped; every timed call dropped
+    assert by["no_dropout"]["status"] == "skipped" and "dropout_p" in by["no_dropout"]["reason"]
+    with pytest.raises(ValueError, match="dropout"):
+        AttentionBenchConfig(dropout=1.0).validate()

@@ -14,6 +14,7 @@ point does the same work per token and only N changes the shape of the problem.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,7 @@ class AttentionBenchConfig:
     cpu_clock: str = "wall"     # CPU: "wall" (perf_counter) or "thread" (this thread's CPU time; needs threads=1)
     gqa: int = 1                # query heads per key/value head (grouped-query attention, flash.18)
     window: int | None = None   # sliding window: keys within `window` of the query (left only when causal)
+    dropout: float = 0.0        # attention dropout p of the *timed* calls (the gate runs without it)
 
     def validate(self) -> None:
         for name in ("seq_lens", "head_dims"):
@@ -76,6 +78,8 @@ class AttentionBenchConfig:
             if (self.model_dim // d) % self.gqa:
                 raise ValueError(f"gqa: expected a divisor of the head count {self.model_dim // d} (model_dim / "
                                  f"head dim {d}), got {self.gqa}")
+        if isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
         if self.window is not None and (isinstance(self.window, bool) or self.window < 0):
             raise ValueError(f"window: expected None or an integer >= 0, got {self.window!r}")
 
@@ -225,6 +229,15 @@ def _finite(errors: dict[str, float]) -> dict[str, float | None]:
     return {k: (v if math.isfinite(v) else None) for k, v in errors.items()}
 
 
+def _takes(fn, argument: str) -> bool:
+    """Whether `fn` (or the function a functools.partial wraps) accepts `argument` by keyword."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return argument in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def bench_point(name, fn, inputs, dout, ref, *, causal, config, dtype_name) -> dict:
     """One record: the correctness gate, then (only if it passed) timings, TFLOP/s and peak memory."""
     q, k = inputs[0], inputs[1]
@@ -238,7 +251,8 @@ def bench_point(name, fn, inputs, dout, ref, *, causal, config, dtype_name) -> d
     pairs = attended_pairs(n, n, causal, window)
     record = dict(impl=name, dtype=dtype_name, mask=("causal" if causal else "full")
                   + ("" if window is None else f" window {config.window}"), causal=causal, seq_len=n,
-                  head_dim=d, batch=b, heads=h, heads_kv=h_kv, window=window, tolerance=TOLERANCES[dtype_name],
+                  head_dim=d, batch=b, heads=h, heads_kv=h_kv, window=window, dropout=config.dropout,
+                  tolerance=TOLERANCES[dtype_name],
                   flops={p: attention_flops_pairs(b, h, pairs, d, p) for p in PASSES},
                   bytes={p: attention_bytes(b, h, h_kv, n, n, d, q.element_size(), p) for p in PASSES},
                   status="skipped", reason=None, errors=None, timings_ms=None, tflops=None, tb_per_s=None,
@@ -249,6 +263,11 @@ def bench_point(name, fn, inputs, dout, ref, *, causal, config, dtype_name) -> d
                                                                  TOLERANCES[dtype_name])
     if record["status"] != "ok":
         return record
+    if config.dropout:  # gated exactly without dropout (a random mask has no reference), timed with it
+        if not _takes(fn, "dropout_p"):
+            record["status"], record["reason"] = "skipped", f"{name} takes no dropout_p (--dropout {config.dropout})"
+            return record
+        fn = functools.partial(fn, dropout_p=config.dropout)
     try:
         timings = time_passes(fn, *inputs, dout, causal, scale, device, config.warmup, config.repeats,
                               config.cpu_clock)

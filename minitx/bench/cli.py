@@ -52,6 +52,8 @@ def _attention_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--gqa", type=int, default=1, help="query heads per key/value head (grouped-query attention)")
     p.add_argument("--window", type=int, help="sliding window: keys within this distance (to the left only when "
                                               "causal); FLOPs count the attended pairs")
+    p.add_argument("--dropout", type=float, default=0.0, help="attention dropout p of the timed calls (the "
+                                                                 "correctness gate runs without it)")
     p.add_argument("--tokens", type=int, help="tokens per batch B*N (B = tokens // N, at least 1)")
     p.add_argument("--model-dim", type=int, help="model width H*D (H = model_dim // D)")
     p.add_argument("--repeats", type=int, help="timed repeats per pass (median and IQR over these)")
@@ -94,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> AttentionBenchConfig:
         impls = [n for n in DEFAULT_IMPLS if runnable_here(n, device)]
     return AttentionBenchConfig(**_flags_or(defaults, args), masks=args.masks or list(MASKS), impls=list(impls),
                                 device=args.device, seed=args.seed, threads=threads, cpu_clock=clock or "wall",
-                                gqa=args.gqa, window=args.window)
+                                gqa=args.gqa, window=args.window, dropout=args.dropout)
 
 
 def attention_main(args: argparse.Namespace) -> int:

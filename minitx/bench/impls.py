@@ -10,7 +10,8 @@
 
 Every implementation is called as `fn(q, k, v, causal, scale) -> out` with q of shape (B, H, N, D) and k, v of
 shape (B, H_kv, N, D), H_kv dividing H (grouped-query sweeps); a sliding-window sweep adds `window=(left,
-right)` (flash.10).
+right)` (flash.10), a dropout sweep `dropout_p=p` to the timed calls (one without it raises NotImplementedError
+or lacks the argument: skipped).
 A name that matches nothing is an error (`resolve` raises ValueError naming it); an implementation that
 exists but cannot run here is not: `resolve` returns the reason and the sweep records it as skipped.
 """
@@ -57,11 +58,11 @@ def band_mask(n: int, m: int, causal: bool, window: tuple[int, int] | None, devi
     return allowed
 
 
-def _sdpa_call(q, k, v, causal, scale, window):
+def _sdpa_call(q, k, v, causal, scale, window, dropout_p=0.0):
     mask = band_mask(q.shape[2], k.shape[2], causal, window, q.device)
     gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale,
-                                          **gqa)
+                                          dropout_p=dropout_p, **gqa)
 
 
 def _sdpa(kernel: str) -> AttentionFn:
@@ -69,9 +70,9 @@ def _sdpa(kernel: str) -> AttentionFn:
 
     backend = getattr(SDPBackend, SDPA_KERNELS[kernel])
 
-    def fn(q, k, v, causal, scale, window=None):
+    def fn(q, k, v, causal, scale, window=None, dropout_p=0.0):
         with sdpa_kernel(backend):
-            return _sdpa_call(q, k, v, causal, scale, window)
+            return _sdpa_call(q, k, v, causal, scale, window, dropout_p)
     return fn
 
 
@@ -81,7 +82,9 @@ def _flex() -> AttentionFn:
     compiled = torch.compile(flex_attention)  # default dynamism: a sweep over N recompiles once, not per N
     masks: dict = {}
 
-    def fn(q, k, v, causal, scale, window=None):
+    def fn(q, k, v, causal, scale, window=None, dropout_p=0.0):
+        if dropout_p:
+            raise NotImplementedError("FlexAttention has no attention dropout")
         block_mask = None
         left, right = window if window is not None else (-1, -1)
         if causal:
@@ -129,7 +132,9 @@ def load_custom(spec: str) -> tuple[str, AttentionFn]:
     except ValueError:  # a builtin or C function without a signature: trust it
         pass
 
-    def fn(q, k, v, causal, scale, window=None):
+    def fn(q, k, v, causal, scale, window=None, dropout_p=0.0):
+        if dropout_p:
+            raise NotImplementedError("a --custom kernel has SDPA's signature without dropout_p")
         if q.shape[1] != k.shape[1]:  # SDPA's signature has no GQA: the kernel sees repeated key/value heads
             k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
         mask = band_mask(q.shape[2], k.shape[2], causal, window, q.device)
@@ -189,9 +194,10 @@ def resolve(name: str, device: torch.device) -> tuple[AttentionFn | None, str | 
 
     front_door = importlib.import_module("minitx.attention").attention
 
-    def fn(q, k, v, causal, scale, window=None):
+    def fn(q, k, v, causal, scale, window=None, dropout_p=0.0):
         if window is None and q.shape[1] == k.shape[1]:
-            return backend(q, k, v, is_causal=causal, scale=scale)
+            return backend(q, k, v, is_causal=causal, scale=scale, dropout_p=dropout_p)
         # windows and grouped-query heads through the front door, which lowers what a backend lacks
-        return front_door(q, k, v, backend=which, is_causal=causal, scale=scale, window=window)
+        return front_door(q, k, v, backend=which, is_causal=causal, scale=scale, window=window,
+                          dropout_p=dropout_p)
     return fn, None
