@@ -19,7 +19,9 @@ from minitx.kernels.flash_attention import flash_attention
 from minitx.kernels.flash_configs import arch_of, triton_version_key
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CASES = ((64, False, False), (64, True, False), (128, False, False), (128, True, False), (128, True, True))
+# (D, causal, every feature, deterministic): the last runs the single-kernel backward (flash.24) where accepted
+CASES = ((64, False, False, True), (64, True, False, True), (128, False, False, True), (128, True, False, True),
+         (128, True, True, True), (64, True, False, False))
 
 
 def predictions(arch: int) -> list[dict]:
@@ -45,7 +47,8 @@ def main(argv: list[str]) -> int:
     device, dtype, n = ("cpu", torch.float16, 40) if dry else ("cuda", torch.bfloat16, 4096)
     arch = 90 if dry else arch_of(torch.cuda.get_device_capability())
     report = predictions(arch)
-    for d, causal, features in CASES:
+    for d, causal, features, deterministic in CASES:
+        flash_autograd.LAST_LAUNCH.clear()
         d_run = d // 4 if dry else d
         h, h_kv = (4, 2) if dry else (16, 4 if features else 16)
         q = torch.randn(1 if dry else 2, h, n, d_run, device=device, dtype=dtype, requires_grad=True)
@@ -53,13 +56,15 @@ def main(argv: list[str]) -> int:
                             requires_grad=True) for _ in range(2))
         extra = dict(window=(256 if not dry else 8, 0), causal_align="bottom_right",
                      alibi_slopes=torch.linspace(0.5, 0.01, h, device=device)) if features else {}
-        flash_attention(q, k, v, causal=causal, **extra).sum().backward()
+        flash_attention(q, k, v, causal=causal, deterministic=deterministic, **extra).sum().backward()
         if not dry:
             torch.cuda.synchronize()
-        case = f"D={d} {'causal' if causal else 'full'}{' +window,bottom-right,ALiBi,GQA' if features else ''}"
+        case = (f"D={d} {'causal' if causal else 'full'}{' +window,bottom-right,ALiBi,GQA' if features else ''}"
+                f"{'' if deterministic else ' single-kernel backward'}")
         launches = flash_autograd.LAST_LAUNCH.items() if not dry else [
             (k_, dict(config=[*flash_autograd.INTERPRETER_BLOCKS.values(), None, None], registers=None, spills=None,
-                      note="interpreter: fixed tiles, nothing tuned")) for k_ in ("fwd", "dkdv", "dq")]
+                      note="interpreter: fixed tiles, nothing tuned"))
+            for k_ in (("fwd", "dkdv", "dq") if deterministic else ("fwd", "atomic"))]
         for kernel, launch in launches:
             row = dict(case=case, kernel=kernel, config=launch.get("config"), registers=launch.get("registers"),
                        spills=launch.get("spills"), tried=launch.get("tried"), triton=launch.get("triton"),

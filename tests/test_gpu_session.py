@@ -83,7 +83,7 @@ def test_dry_run_runs_every_step_end_to_end(tmp_path):
     junit = ET.parse(work / "gpu_tests.xml").getroot().find("testsuite")
     assert int(junit.get("tests")) >= 20  # the gpu-marked tests were collected (and skipped here: no CUDA)
     rows = [json.loads(line) for line in (work / "autotune.jsonl").read_text().splitlines()]
-    assert {r["kernel"] for r in rows} == {"fwd", "dkdv", "dq"} and len(rows) == 15
+    assert {r["kernel"] for r in rows} == {"fwd", "dkdv", "dq", "atomic"} and len(rows) == 17
     for stem in ("attention_d128", "attention_d64"):
         doc = json.loads((work / f"{stem}.json").read_text())
         flash = [r for r in doc["results"] if r["impl"] == "minitx:flash"]

@@ -111,12 +111,20 @@ def _shared_bytes(kernel: str, arch: int, block_d: int, version: str | None = No
     return {tuple(c[:4]): c[4] for c in _verdict(kernel, arch, block_d, version) or []}
 
 
+_LIMITS: dict[int, tuple[int, int]] = {}
+
+
 def _device_limits() -> tuple[int, int]:
+    """(report architecture, opt-in shared memory per block) of the current GPU, looked up once per device
+    (every launch asks: the lookup must not cost a driver call each time)."""
     import torch  # a GPU is there whenever the autotuner runs
 
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    limit = getattr(props, "shared_memory_per_block_optin", None) or SHARED_LIMIT[arch_of((props.major, 0))]
-    return arch_of((props.major, props.minor)), int(limit)
+    index = torch.cuda.current_device()
+    if index not in _LIMITS:
+        props = torch.cuda.get_device_properties(index)
+        limit = getattr(props, "shared_memory_per_block_optin", None) or SHARED_LIMIT[arch_of((props.major, 0))]
+        _LIMITS[index] = (arch_of((props.major, props.minor)), int(limit))
+    return _LIMITS[index]
 
 
 def configs_to_time(kernel: str, arch: int, limit: int, block_d: int, fp32: bool, max_configs: int | None = None,
