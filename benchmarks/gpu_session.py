@@ -313,18 +313,30 @@ def _autotune_section(work, status):
 
 
 def _sweep_section(work, status):
+    """Per sweep, one row per (D, mask, N): minitx:flash's TFLOP/s beside the fastest other implementation's."""
     out = []
     for path in sorted(work.glob("attention_*.json")):
         doc = json.loads(path.read_text())
-        ok = [r for r in doc.get("results", []) if r["status"] == "ok"]
-        failed = sorted({r["impl"] for r in doc.get("results", []) if r["status"] == "failed"})
-        out += [f"{path.stem}: {len(ok)} timed, failed: {', '.join(failed) or 'none'}"
+        results = doc.get("results", [])
+        ok = [r for r in results if r["status"] == "ok"]
+        failed = sorted({r["impl"] for r in results if r["status"] == "failed"})
+        out += [f"{path.stem}: {len(ok)} of {len(results)} timed; failed the gate: {', '.join(failed) or 'none'}"
                 f"{'' if doc.get('complete', True) else ' (partial: the step was still running or was killed)'}",
-                "", "| D | mask | N | impl | fwd TFLOP/s | bwd TFLOP/s | fwd+bwd TFLOP/s |", "|---|---|---|---|---|---|---|"]
-        for r in sorted(ok, key=lambda r: (r["head_dim"], r["mask"], r["seq_len"], r["impl"]))[:40]:
-            t = r["tflops"]
-            out.append(f"| {r['head_dim']} | {r['mask']} | {r['seq_len']} | {r['impl']} | {t['fwd']:.3g} | "
-                       f"{t['bwd']:.3g} | {t['fwd_bwd']:.3g} |")
+                "", "| dtype | D | mask | N | minitx:flash fwd / bwd TFLOP/s | best other: fwd / bwd TFLOP/s | "
+                "flash speed vs best, fwd+bwd (best ms / flash ms) |", "|---|---|---|---|---|---|---|"]
+        points: dict = {}
+        for r in ok:
+            points.setdefault((r["dtype"], r["head_dim"], r["mask"], r["seq_len"]), {})[r["impl"]] = r
+        for key in sorted(points):
+            by = points[key]
+            flash = by.get("minitx:flash")
+            others = [r for name, r in by.items() if name != "minitx:flash"]
+            best = min(others, key=lambda r: r["timings_ms"]["fwd_bwd"]["median_ms"], default=None)
+            cell = lambda r: "-" if r is None else f"{r['tflops']['fwd']:.3g} / {r['tflops']['bwd']:.3g}"  # noqa: E731
+            ratio = "-" if flash is None or best is None else \
+                f"{best['timings_ms']['fwd_bwd']['median_ms'] / flash['timings_ms']['fwd_bwd']['median_ms']:.2f}x"
+            out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {cell(flash)} | "
+                       f"{'-' if best is None else best['impl']}: {cell(best)} | {ratio} |")
         out.append("")
     return out or ["Sweeps: none finished yet."]
 
