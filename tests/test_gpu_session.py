@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_session  # noqa: E402
+import gpu_session  # noqa: E402  (benchmarks/ is on sys.path: it imports gpu_summary)
 
 LENT_CALL_S = 600  # one command on a lent machine
 MAX_FILES = 8      # what comes back from $OUT
