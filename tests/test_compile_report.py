@@ -168,3 +168,14 @@ def test_single_kernel_backward_has_its_own_verdict_per_version(version):
                 assert (cfg in chosen) == clean, (version, arch, d, cfg)
             assert single_kernel_ok(arch, d, version) == bool(chosen)
         assert table[arch][64] and not table[arch][128]
+
+
+@pytest.mark.parametrize("version", sorted(ACCEPTED_BY_TRITON))
+def test_readme_summary_is_generated_from_the_committed_report(version):
+    from minitx.bench.compile_table import summary_markdown
+
+    readme = (RESULTS.parent / "README.md").read_text()
+    begin = f"<!-- BEGIN compile summary triton {version}"
+    start = readme.index("-->\n", readme.index(begin)) + len("-->\n")
+    assert readme[start:readme.index(f"<!-- END compile summary triton {version} -->")] == \
+        summary_markdown(report(version))
