@@ -92,10 +92,9 @@ def plan(mode: str, work: Path, dry: bool) -> list[Step]:
         "environment": Step("environment", 0, "GPU, driver, torch, Triton, CUDA versions",
                             _py("benchmarks/gpu_session.py", "--environment", str(work / "environment.json"))),
         # correctness, not speed: one accepted config per kernel, no tuning (MINITX_FLASH_MAX_CONFIGS=1)
+        # one pytest per file, side by side: the cold compiles are CPU-bound and the host has cores to spare
         "gpu_tests": Step("gpu_tests", 0, "the gpu-marked tests, per-test timeout, JUnit XML",
-                          _py("-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "-p", "gpu_test_timeout",
-                              "--test-timeout", timeout, "-rA", "-v", f"--junitxml={work / 'gpu_tests.xml'}",
-                              *GPU_TEST_FILES),
+                          _py("benchmarks/gpu_session.py", "--gpu-tests", str(work), timeout, *GPU_TEST_FILES),
                           {"MINITX_FLASH_MAX_CONFIGS": "1"}),
         "autotune": Step("autotune", 0, "the autotuner's picks with registers/spills vs the compile report",
                          _py("benchmarks/gpu_check.py", str(work / "autotune.jsonl"), *(["--dry-run"] if dry else [])),
@@ -130,6 +129,27 @@ def plan(mode: str, work: Path, dry: bool) -> list[Step]:
             step.env = {**step.env, "TRITON_INTERPRET": "1", "MINITX_BENCH_INTERPRETER": "1"}
         chosen.append(step)
     return chosen
+
+
+def gpu_tests(work: Path, timeout: str, files: list[str]) -> int:
+    """The `gpu`-marked tests of each file in its own pytest process, all at once (the step's process group:
+    its timeout stops them all); per file a full log and a JUnit XML, gpu_tests_<file>.{log,xml}. The exit
+    status is the worst of them."""
+    procs = []
+    for file in files:
+        stem = Path(file).stem
+        log = open(work / f"gpu_tests_{stem}.log", "w")
+        procs.append((log, subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "-p", "gpu_test_timeout",
+             "--test-timeout", timeout, "-rA", "-v", f"--junitxml={work / f'gpu_tests_{stem}.xml'}", file],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
+    codes = []
+    for log, proc in procs:
+        codes.append(proc.wait())
+        log.close()
+    print(f"gpu tests: exit codes {dict(zip(files, codes))}")
+    # pytest: 0 all passed, 5 nothing collected (e.g. every test deselected); anything else is worse
+    return max((0 if c in (0, 5) else c) for c in codes)
 
 
 def environment(path: Path) -> int:
@@ -263,9 +283,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--work", type=Path, help="work folder (default: a fresh one under /tmp)")
     p.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole call")
     p.add_argument("--environment", type=Path, help=argparse.SUPPRESS)  # the environment step itself
+    p.add_argument("--gpu-tests", nargs="+", help=argparse.SUPPRESS)      # the gpu_tests step: WORK TIMEOUT FILES
     args = p.parse_args(argv)
     if args.environment:
         return environment(args.environment)
+    if args.gpu_tests:
+        return gpu_tests(Path(args.gpu_tests[0]), args.gpu_tests[1], args.gpu_tests[2:])
     work = args.work or Path(f"/tmp/minitx_gpu_session_{args.mode}_{os.getpid()}")
     session = Session(args.mode, work, args.out, args.dry_run, args.budget)
     for step in plan(args.mode, work, args.dry_run):

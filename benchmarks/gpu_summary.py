@@ -37,8 +37,8 @@ def _steps_section(work, status):
 
 def _tests_section(work, status):
     out = []
-    for name in ("gpu_tests.xml", "compile_check.xml"):
-        path = work / name
+    for path in [*sorted(work.glob("gpu_tests_*.xml")), work / "compile_check.xml"]:
+        name = path.name
         if not path.exists():
             continue
         root = ET.parse(path).getroot()

@@ -78,10 +78,12 @@ def test_dry_run_runs_every_step_end_to_end(tmp_path):
     assert len(list(out.iterdir())) <= MAX_FILES
     with tarfile.open(out / "gpu_session_first.tar.gz") as tar:
         names = {Path(n).name for n in tar.getnames()}
-    assert {"environment.json", "gpu_tests.xml", "gpu_tests.log", "autotune.jsonl", "attention_d128.json",
+    per_file = {f"gpu_tests_{Path(f).stem}.{ext}" for f in gpu_session.GPU_TEST_FILES for ext in ("xml", "log")}
+    assert per_file | {"environment.json", "autotune.jsonl", "attention_d128.json",
             "attention_d64.json", "attention_flex.json", "compile_check.xml", "status.json", "summary.md"} <= names
-    junit = ET.parse(work / "gpu_tests.xml").getroot().find("testsuite")
-    assert int(junit.get("tests")) >= 20  # the gpu-marked tests were collected (and skipped here: no CUDA)
+    collected = sum(int(ET.parse(work / f"gpu_tests_{Path(f).stem}.xml").getroot().find("testsuite").get("tests"))
+                    for f in gpu_session.GPU_TEST_FILES)
+    assert collected >= 30  # the gpu-marked tests of every file were collected (and skipped here: no CUDA)
     rows = [json.loads(line) for line in (work / "autotune.jsonl").read_text().splitlines()]
     assert {r["kernel"] for r in rows} == {"fwd", "dkdv", "dq", "atomic"} and len(rows) == 17
     for stem in ("attention_d128", "attention_d64"):
