@@ -159,3 +159,76 @@ plot_roofline(machines, ns, head_dim=64, bytes_per_element=2, query_block=128, p
 # length, because it spends its time moving $N\times N$ matrices. That is the whole case for FlashAttention --
 # and the measured TFLOP/s of
 # `minitx bench attention` on a GPU (`benchmarks/README.md`) say how much of it a kernel actually collects.
+
+# %% [markdown]
+# ## 6. Bring your own kernel
+#
+# A kernel engineer's kernel is a function in a file. If it takes PyTorch SDPA's arguments,
+# `fn(q, k, v, attn_mask=None, is_causal=False, scale=None)`, the command line benchmarks it beside minitx's and
+# PyTorch's under the same rules -- gated against float64 first, then timed:
+#
+# ```
+# minitx bench attention --custom mine=my_kernel.py:chunked_attention --impls sdpa:math
+# ```
+#
+# Here is one written from scratch: it walks the queries in chunks, so it never holds more than a
+# (chunk, M) slice of the scores -- the memory half of FlashAttention's idea, in plain PyTorch. Its twin keeps
+# the causal mask one key too wide (each query also sees the next token), a bug invisible in its speed.
+
+# %%
+MY_KERNEL = '''
+import math
+
+import torch
+
+
+def chunked_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, chunk=16, leak=0):
+    """softmax(q k^T * scale) v over (B, H, N, D), `chunk` query rows at a time."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    n, m = q.shape[-2], k.shape[-2]
+    outs = []
+    for start in range(0, n, chunk):
+        s = q[..., start:start + chunk, :] @ k.transpose(-1, -2) * scale  # (B, H, chunk, M)
+        if is_causal:
+            rows = torch.arange(start, min(start + chunk, n), device=q.device)[:, None]
+            s = s.masked_fill(torch.arange(m, device=q.device)[None, :] > rows + leak, float("-inf"))
+        outs.append(torch.softmax(s, dim=-1) @ v)
+    return torch.cat(outs, dim=-2)
+
+
+def leaky_causal(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    return chunked_attention(q, k, v, is_causal=is_causal, scale=scale, leak=1)
+'''
+kernel_file = OUT / "my_kernel.py"
+kernel_file.write_text(MY_KERNEL)
+
+# %%
+import json  # noqa: E402
+from minitx.bench import bench_main  # noqa: E402
+
+result_file = OUT / "lesson10_custom.json"
+argv = ["attention", "--device", "cpu", "--seq-lens", "32", "64", "--head-dims", "16", "--tokens", "128",
+        "--model-dim", "32", "--repeats", "3", "--warmup", "1", "--impls", "sdpa:math",
+        "--custom", f"mine={kernel_file}:chunked_attention", "--custom", f"leaky={kernel_file}:leaky_causal",
+        "--out", str(result_file), "--plot", str(OUT / "lesson10_custom.png"), "--quiet"]
+assert bench_main(argv) == 0
+custom = json.loads(result_file.read_text())
+by = {(r["impl"], r["mask"], r["seq_len"]): r for r in custom["results"]}
+for n in (32, 64):
+    for mask in ("full", "causal"):
+        assert by[("mine", mask, n)]["status"] == "ok" and by[("mine", mask, n)]["timings_ms"] is not None
+    # the leak changes nothing without a mask, so there it passes; with one it is caught, and never timed
+    assert by[("leaky", "full", n)]["status"] == "ok"
+    assert by[("leaky", "causal", n)]["status"] == "failed" and by[("leaky", "causal", n)]["timings_ms"] is None
+print(by[("leaky", "causal", 64)]["reason"])
+mine, ref = by[("mine", "causal", 64)], by[("sdpa:math", "causal", 64)]
+print(f"N=64 causal fwd+bwd: mine {mine['timings_ms']['fwd_bwd']['median_ms']:.3f} ms, "
+      f"sdpa:math {ref['timings_ms']['fwd_bwd']['median_ms']:.3f} ms")
+
+# %% [markdown]
+# On a CPU the defaults are one thread, that thread's CPU clock (time spent descheduled on a busy machine is
+# not the kernel's) and only the implementations that can run here. A name that matches nothing is an error,
+# not an empty table: a typo never "benchmarks" nothing and exits 0.
+
+# %%
+assert bench_main(["attention", "--impls", "minitx:flsh", "--quiet"]) == 2

@@ -45,6 +45,36 @@ def test_flops_reject_bad_arguments():
         tflops_per_second(1.0, 0.0)
 
 
+@given(n=st.integers(1, 40), m=st.integers(1, 40), causal=st.booleans(), bottom_right=st.booleans(),
+       left=st.integers(-1, 12), right=st.integers(-1, 12))
+def test_attended_pairs_count_the_allowed_mask(n, m, causal, bottom_right, left, right):
+    """(bench.8) against the mask built by brute force from (flash.10)."""
+    from minitx.bench.flops import attended_pairs
+
+    i, j = torch.arange(n)[:, None], torch.arange(m)[None, :]
+    rel = j - i - (m - n if bottom_right else 0)
+    r = 0 if causal and right < 0 else (min(right, 0) if causal else right)
+    allowed = torch.ones(n, m, dtype=torch.bool)
+    if r >= 0:
+        allowed &= rel <= r
+    if left >= 0:
+        allowed &= rel >= -left
+    assert attended_pairs(n, m, causal, (left, right), bottom_right) == int(allowed.sum())
+
+
+def test_device_peaks_and_bandwidth_columns():
+    from minitx.bench.flops import attention_bytes, device_peak
+
+    assert device_peak("NVIDIA H100 80GB HBM3", "bf16") == (989.4, 3.35)
+    assert device_peak("NVIDIA H200", "fp16") == (989.4, 4.8)
+    assert device_peak("NVIDIA H100 PCIe", "bf16") == (756.0, 2.0)
+    assert device_peak("NVIDIA H100 80GB HBM3", "fp32")[0] < 100  # fp32 has no tensor-core peak here
+    assert device_peak("Intel(R) Xeon(R)", "fp32") is None and device_peak(None, "bf16") is None
+    # GQA reads fewer K/V bytes; the backward moves twice the forward's
+    assert attention_bytes(1, 8, 2, 100, 100, 64, 2, "fwd") < attention_bytes(1, 8, 8, 100, 100, 64, 2, "fwd")
+    assert attention_bytes(1, 8, 8, 100, 100, 64, 2, "bwd") == 2 * attention_bytes(1, 8, 8, 100, 100, 64, 2, "fwd")
+
+
 def test_tflops_and_roofline_by_hand():
     assert tflops_per_second(3e12, 1500.0) == pytest.approx(2.0)  # 3 TFLOP in 1.5 s
     # (bench.4): IO-aware intensity N / s = 1024 / 2 = 512 FLOP/byte, for any D.
@@ -184,13 +214,16 @@ def test_gate_through_a_registered_minitx_backend():
     assert by_impl["minitx:sdpa"]["status"] == "ok"  # the front door's PyTorch backend passes the same gate
 
 
-def test_unavailable_implementations_are_skipped_with_a_reason():
-    config = AttentionBenchConfig(**TINY, masks=["full"], impls=["minitx:flash", "minitx:no_such_backend"])
+def test_unavailable_implementations_are_skipped_with_a_reason_and_unknown_names_refused(monkeypatch):
+    monkeypatch.delenv("MINITX_BENCH_INTERPRETER", raising=False)
+    config = AttentionBenchConfig(**TINY, masks=["full"], impls=["minitx:flash", "flex"])
     records = run_sweep(config, progress=None)
     assert all(r["status"] == "skipped" and r["timings_ms"] is None for r in records)
     reasons = {r["impl"]: r["reason"] for r in records}
-    assert "Triton" in reasons["minitx:flash"]
-    assert "no_such_backend" in reasons["minitx:no_such_backend"]
+    assert "Triton" in reasons["minitx:flash"] and "CUDA" in reasons["flex"]
+    for typo in ("minitx:no_such_backend", "minitx:flsh", "sdpa:flsh", "flash"):  # nothing runs, nothing skipped
+        with pytest.raises(ValueError, match=typo.split(":")[-1]):
+            run_sweep(AttentionBenchConfig(**TINY, masks=["full"], impls=["sdpa:math", typo]), progress=None)
 
 
 def test_shapes_hold_tokens_and_model_width_fixed():
@@ -216,7 +249,8 @@ def test_config_rejects_bad_values():
 # ---------------------------------------------------------------- CLI, JSON schema, table, plot
 
 RECORD_KEYS = {"impl", "dtype", "mask", "causal", "seq_len", "head_dim", "batch", "heads", "tolerance", "flops",
-               "status", "reason", "errors", "timings_ms", "tflops", "peak_memory_bytes", "memory_note"}
+               "bytes", "heads_kv", "window", "dropout", "status", "reason", "errors", "timings_ms", "tflops", "tb_per_s", "pct_peak", "pct_bandwidth",
+               "peak_memory_bytes", "memory_note"}
 def test_torch_threads_sets_the_count_and_restores_it_even_on_error():
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="boom"):
@@ -275,7 +309,12 @@ def test_json_figures_are_consistent(cli_run):
     assert {r["impl"] for r in ok} == {"sdpa:math", "sdpa:flash"}  # PyTorch's CPU kernels, stable references
     for r in ok:
         assert (r["batch"], r["heads"]) == (64 // r["seq_len"], 2)
-        assert r["flops"]["fwd"] == 4 * r["batch"] * r["heads"] * r["seq_len"] ** 2 * 8 / 2  # (bench.1), causal
+        n = r["seq_len"]
+        assert r["flops"]["fwd"] == 4 * r["batch"] * r["heads"] * n * (n + 1) / 2 * 8  # (bench.8): causal pairs
+        assert r["flops"]["bwd"] == 2.5 * r["flops"]["fwd"]
+        assert r["bytes"]["fwd"] == 4 * r["batch"] * r["heads"] * n * 8 * 4  # Q, K, V, O in fp32 (bench.9)
+        assert r["tb_per_s"]["fwd"] == pytest.approx(r["bytes"]["fwd"] / (r["timings_ms"]["fwd"]["median_ms"] * 1e9))
+        assert r["pct_peak"] is None and r["pct_bandwidth"] is None  # a CPU: no spec-sheet peak
         for p, t in r["timings_ms"].items():
             assert 0 < t["min_ms"] <= t["p25_ms"] <= t["median_ms"] <= t["p75_ms"] <= t["max_ms"]
             assert t["iqr_ms"] == pytest.approx(t["p75_ms"] - t["p25_ms"]) and t["repeats"] == 3
@@ -295,18 +334,102 @@ def test_table_is_derived_from_the_json(cli_run):
         assert cells[:5] == [r["impl"], "fp32", "causal", "8", str(r["seq_len"])]
         assert cells[6].startswith(f"{r['timings_ms']['fwd']['median_ms']:.3f} ± ")
         assert float(cells[11]) == pytest.approx(r["tflops"]["fwd_bwd"], rel=1e-2)
+        assert float(cells[14]) == pytest.approx(r["tb_per_s"]["fwd_bwd"], rel=1e-2) and cells[12] == "–"
     assert "**minitx:flash** skipped (2 config(s))" in table
     doc["results"][0]["tflops"]["fwd_bwd"] = 123.0  # the table follows the numbers it is given
     assert "| 123 |" in results_table(doc)
 
 
-def test_cli_bad_flags_fail_with_the_flag_named():
+def test_cli_bad_flags_fail_with_the_flag_named(capsys):
     with pytest.raises(SystemExit, match="n_heads"):
         bench_main(["training", "--d-model", "30", "--heads", "4"], prog="minitx bench")
-    with pytest.raises(SystemExit, match="model_dim"):
-        bench_main(["attention", "--head-dims", "48", "--model-dim", "64", "--quiet"], prog="minitx bench")
+    assert bench_main(["attention", "--head-dims", "48", "--model-dim", "64", "--quiet"], prog="minitx bench") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minitx: error:") and "model_dim" in err and len(err.splitlines()) == 1
     with pytest.raises(SystemExit):
         bench_main(["attention", "--no-such-flag"], prog="minitx bench")
+
+
+# ---------------------------------------------------------------- bring your own kernel: --custom
+
+CUSTOM = """
+import torch.nn.functional as F
+
+
+def my_sdpa(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+
+
+def one_percent_off(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    return 1.01 * F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
+
+
+def wrong_signature(q, k, v, causal):
+    return q
+"""
+
+
+@pytest.fixture
+def kernel_file(tmp_path):
+    path = tmp_path / "my_kernels.py"
+    path.write_text(CUSTOM)
+    return path
+
+
+def test_custom_kernel_from_the_cli_is_timed_and_a_one_percent_wrong_one_refused(kernel_file, tmp_path):
+    out = tmp_path / "r.json"
+    argv = ["attention", "--seq-lens", "16", "--head-dims", "8", "--tokens", "32", "--model-dim", "16",
+            "--repeats", "2", "--warmup", "1", "--impls", "sdpa:math", "--custom", f"mine={kernel_file}:my_sdpa",
+            "--custom", f"off={kernel_file}:one_percent_off", "--device", "cpu", "--out", str(out), "--quiet"]
+    assert bench_main(argv, prog="minitx bench") == 0
+    doc = json.loads(out.read_text())
+    by = {(r["impl"], r["mask"]): r for r in doc["results"]}
+    for mask in ("full", "causal"):
+        mine, off = by[("mine", mask)], by[("off", mask)]
+        assert mine["status"] == "ok" and mine["timings_ms"]["fwd"]["median_ms"] > 0
+        assert max(mine["errors"].values()) < 1e-5
+        assert off["status"] == "failed" and off["timings_ms"] is None and off["tflops"] is None
+        assert off["errors"]["out"] == pytest.approx(0.01, rel=1e-3)  # exactly the 1% it is off by
+    assert doc["config"]["custom"] == [f"mine={kernel_file}:my_sdpa", f"off={kernel_file}:one_percent_off"]
+    assert doc["config"]["threads"] == 1 and doc["config"]["cpu_clock"] == "thread"  # CPU defaults
+
+
+@pytest.mark.parametrize("spec, words", [("x={file}:nope", "no function"), ("x={file}:wrong_signature", "SDPA"),
+                                         ("x=/no/such/file.py:f", "no such file"), ("{file}:my_sdpa", "NAME="),
+                                         ("sdpa:math={file}:my_sdpa", "already")])
+def test_bad_custom_specs_exit_2_naming_the_problem(kernel_file, capsys, spec, words):
+    argv = ["attention", "--seq-lens", "16", "--head-dims", "8", "--impls", "sdpa:math", "--quiet",
+            "--custom", spec.format(file=kernel_file)]
+    assert bench_main(argv, prog="minitx bench") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minitx: error: ") and words in err
+
+
+def test_a_typo_in_an_impl_name_exits_2_from_the_command_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "minitx", "bench", "attention", "--impls", "minitx:flsh",
+                           "--seq-lens", "16", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("minitx: error: ") and "flsh" in proc.stderr and "minitx:flash" in proc.stderr
+    assert "records" not in proc.stdout  # nothing ran
+
+
+def test_cpu_defaults_are_one_thread_the_thread_clock_and_runnable_impls(monkeypatch):
+    import argparse
+
+    from minitx.bench.cli import _attention_parser, config_from_args
+
+    monkeypatch.delenv("MINITX_BENCH_INTERPRETER", raising=False)
+    parser = argparse.ArgumentParser()
+    _attention_parser(parser.add_subparsers())
+    config = config_from_args(parser.parse_args(["attention", "--device", "cpu"]))
+    assert config.threads == 1 and config.cpu_clock == "thread"
+    assert "minitx:math" in config.impls and "sdpa:math" in config.impls
+    assert not {"minitx:flash", "flex", "sdpa:cudnn", "sdpa:efficient"} & set(config.impls)
+    explicit = config_from_args(parser.parse_args(["attention", "--device", "cpu", "--threads", "2"]))
+    assert explicit.threads == 2 and explicit.cpu_clock == "wall"
 
 
 # ---------------------------------------------------------------- GPU path (not run in CI: no GPU here)
@@ -342,3 +465,80 @@ def test_committed_cpu_results_and_readme_table_come_from_the_json():
     readme = (root / "README.md").read_text()
     start = readme.index("-->\n", readme.index("<!-- BEGIN cpu_attention table")) + len("-->\n")
     assert readme[start:readme.index("<!-- END cpu_attention table")] == table
+
+
+def test_plots_draw_the_roofline_and_peak_memory_when_the_device_has_them(cli_run, tmp_path):
+    """A GPU document (here: the CPU one relabelled as an H100 with measured memory) gets the dashed
+    roofline min(peak, I W) in each TFLOP/s panel and a peak-memory-vs-N figure; the CPU one gets neither."""
+    from minitx.bench.report import plot_memory, plot_tflops
+    from minitx.plots import plt
+
+    doc = json.loads((cli_run / "r.json").read_text())
+    assert plot_memory(doc) is None  # no CUDA, no memory measured
+    fig = plot_tflops(doc)
+    assert not any(line.get_label().startswith("roofline") for ax in fig.axes for line in ax.get_lines())
+    plt.close(fig)
+    doc["environment"].update(device="cuda", device_name="NVIDIA H100 80GB HBM3")
+    for i, r in enumerate(doc["results"]):
+        r["peak_memory_bytes"] = (i + 1) * 2**20
+    fig = plot_tflops(doc)
+    roof = [line for ax in fig.axes for line in ax.get_lines() if line.get_label() == "roofline fp32"]
+    assert roof
+    r = next(r for r in doc["results"] if r["status"] == "ok" and r["seq_len"] == 16)
+    expected = min(66.9, r["flops"]["fwd_bwd"] / r["bytes"]["fwd_bwd"] * 3.35)
+    assert any(y == pytest.approx(expected) for line in roof for y in line.get_ydata())
+    plt.close(fig)
+    mem = plot_memory(doc, tmp_path / "m.png")
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG" and mem.axes[0].get_lines()
+    plt.close(mem)
+
+
+def test_grouped_query_and_window_sweeps_gate_every_impl_and_count_attended_pairs(monkeypatch):
+    """--gqa and --window: the float64 reference repeats k, v per group and masks the band (flash.10, flash.18);
+    the flash kernel (under the interpreter), the math backend and SDPA pass it, an impl that ignores the window
+    fails it, and FLOPs count the attended pairs (bench.8) and bytes the smaller k, v (bench.9)."""
+    from minitx.bench.flops import attended_pairs
+
+    monkeypatch.setenv("MINITX_BENCH_INTERPRETER", "1")
+
+    def ignores_window(q, k, v, causal, scale, window=None):
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    config = AttentionBenchConfig(seq_lens=[40], head_dims=[16], dtypes=["fp32"], tokens=40, model_dim=64,
+                                  repeats=1, warmup=0, gqa=2, window=7,
+                                  impls=["minitx:math", "minitx:flash", "sdpa:math"])
+    records = run_sweep(config, extra_impls={"ignores_window": ignores_window}, progress=None)
+    by = {(r["impl"], r["causal"]): r for r in records}
+    for causal in (False, True):
+        for impl in ("minitx:math", "minitx:flash", "sdpa:math"):
+            r = by[(impl, causal)]
+            assert r["status"] == "ok", (impl, causal, r["reason"])
+            assert (r["heads"], r["heads_kv"]) == (4, 2) and tuple(r["window"]) == ((7, 0) if causal else (7, 7))
+            pairs = attended_pairs(40, 40, causal, (7, 0) if causal else (7, 7))
+            assert r["flops"]["fwd"] == 4 * 1 * 4 * pairs * 16
+            assert r["bytes"]["fwd"] == 4 * (2 * 4 * 40 * 16 + 2 * 2 * 40 * 16)
+        assert by[("ignores_window", causal)]["status"] == "failed"
+    with pytest.raises(ValueError, match="gqa"):
+        AttentionBenchConfig(head_dims=[64], model_dim=256, gqa=3).validate()  # 4 heads: 3 does not divide
+
+
+def test_dropout_sweep_gates_without_dropout_and_times_with_it(monkeypatch):
+    """--dropout p: a random mask has no float64 reference, so the gate runs at p = 0 and only the timed calls
+    drop; an impl that takes no dropout_p (a --custom kernel, a plain function) is skipped, never mis-timed."""
+    monkeypatch.setenv("MINITX_BENCH_INTERPRETER", "1")
+    seen = []
+
+    def records_p(q, k, v, causal, scale, dropout_p=0.0):
+        seen.append(dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, dropout_p=dropout_p)
+    config = AttentionBenchConfig(seq_lens=[40], head_dims=[16], masks=["causal"], dtypes=["fp32"], tokens=40,
+                                  model_dim=32, repeats=1, warmup=0, dropout=0.25,
+                                  impls=["minitx:math", "minitx:flash", "sdpa:math"])
+    records = run_sweep(config, extra_impls={"records_p": records_p, "no_dropout": _sdpa}, progress=None)
+    by = {r["impl"]: r for r in records}
+    for impl in ("minitx:math", "minitx:flash", "sdpa:math", "records_p"):
+        assert by[impl]["status"] == "ok" and by[impl]["dropout"] == 0.25 and by[impl]["timings_ms"], impl
+    assert seen[0] == 0.0 and set(seen[1:]) == {0.25}  # gate first, undropped; every timed call dropped
+    assert by["no_dropout"]["status"] == "skipped" and "dropout_p" in by["no_dropout"]["reason"]
+    with pytest.raises(ValueError, match="dropout"):
+        AttentionBenchConfig(dropout=1.0).validate()

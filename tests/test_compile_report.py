@@ -1,8 +1,9 @@
-"""The compile report in CI (minitx/bench/compile_report.py, docs/math/flash_attention.md section 11).
+"""The compile reports in CI (minitx/bench/compile_report.py, docs/math/flash_attention.md section 11).
 
 One config per kernel is compiled for sm_90 on this CPU (a child process without TRITON_INTERPRET), so a
-change that makes a default config spill, or loses the tensor cores, TMA or the loop split, fails here; and
-the accepted-config table the autotuner prunes to is checked against the committed full report.
+change that makes a default config spill, or loses the warpgroup MMA, TMA or the loop split, fails here; and
+the accepted-config table of every Triton version the autotuner knows is checked against that version's
+committed report.
 """
 
 import json
@@ -13,17 +14,22 @@ import pytest
 pytest.importorskip("triton")
 
 from minitx.bench.compile_report import CompileSpec, compile_all  # noqa: E402
-from minitx.bench.compile_table import accepted_table, markdown, specs_for  # noqa: E402
+from minitx.bench.compile_table import accepted_table, hopper_shaped, markdown, specs_for  # noqa: E402
 from minitx.kernels import flash_configs  # noqa: E402
-from minitx.kernels.flash_configs import CANDIDATES, FP32_CONFIG, accepted  # noqa: E402
+from minitx.kernels.flash_accepted import ACCEPTED_BY_TRITON  # noqa: E402
+from minitx.kernels.flash_configs import CANDIDATES, FP32_CONFIG, accepted, configs_to_time  # noqa: E402
 
-REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "compile_report.json"
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def report(version: str) -> dict:
+    return json.loads((RESULTS / f"compile_report_triton{version}.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def default_compiles():
-    """The first accepted config of each kernel at D = 128 on sm_90, causal bf16, plus fwd with every feature
-    and dK/dV with dropout (the kernel that regenerates the most masks)."""
+    """The first accepted config of each kernel at D = 128 on sm_90 for the running Triton, causal bf16, plus
+    fwd with every feature and dK/dV with dropout (the kernel that regenerates the most masks)."""
     specs = [CompileSpec(kernel, 90, 128, "causal", "bf16", *accepted(kernel, 90, 128)[0])
              for kernel in ("fwd", "dkdv", "dq")]
     specs.append(CompileSpec("fwd", 90, 128, "features", "bf16", *accepted("fwd", 90, 128)[0]))
@@ -39,13 +45,15 @@ def test_default_configs_do_not_spill_on_sm90(default_compiles):
         assert r["fits"]
 
 
-def test_hopper_code_uses_tensor_cores_and_the_forward_uses_tma(default_compiles):
-    """Every product on tensor cores; the forward's the Hopper way (wgmma: its query tile has the 64 rows a
-    warpgroup MMA needs; a 16- or 32-row tile falls back to Ampere's mma.sync), K/V through tensor descriptors."""
+def test_hopper_code_runs_every_product_on_wgmma_and_the_forward_uses_tma(default_compiles):
+    """Forward and both backward kernels the Hopper way: warpgroup MMA and no Ampere mma.sync (dK/dV's
+    transposed tiles, flash.23, give its products the 64-row M a warpgroup needs); K/V through tensor
+    descriptors in the forward."""
     for r in default_compiles:
-        assert r["wgmma"] + r["mma_sync"] > 0, r["kernel"]
+        assert r["wgmma"] > 0 and r["mma_sync"] == 0, (r["kernel"], r["variant"], r["wgmma"], r["mma_sync"])
+        assert hopper_shaped(r)
     fwd = [r for r in default_compiles if r["kernel"] == "fwd"]
-    assert all(r["tma"] > 0 and r["wgmma"] > 0 for r in fwd)
+    assert all(r["tma"] > 0 for r in fwd)
     assert all(r["tma"] == 0 for r in default_compiles if r["kernel"] != "fwd")  # pointer loads there
 
 
@@ -59,45 +67,61 @@ def test_key_loop_is_split_in_the_compiled_code(default_compiles):
     assert loops[("fwd", "features")] == 3
 
 
-def test_accepted_table_agrees_with_the_committed_report():
-    """Every config the pruner may keep fits in every compiled variant; D <= 128 on sm_80/90 always has one."""
-    document = json.loads(REPORT.read_text())
-    table = accepted_table(document["records"])
+@pytest.mark.parametrize("version", sorted(ACCEPTED_BY_TRITON))
+def test_accepted_table_agrees_with_the_committed_report(version):
+    """Per Triton version: the table the autotuner reads is the report's verdict; every config it keeps for
+    D <= 128 on sm_80/sm_90 in 16-bit dtypes compiled without a spill in every variant, and on sm_90 every
+    accepted config of every kernel (backward included) runs on wgmma alone."""
+    document = report(version)
+    assert document["triton"].startswith(version + ".") and document["triton_key"] == version
+    assert accepted_table(document["records"]) == {k: {a: {d: [tuple(c) for c in cs] for d, cs in by_d.items()}
+                                                       for a, by_d in by_a.items()}
+                                                   for k, by_a in ACCEPTED_BY_TRITON[version].items()
+                                                   if k != "atomic"}  # its own report, tested below
     for kernel in CANDIDATES:
         for arch in (80, 90):
             for d in (64, 128):
-                chosen = accepted(kernel, arch, d)
-                assert chosen, (kernel, arch, d)
-                assert [tuple(c[:4]) for c in table[kernel][arch][d]] == chosen
+                chosen = accepted(kernel, arch, d, version)
+                assert chosen, (version, kernel, arch, d)
                 compiled = [r for r in document["records"] if (r["kernel"], r["arch"], r["head_dim"]) ==
                             (kernel, arch, d) and (r["block_n"], r["block_m"], r["num_warps"], r["num_stages"])
                             in chosen and r["dtype"] != "fp32"]  # fp32 has its own config, judged apart
-                assert compiled and all(r["fits"] and r["stack_bytes"] == 0 for r in compiled)
+                assert {r["dtype"] for r in compiled} == {"bf16", "fp16"}, (version, kernel, arch, d)
+                assert all(r["fits"] and r["stack_bytes"] == 0 for r in compiled)
+                if arch == 90:
+                    assert all(r["wgmma"] > 0 and r["mma_sync"] == 0 for r in compiled), (version, kernel, d)
     rejected = [r for r in document["records"] if not r["fits"]]
     assert rejected, "a report that rejects nothing has not looked at large tiles"
     assert "| fwd | sm_90 | 128 |" in markdown(document)
 
 
-def test_pruner_never_keeps_a_rejected_config(monkeypatch):
+def test_the_autotuner_reads_the_table_of_its_triton_and_falls_back_to_the_common_configs():
     import triton
 
-    configs = [triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=s)
-               for bn, bm, w, s in dict.fromkeys(CANDIDATES["dkdv"] + [FP32_CONFIG])]  # as flash_configs.autotuned
+    own, table = flash_configs.accepted_table()
+    assert own == flash_configs.triton_version_key(triton.__version__) and table is ACCEPTED_BY_TRITON[own]
+    label, common = flash_configs.accepted_table("99.1.0")
+    assert label.startswith("intersection")
+    for kernel, by_arch in common.items():
+        for arch, by_d in by_arch.items():
+            for d, configs in by_d.items():
+                for c in configs:  # accepted under every known version, with the largest shared memory of any
+                    for ver in ACCEPTED_BY_TRITON.values():
+                        match = [x for x in ver[kernel][arch][d] if x[:4] == c[:4]]
+                        assert match and match[0][4] <= c[4]
+    if len(ACCEPTED_BY_TRITON) > 1:  # the versions disagree somewhere (3.6 spills where 3.9 does not)
+        assert any(len(common[k][a][d]) < len(ACCEPTED_BY_TRITON[v][k][a][d]) for v in ACCEPTED_BY_TRITON
+                   for k in common for a in common[k] for d in common[k][a])
 
-    class Q:
-        dtype = "torch.bfloat16"
+
+def test_configs_to_time_never_keeps_a_rejected_config():
     for arch, limit in ((90, 232448), (80, 166912), (80, 101376)):  # the last: an sm_86's shared memory
-        monkeypatch.setattr(flash_configs, "_device_limits", lambda: (arch, limit))
-        kept = flash_configs.make_pruner("dkdv")(configs, {"Q": Q()}, BLOCK_D=128)
-        keys = [flash_configs._key(c) for c in kept]
-        assert keys and set(keys) <= set(accepted("dkdv", arch, 128))
+        kept = configs_to_time("dkdv", arch, limit, 128, fp32=False)
+        assert kept and set(kept) <= set(accepted("dkdv", arch, 128))
         shared = flash_configs._shared_bytes("dkdv", arch, 128)
-        assert all(shared[k] <= limit for k in keys) or len(keys) == 1
-
-    class Q32:
-        dtype = "torch.float32"
-    kept = flash_configs.make_pruner("dq")(configs, {"Q": Q32()}, BLOCK_D=64)
-    assert [flash_configs._key(c) for c in kept] == [FP32_CONFIG]
+        assert all(shared[k] <= limit for k in kept) or len(kept) == 1
+    assert configs_to_time("fwd", 90, 232448, 128, fp32=False, max_configs=2) == accepted("fwd", 90, 128)[:2]
+    assert configs_to_time("dq", 90, 232448, 64, fp32=True) == [FP32_CONFIG]
 
 
 def test_grid_covers_every_kernel_config_head_dim_and_arch():
@@ -116,3 +140,42 @@ def test_cli_has_the_compile_subcommand(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--write-accepted" in text and "--archs" in text and "cuobjdump" in text
+
+
+@pytest.mark.parametrize("version", sorted(ACCEPTED_BY_TRITON))
+def test_single_kernel_backward_has_its_own_verdict_per_version(version):
+    """(flash.24): the optional atomic backward's accepted configs come from its own compiles under each
+    Triton version. At D = 64 some compile without a spill (on sm_90 with wgmma: its dQ product may be
+    mma.sync); at D = 128 every config spills in some variant, so none is accepted and the deterministic
+    kernels run there instead (`single_kernel_ok`)."""
+    from minitx.kernels.flash_configs import single_kernel_ok
+
+    document = json.loads((RESULTS / f"compile_report_atomic_triton{version}.json").read_text())
+    assert {r["kernel"] for r in document["records"]} == {"atomic"} and document["triton_key"] == version
+    table = accepted_table(document["records"])["atomic"]
+    assert {a: {d: [tuple(c) for c in cs] for d, cs in by_d.items()}
+            for a, by_d in ACCEPTED_BY_TRITON[version]["atomic"].items()} == table
+    for arch in (80, 90):
+        for d in (64, 128):
+            chosen = [c[:4] for c in table[arch][d]]
+            records = [r for r in document["records"] if (r["arch"], r["head_dim"]) == (arch, d)
+                       and r["dtype"] != "fp32"]
+            by_cfg: dict = {}
+            for r in records:
+                by_cfg.setdefault((r["block_n"], r["block_m"], r["num_warps"], r["num_stages"]), []).append(r)
+            for cfg, rs in by_cfg.items():  # accepted <=> spill-free in every variant (and wgmma on sm_90)
+                clean = all(r["fits"] and r["stack_bytes"] == 0 and (arch == 80 or r["wgmma"] > 0) for r in rs)
+                assert (cfg in chosen) == clean, (version, arch, d, cfg)
+            assert single_kernel_ok(arch, d, version) == bool(chosen)
+        assert table[arch][64] and not table[arch][128]
+
+
+@pytest.mark.parametrize("version", sorted(ACCEPTED_BY_TRITON))
+def test_readme_summary_is_generated_from_the_committed_report(version):
+    from minitx.bench.compile_table import summary_markdown
+
+    readme = (RESULTS.parent / "README.md").read_text()
+    begin = f"<!-- BEGIN compile summary triton {version}"
+    start = readme.index("-->\n", readme.index(begin)) + len("-->\n")
+    assert readme[start:readme.index(f"<!-- END compile summary triton {version} -->")] == \
+        summary_markdown(report(version))

@@ -188,3 +188,31 @@ def test_loop_split_covers_every_allowed_pair_and_leaves_interior_tiles_unmasked
                 checked += 1
                 interior += b > a
     assert checked > 50 and interior > 10  # the unmasked range is not always empty
+
+
+@pytest.mark.parametrize("case", ["causal_gqa_padding", "window_alibi_dropout", "varlen"])
+def test_single_kernel_backward_with_atomic_dq_matches_the_deterministic_one(case):
+    """(flash.24): the one-kernel backward (dQ by atomic adds) gives the two-kernel backward's gradients --
+    and so math's -- with every feature; the deterministic default stays bit-identical run to run."""
+    from minitx.kernels.flash_attention import flash_attention, flash_attention_varlen
+
+    q, k, v, dout = _inputs(2, 4, 2, 37, 45, 16, seed=5)
+    if case == "varlen":
+        cu_q, cu_k = torch.tensor([0, 30, 37, 74]), torch.tensor([0, 5, 45, 90])
+        q, dout = (t.transpose(1, 2).reshape(74, 4, 16) for t in (q, dout))
+        k, v = (t.transpose(1, 2).reshape(90, 2, 16) for t in (k, v))
+        run = lambda det: _run(lambda *t: flash_attention_varlen(*t, cu_q, cu_k, causal=True,  # noqa: E731
+                                                                 causal_align="bottom_right",
+                                                                 deterministic=det), q, k, v, dout)
+    else:
+        mask = torch.ones(2, 45, dtype=torch.bool)
+        mask[1, 30:] = False
+        options = (dict(causal=True, attention_mask=mask.to(DEVICE)) if case == "causal_gqa_padding" else
+                   dict(window=(9, 4), alibi_slopes=alibi_slopes(4).to(DEVICE), dropout_p=0.25, dropout_seed=77))
+        run = lambda det: _run(lambda *t: flash_attention(*t, deterministic=det, **options),  # noqa: E731
+                               q, k, v, dout)
+    two, one = run(True), run(False)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), two, one):
+        torch.testing.assert_close(b, a, rtol=2e-4, atol=2e-5, msg=lambda m: f"{name}: {m}")
+    assert one[1].abs().sum() > 0
+    assert all(torch.equal(a, b) for a, b in zip(two, run(True)))

@@ -12,14 +12,19 @@ from pathlib import Path
 import torch
 
 from minitx.bench.attention import DTYPES, MASKS, AttentionBenchConfig, run_sweep
-from minitx.bench.impls import DEFAULT_IMPLS
-from minitx.bench.report import environment, plot_tflops, results_document, results_table, write_json
+from minitx.bench.impls import DEFAULT_IMPLS, check_name, load_custom, runnable_here
+from minitx.bench.report import (environment, plot_memory, plot_tflops, results_document, results_table,
+                                 write_json)
 from minitx.bench.timing import CPU_CLOCKS
 from minitx.bench.training import DEFAULT_IMPLS as TRAINING_IMPLS
 from minitx.bench.training import PRECISIONS as TRAINING_PRECISIONS
 from minitx.bench.training import PRESETS as TRAINING_PRESETS
 from minitx.bench.training import TrainingBenchConfig, run_training_bench
 from minitx.bench.training_report import plot_training, training_document, training_table
+
+class UsageError(ValueError):
+    """A bad flag, an impl name that matches nothing, a broken --custom spec: one line, exit 2."""
+
 
 # A GPU sweep as in the FlashAttention papers; the CPU one is scaled down so it finishes in seconds.
 GPU_DEFAULTS = dict(seq_lens=[512, 1024, 2048, 4096, 8192, 16384], head_dims=[64, 128], dtypes=["bf16", "fp16"],
@@ -39,7 +44,16 @@ def _attention_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--causal", dest="masks", action="store_const", const=["causal"], help="only causal")
     p.add_argument("--no-causal", dest="masks", action="store_const", const=["full"], help="only full")
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="dtypes")
-    p.add_argument("--impls", nargs="+", help=f"implementations (default: {' '.join(DEFAULT_IMPLS)})")
+    p.add_argument("--impls", nargs="+", help=f"implementations (default: those of {' '.join(DEFAULT_IMPLS)} "
+                                              "that can run on the device)")
+    p.add_argument("--custom", action="append", default=[], metavar="NAME=FILE.py:FUNCTION",
+                   help="also benchmark your own kernel (repeatable): FUNCTION has SDPA's signature "
+                        "(q, k, v, attn_mask=None, is_causal=False, scale=None); correctness-gated like every impl")
+    p.add_argument("--gqa", type=int, default=1, help="query heads per key/value head (grouped-query attention)")
+    p.add_argument("--window", type=int, help="sliding window: keys within this distance (to the left only when "
+                                              "causal); FLOPs count the attended pairs")
+    p.add_argument("--dropout", type=float, default=0.0, help="attention dropout p of the timed calls (the "
+                                                                 "correctness gate runs without it)")
     p.add_argument("--tokens", type=int, help="tokens per batch B*N (B = tokens // N, at least 1)")
     p.add_argument("--model-dim", type=int, help="model width H*D (H = model_dim // D)")
     p.add_argument("--repeats", type=int, help="timed repeats per pass (median and IQR over these)")
@@ -53,9 +67,10 @@ def _add_run_flags(p: argparse.ArgumentParser, seed_help: str, plot_help: str) -
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: PyTorch's choice)")
-    p.add_argument("--cpu-clock", choices=sorted(CPU_CLOCKS), default="wall",
+    p.add_argument("--cpu-clock", choices=sorted(CPU_CLOCKS),
                    help="CPU timer: wall clock, or this thread's CPU time (excludes time descheduled on a shared "
-                        "machine; needs --threads 1)")
+                        "machine; needs --threads 1). Attention on a CPU defaults to one thread and the thread "
+                        "clock; training to the wall clock")
     p.add_argument("--out", type=Path, help="write the results JSON here")
     p.add_argument("--table", type=Path, help="write the markdown table here")
     p.add_argument("--plot", type=Path, help=plot_help)
@@ -68,22 +83,51 @@ def _flags_or(defaults: dict, args: argparse.Namespace) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> AttentionBenchConfig:
-    defaults = GPU_DEFAULTS if torch.device(args.device).type == "cuda" else CPU_DEFAULTS
-    return AttentionBenchConfig(**_flags_or(defaults, args), masks=args.masks or list(MASKS),
-                                impls=args.impls or list(DEFAULT_IMPLS), device=args.device, seed=args.seed,
-                                threads=args.threads, cpu_clock=args.cpu_clock)
+    """The sweep's config; on a CPU unset flags mean one thread, the thread clock and only the impls that can
+    run there (a GPU-only kernel would be listed as skipped at every point)."""
+    device = torch.device(args.device)
+    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    threads, clock = args.threads, args.cpu_clock
+    if device.type == "cpu":
+        threads = 1 if threads is None else threads
+        clock = clock or ("thread" if threads == 1 else "wall")
+    impls = args.impls
+    if impls is None:
+        impls = [n for n in DEFAULT_IMPLS if runnable_here(n, device)]
+    return AttentionBenchConfig(**_flags_or(defaults, args), masks=args.masks or list(MASKS), impls=list(impls),
+                                device=args.device, seed=args.seed, threads=threads, cpu_clock=clock or "wall",
+                                gqa=args.gqa, window=args.window, dropout=args.dropout)
 
 
 def attention_main(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    """Raises UsageError for a bad flag, an impl name that matches nothing or a bad --custom (exit 2)."""
     try:
+        config = config_from_args(args)
         config.validate()
+        for name in config.impls:
+            check_name(name)
+        custom = dict(load_custom(spec) for spec in args.custom)
+        clash = sorted(set(custom) & set(config.impls))
+        if clash:
+            raise ValueError(f"--custom: name {clash[0]!r} is already an implementation; pick another")
     except ValueError as exc:
-        raise SystemExit(f"minitx bench attention: {exc}") from None
+        raise UsageError(str(exc)) from exc
     start, env = time.perf_counter(), environment(config.device)
-    records = run_sweep(config, progress=None if args.quiet else lambda line: print(line, flush=True))
-    document = results_document(records, config.to_dict(), config.device, env=env)
+    settings = {**config.to_dict(), "custom": list(args.custom)}
+
+    def save_partial(records):  # a run killed mid-way still leaves every finished record on disk
+        if args.out:
+            write_json({**results_document(records, settings, config.device, env=env), "complete": False}, args.out)
+    records = run_sweep(config, extra_impls=custom, on_record=save_partial,
+                        progress=None if args.quiet else lambda line: print(line, flush=True))
+    document = results_document(records, settings, config.device, env=env)
     _write_outputs(document, results_table(document), plot_tflops, args)
+    if args.plot:  # beside the TFLOP/s plot: peak memory against N, where it was measured (CUDA)
+        memory_plot = args.plot.with_name(args.plot.stem + "_memory" + args.plot.suffix)
+        figure = plot_memory(document, memory_plot)
+        if figure is not None:
+            _close(figure)
+            print(f"plot: {memory_plot}")
     print(f"{len(records)} records in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -115,7 +159,11 @@ def bench_main(argv: list[str] | None = None, prog: str = "minitx bench") -> int
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     mains = {"training": training_main, "attention": attention_main, "compile": compile_main}
-    return mains[args.which](args)
+    try:
+        return mains[args.which](args)
+    except UsageError as exc:  # a user error: one line, exit 2 (DESIGN: the command line)
+        print(f"minitx: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
 
 
 # ---------------------------------------------------------------- training throughput
@@ -141,7 +189,7 @@ def _training_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--impls", nargs="+", help=f"implementations (default: {' '.join(TRAINING_IMPLS)})")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout p on embeddings and residual branches")
     p.add_argument("--attention-dropout", type=float, default=0.1,
-                   help="dropout p on attention weights (minitx:flash needs 0)")
+                   help="dropout p on attention weights")
     _add_run_flags(p, seed_help="seed of the weights and the batch",
                    plot_help="write the tokens/s bar plot (PNG) here")
     return p
@@ -151,14 +199,15 @@ def training_config_from_args(args: argparse.Namespace) -> TrainingBenchConfig:
     preset = TRAINING_PRESETS[args.preset or ("gpu" if torch.device(args.device).type == "cuda" else "cpu")]
     return TrainingBenchConfig(**_flags_or(preset, args), impls=args.impls or list(TRAINING_IMPLS),
                                dropout=args.dropout, attention_dropout=args.attention_dropout,
-                               device=args.device, seed=args.seed, threads=args.threads, cpu_clock=args.cpu_clock)
+                               device=args.device, seed=args.seed, threads=args.threads,
+                               cpu_clock=args.cpu_clock or "wall")
 
 
 def training_main(args: argparse.Namespace) -> int:
     try:
         config = training_config_from_args(args)
         config.validate()
-    except ValueError as exc:
+    except ValueError as exc:  # (as before this change; tests/test_bench_training.py holds it to SystemExit)
         raise SystemExit(f"minitx bench training: {exc}") from None
     start, env, load_start = time.perf_counter(), environment(config.device), os.getloadavg()
     try:

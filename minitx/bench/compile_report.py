@@ -32,6 +32,7 @@ from pathlib import Path
 
 ARCHS = (80, 90, 100)
 KERNELS = ("fwd", "dkdv", "dq")
+OPTIONAL_KERNELS = ("atomic",)  # the single-kernel backward (flash.24): compiled on request, with dkdv's tiles
 VARIANTS = {  # name -> the mask structure compiled; "features" is everything a decoder with a cache may use
     "full": {},
     "causal": dict(HAS_RIGHT=True),
@@ -73,12 +74,12 @@ def _fake_args(spec: CompileSpec) -> dict:
     q_str, kv_str, l_str = (h * n * d, n * d, d), (h // group * n * d, n * d, d), (h * n, n)
     if v.get("VARLEN"):
         q_str, kv_str, l_str = (0, q_str[1], d), (0, kv_str[1], d), (0, n)
-    args = dict(Q=t, K=t, V=t, O=t, DO=t, DK=t, DV=t, DQ=t, LSE=f32, DELTA=f32, MASK=i8, SLOPES=f32,
+    args = dict(Q=t, K=t, V=t, O=t, DO=t, DK=t, DV=t, DQ=t, DQ_ACC=f32, LSE=f32, DELTA=f32, MASK=i8, SLOPES=f32,
                 CU_Q=i32, CU_K=i32, H=h, H_KV=h // group, GROUP=group, N=n, M=n, qk_scale=0.18, scale=0.125,
                 win_left=256, win_right=0, seed=1234, p_drop=0.1)
     for names, strides in (("sqb sqh sqn", q_str), ("skb skh skm", kv_str), ("svb svh svm", kv_str),
                            ("sob soh son", q_str), ("sdb sdh sdn", q_str),
-                           ("sgb sgh sgm", q_str if spec.kernel == "dq" else kv_str)):
+                           ("sgb sgh sgm", q_str if spec.kernel == "dq" else kv_str), ("sgqb sgqh sgqn", q_str)):
         args.update(zip(names.split(), strides))
     args.update(slb=l_str[0], slh=l_str[1])
     flags = dict(HAS_MASK=False, HAS_LEFT=False, HAS_RIGHT=False, BOTTOM_RIGHT=False, HAS_ALIBI=False,

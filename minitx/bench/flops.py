@@ -75,3 +75,65 @@ def roofline(intensity: float, peak_tflops: float, bandwidth_tb_s: float) -> flo
         raise ValueError("intensity, peak_tflops, bandwidth_tb_s: expected positive numbers, got "
                          f"{intensity}, {peak_tflops}, {bandwidth_tb_s}")
     return min(peak_tflops, intensity * bandwidth_tb_s)
+
+
+def attended_pairs(n: int, m: int, causal: bool = False, window: tuple[int, int] | None = None,
+                   bottom_right: bool = False) -> int:
+    """How many (query, key) pairs one head attends to: the FLOPs that are really done (bench.8).
+
+    Key j is allowed for query i iff -left <= j - i - off <= right (flash.10), with off = M - N when
+    bottom-right aligned, else 0; causal sets right = 0; -1 leaves a side open. Causal at N = M gives
+    N (N + 1) / 2, not the papers' N^2 / 2."""
+    _check_positive(n=n, m=m)
+    left, right = window if window is not None else (-1, -1)
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    off = m - n if bottom_right else 0
+    total = 0
+    for i in range(n):  # one interval per row: O(N), exact
+        lo = 0 if left < 0 else max(0, i + off - left)
+        hi = m - 1 if right < 0 else min(m - 1, i + off + right)
+        total += max(0, hi - lo + 1)
+    return total
+
+
+def attention_flops_pairs(batch: int, heads: int, pairs: int, head_dim: int, pass_: str = "fwd") -> float:
+    """4 B H (attended pairs) D, times 2.5 for the backward and 3.5 for both (bench.8, bench.2, bench.3)."""
+    if pass_ not in _PASS_FACTOR:
+        raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
+    return 4.0 * batch * heads * pairs * head_dim * _PASS_FACTOR[pass_]
+
+
+def attention_bytes(batch: int, heads: int, heads_kv: int, n: int, m: int, head_dim: int, bytes_per_element: int,
+                    pass_: str = "fwd") -> float:
+    """The memory traffic no kernel can avoid (bench.9): forward reads Q, K, V and writes O; backward reads Q,
+    K, V, O, dO and writes dQ, dK, dV (the row statistics, O(N) per head, are left out)."""
+    q_side, kv_side = batch * heads * n * head_dim, batch * heads_kv * m * head_dim
+    elements = {"fwd": 2 * q_side + 2 * kv_side, "bwd": 4 * q_side + 4 * kv_side}
+    elements["fwd_bwd"] = elements["fwd"] + elements["bwd"]
+    if pass_ not in elements:
+        raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
+    return float(elements[pass_] * bytes_per_element)
+
+
+# Vendors' spec sheets, dense (no sparsity): (16-bit tensor-core TFLOP/s, fp32 TFLOP/s without tensor cores,
+# HBM TB/s). Matched by substring of torch.cuda.get_device_name(), most specific first.
+DEVICE_PEAKS = {
+    "H200": (989.4, 66.9, 4.8),
+    "H100 PCIe": (756.0, 51.2, 2.0),
+    "H100 NVL": (835.0, 60.0, 3.9),
+    "H100": (989.4, 66.9, 3.35),          # SXM ("NVIDIA H100 80GB HBM3")
+    "A100-SXM4-80GB": (312.0, 19.5, 2.039),
+    "A100 80GB PCIe": (312.0, 19.5, 1.935),
+    "A100": (312.0, 19.5, 1.555),         # 40 GB parts
+    "L40S": (362.1, 91.6, 0.864),
+    "B200": (2250.0, 80.0, 8.0),
+}
+
+
+def device_peak(device_name: str | None, dtype: str) -> tuple[float, float] | None:
+    """(peak TFLOP/s for `dtype`, HBM TB/s) of a known GPU, else None (a CPU, an unlisted GPU)."""
+    for key, (half, single, bandwidth) in DEVICE_PEAKS.items():
+        if device_name and key in device_name:
+            return (single if dtype == "fp32" else half), bandwidth
+    return None

@@ -87,6 +87,11 @@ def load(document: dict | str | os.PathLike) -> dict:
     return json.loads(Path(document).read_text(encoding="utf-8"))
 
 
+def _kv(r: dict) -> str:
+    """"/H_kv" after the head count of a grouped-query record."""
+    return f"/{r['heads_kv']}" if r.get("heads_kv", r["heads"]) != r["heads"] else ""
+
+
 def _ms(stats: dict) -> str:
     return f"{stats['median_ms']:.3f} ± {stats['iqr_ms'] / 2:.3f}"
 
@@ -111,20 +116,32 @@ def results_table(document: dict | str | os.PathLike) -> str:
     """
     doc = load(document)
     env = doc["environment"]
+    records = doc["results"]
+    # documents made since the bandwidth columns exist count FLOPs by attended pairs (bench.8) and show them
+    extended = any("tb_per_s" in r for r in records)
+    convention = ("FLOPs by attended pairs (bench.8), backward 2.5x; % of the device's dense peak and HBM "
+                  "bandwidth where known" if extended else "FlashAttention FLOP convention")
     lines = [f"Device: {env['device_name']} ({env['device']}), torch {env['torch']}, "
              f"{env['torch_threads']} thread(s), {_clock(doc)}, 1-min load average {_load(env)}, "
              f"commit {(env.get('git_commit') or 'unknown')[:10]}, {doc['created']}. "
-             "Times: median ± IQR/2 in ms; TFLOP/s from the median, FlashAttention FLOP convention.", "",
+             f"Times: median ± IQR/2 in ms; TFLOP/s from the median, {convention}.", "",
              "| impl | dtype | mask | D | N | B x H | fwd ms | bwd ms | fwd+bwd ms | fwd TFLOP/s | bwd TFLOP/s "
-             "| fwd+bwd TFLOP/s | peak MiB | max rel err |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    records = doc["results"]
+             "| fwd+bwd TFLOP/s |" + (" fwd % peak | bwd % peak | fwd+bwd TB/s | fwd+bwd % BW |" if extended else "")
+             + " peak MiB | max rel err |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if extended else "")
+             + "---|---|"]
     for r in (r for r in records if r["status"] == "ok"):
         t, f = r["timings_ms"], r["tflops"]
         mem = "–" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
+        more = ""
+        if extended:
+            pct, bw = r.get("pct_peak") or {}, r.get("pct_bandwidth") or {}
+            cell = lambda d, p: "–" if p not in d else f"{d[p]:.3g}"  # noqa: E731
+            more = (f" {cell(pct, 'fwd')} | {cell(pct, 'bwd')} | {cell(r.get('tb_per_s') or {}, 'fwd_bwd')} | "
+                    f"{cell(bw, 'fwd_bwd')} |")
         lines.append(f"| {r['impl']} | {r['dtype']} | {r['mask']} | {r['head_dim']} | {r['seq_len']} | "
-                     f"{r['batch']} x {r['heads']} | {_ms(t['fwd'])} | {_ms(t['bwd'])} | {_ms(t['fwd_bwd'])} | "
-                     f"{f['fwd']:.3g} | {f['bwd']:.3g} | {f['fwd_bwd']:.3g} | {mem} | "
+                     f"{r['batch']} x {r['heads']}{_kv(r)} | {_ms(t['fwd'])} | {_ms(t['bwd'])} | {_ms(t['fwd_bwd'])} | "
+                     f"{f['fwd']:.3g} | {f['bwd']:.3g} | {f['fwd_bwd']:.3g} |{more} {mem} | "
                      f"{max(r['errors'].values()):.1e} |")
     groups: dict[tuple, list[dict]] = {}
     for r in (r for r in records if r["status"] != "ok"):
@@ -159,9 +176,13 @@ def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | No
                 continue
             ns = [n for n, _ in pts]
             mid = [r["tflops"][pass_] for _, r in pts]
-            lo = [m - r["flops"][pass_] / (r["timings_ms"][pass_]["p75_ms"] * 1e9) for m, (_, r) in zip(mid, pts)]
-            hi = [r["flops"][pass_] / (r["timings_ms"][pass_]["p25_ms"] * 1e9) - m for m, (_, r) in zip(mid, pts)]
+            # clamped at 0: with one repeat p25 = median = p75, and rounding may leave a -1e-17 (matplotlib refuses)
+            lo = [max(0.0, m - r["flops"][pass_] / (r["timings_ms"][pass_]["p75_ms"] * 1e9))
+                  for m, (_, r) in zip(mid, pts)]
+            hi = [max(0.0, r["flops"][pass_] / (r["timings_ms"][pass_]["p25_ms"] * 1e9) - m)
+                  for m, (_, r) in zip(mid, pts)]
             ax.errorbar(ns, mid, yerr=[lo, hi], marker="o", capsize=3, label=f"{impl} {dtype}")
+        _roofline_line(ax, doc, [r for r in ok if (r["mask"], r["head_dim"]) == (mask, d)], pass_)
         ax.set_xscale("log", base=2)
         ns_all = sorted({r["seq_len"] for r in doc["results"]})
         ax.set_xticks(ns_all, [str(n) for n in ns_all])
@@ -173,6 +194,53 @@ def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | No
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(f"attention {_PASS_LABEL[pass_]} on {doc['environment']['device_name']}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def _roofline_line(ax, doc: dict, records: list[dict], pass_: str) -> None:
+    """The device's roofline for these records, min(peak, I W) with I = FLOPs / compulsory bytes (bench.6,
+    bench.8, bench.9), dashed; only for a GPU with a known spec-sheet peak."""
+    from minitx.bench.flops import device_peak
+
+    for dtype in sorted({r["dtype"] for r in records if "bytes" in r}):
+        peak = device_peak(doc["environment"].get("device_name") if doc["environment"]["device"] == "cuda"
+                           else None, dtype)
+        if peak is None:
+            continue
+        by_n = {r["seq_len"]: r for r in records if r["dtype"] == dtype}
+        ns = sorted(by_n)
+        roof = [min(peak[0], by_n[n]["flops"][pass_] / by_n[n]["bytes"][pass_] * peak[1]) for n in ns]
+        ax.plot(ns, roof, "k--", linewidth=1, label=f"roofline {dtype}")
+
+
+def plot_memory(document: dict | str | os.PathLike, path: str | os.PathLike | None = None):
+    """Peak memory of forward + backward (MiB, log) against N, one panel per (mask, head dim); None when no
+    record measured it (a CPU)."""
+    from minitx.plots import plt
+
+    doc = load(document)
+    ok = [r for r in doc["results"] if r["status"] == "ok" and r.get("peak_memory_bytes")]
+    if not ok:
+        return None
+    keys = sorted({(r["mask"], r["head_dim"]) for r in ok}, reverse=True)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.4), squeeze=False)
+    for ax, (mask, d) in zip(axes[0], keys):
+        for impl, dtype in sorted({(r["impl"], r["dtype"]) for r in ok}):
+            pts = sorted((r["seq_len"], r["peak_memory_bytes"] / 2**20) for r in ok
+                         if (r["impl"], r["dtype"], r["mask"], r["head_dim"]) == (impl, dtype, mask, d))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{impl} {dtype}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length N")
+        ax.set_ylabel("peak memory, forward + backward (MiB)")
+        ax.set_title(f"{mask}, head dim {d}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -140,9 +140,6 @@ def build_impl(name: str, base: BertForMaskedLM, config: TrainingBenchConfig) ->
     if name == "minitx:flash" and device.type != "cuda":
         return None, ("the Triton kernel runs on a CPU only in the interpreter (TRITON_INTERPRET=1), which checks "
                       "correctness but is not a speed path")
-    if name == "minitx:flash" and config.attention_dropout > 0:
-        return None, (f"the flash kernel has no attention dropout (attention_dropout={config.attention_dropout}); "
-                      "time it with --attention-dropout 0, which every implementation then shares")
     if family == "minitx":
         model = copy.deepcopy(base)
         model.config.sparse_prediction = head != FULL_HEAD  # the deep copy owns its config

@@ -4,7 +4,8 @@
 materialising the (N, M) score matrix: the forward streams key tiles through an online softmax and saves only
 the row logsumexp; the backward recomputes the probabilities from it (docs/math/flash_attention.md, (flash.1)
 to (flash.16)). The backward is two kernels that each own the rows they write (dK/dV per key tile, dQ per query
-tile), so there are no atomics and two backward passes are bit-identical.
+tile), so there are no atomics and two backward passes are bit-identical; `deterministic=False` asks for the
+single-kernel backward with dQ by atomic adds instead (flash.24).
 
 Where it runs: on a CUDA GPU (fp32, fp16, bf16), or on the CPU under Triton's interpreter with
 `TRITON_INTERPRET=1` set before triton is imported (fp32 and fp16: the interpreter has no bf16).
@@ -133,7 +134,8 @@ def dropout_keep_mask(shape, dropout_p: float, dropout_seed: int, device=None) -
 
 
 def flash_attention(q, k, v, causal=False, scale=None, attention_mask=None, return_lse=False, *,
-                    causal_align="top_left", window=None, alibi_slopes=None, dropout_p=0.0, dropout_seed=None):
+                    causal_align="top_left", window=None, alibi_slopes=None, dropout_p=0.0, dropout_seed=None,
+                    deterministic=True):
     """softmax(scale q k^T + bias) v, fused, with causal, sliding-window, key-padding masks and ALiBi.
 
     q (B, H, N, D); k, v (B, H_kv, M, D) with H_kv dividing H (grouped-query / multi-query attention: query
@@ -149,14 +151,21 @@ def flash_attention(q, k, v, causal=False, scale=None, attention_mask=None, retu
     attention_mask: (B, M), 1/True = real token, 0/False = padding (flash.10). A query with no allowed key
         returns zeros and zero gradients (flash.11).
     return_lse: also return the row logsumexp L (B, H, N), float32, natural log, -inf for empty rows (flash.5).
+    deterministic: True (default) runs the two-kernel backward, bit-identical from run to run; False the
+        single-kernel one that adds dQ atomically (flash.24): less recomputation, dQ's last bits vary. On a GPU
+        it runs only where the compile report has a spill-free config of it (D <= 64 under Triton 3.6 and
+        3.9); elsewhere the deterministic kernels run.
     """
     _check_inputs(q, k, v, causal, scale, attention_mask)
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic: expected bool, got {type(deterministic).__name__}")
     left, right, bottom_right = _window(causal, causal_align, window)
     slopes = _check_slopes(alibi_slopes, q, q.shape[1])
     scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
     mask = None if attention_mask is None else (attention_mask != 0).to(torch.int8).contiguous()
     p_drop, seed = _dropout(dropout_p, dropout_seed)
-    params = FlashParams(scale, left, right, bottom_right, False, q.shape[0], q.shape[2], k.shape[2], p_drop, seed)
+    params = FlashParams(scale, left, right, bottom_right, False, q.shape[0], q.shape[2], k.shape[2], p_drop, seed,
+                         deterministic)
     out, lse = FlashAttentionFunction.apply(*_unit_last_stride(q, k, v), mask, slopes, None, None, params)
     return (out, lse) if return_lse else out
 
@@ -173,7 +182,7 @@ def _check_cu_seqlens(name: str, cu, total: int, device) -> torch.Tensor:
 
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=False, scale=None, return_lse=False, *,
                            causal_align="top_left", window=None, alibi_slopes=None, dropout_p=0.0,
-                           dropout_seed=None):
+                           dropout_seed=None, deterministic=True):
     """`flash_attention` over variable-length sequences packed without padding (flash.19).
 
     q (T_q, H, D) and k, v (T_k, H_kv, D) hold sequence s in rows cu_seqlens_q[s]:cu_seqlens_q[s+1] (and
@@ -181,6 +190,8 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=False, sc
     [and the logsumexp (H, T_q)].
     """
     _check_inputs(q, k, v, causal, scale, None, packed=True)
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic: expected bool, got {type(deterministic).__name__}")
     cu_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
     cu_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
     if cu_q.numel() != cu_k.numel():
@@ -191,7 +202,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=False, sc
     max_n, max_m = int((cu_q[1:] - cu_q[:-1]).max()), int((cu_k[1:] - cu_k[:-1]).max())
     p_drop, seed = _dropout(dropout_p, dropout_seed)
     params = FlashParams(scale, left, right, bottom_right, True, cu_q.numel() - 1, max(max_n, 1), max(max_m, 1),
-                         p_drop, seed)
+                         p_drop, seed, deterministic)
     # (T, H, D) -> (1, H, T, D) views: the kernels index rows c_s + i through the row stride
     q4, k4, v4 = (t.transpose(0, 1).unsqueeze(0) for t in _unit_last_stride(q, k, v))
     out, lse = FlashAttentionFunction.apply(q4, k4, v4, None, slopes, cu_q, cu_k, params)

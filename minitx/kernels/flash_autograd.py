@@ -6,6 +6,7 @@ interpreter, autotuned report-accepted tiles on a GPU (`flash_configs`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from minitx.kernels.flash_bwd_atomic import _bwd_atomic_kernel
 from minitx.kernels.flash_bwd_kernels import _bwd_dkdv_kernel, _bwd_dq_kernel, _bwd_preprocess_kernel
-from minitx.kernels.flash_configs import autotuned
+from minitx.kernels.flash_tuning import launch_tuned
 from minitx.kernels.flash_kernels import _fwd_kernel
 
 # Under the interpreter every tile is a numpy call: few, small tiles keep the tests fast.
@@ -22,11 +24,10 @@ INTERPRETER_BLOCKS = {"BLOCK_N": 32, "BLOCK_M": 32}
 # Tests may set this to run the tensor-descriptor (TMA) path under the interpreter; on a GPU it is chosen
 # for sm_90 and newer when the strides allow it (`tma_ok`).
 FORCE_TMA = {"fwd": False}
-_TUNED = {}
-# name -> (config, registers, spilled registers) of the last autotuned launch on a GPU, to set beside the
-# compile report's prediction (benchmarks/gpu_check.py).
+# name -> the row of the last tuned launch on a GPU (config, registers, spilled registers, Triton version), to
+# set beside the compile report's prediction (benchmarks/gpu_check.py).
 LAST_LAUNCH: dict = {}
-_KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
+_KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel, "atomic": _bwd_atomic_kernel}
 
 
 def interpreting() -> bool:
@@ -47,20 +48,18 @@ class FlashParams:
     max_m: int = 0
     dropout_p: float = 0.0
     seed: int = 0           # Philox stream of the dropout mask (flash.21)
+    deterministic: bool = True  # False: the single-kernel backward, dQ by atomic adds (flash.24)
 
 
-def _launch(name: str, n_rows: int, n_programs: int, *args, **kwargs) -> None:
-    """Run kernel `name` on a (row tiles, programs) grid; fixed tiles under the interpreter, tuned on a GPU."""
-    row_block = "BLOCK_M" if name == "dkdv" else "BLOCK_N"  # dK/dV tiles the keys
+def _launch(name: str, n_rows: int, n_programs: int, *args, lengths=(0, 0), reset=None, **kwargs) -> None:
+    """Run kernel `name` on a (row tiles, programs) grid; fixed tiles under the interpreter, tuned on a GPU
+    (`flash_tuning`: once per head dim, mask kind, dtype and length bucket)."""
+    row_block = "BLOCK_M" if name in ("dkdv", "atomic") else "BLOCK_N"  # dK/dV tiles the keys
     grid = lambda meta: (triton.cdiv(n_rows, meta[row_block]), n_programs)  # noqa: E731
     if interpreting():
         _KERNELS[name][grid](*args, **kwargs, **INTERPRETER_BLOCKS)
         return
-    if name not in _TUNED:
-        _TUNED[name] = autotuned(_KERNELS[name], name)
-    compiled = _TUNED[name][grid](*args, **kwargs)
-    LAST_LAUNCH[name] = (str(_TUNED[name].best_config), getattr(compiled, "n_regs", None),
-                         getattr(compiled, "n_spills", None))
+    LAST_LAUNCH[name] = launch_tuned(_KERNELS[name], name, grid, args, kwargs, *lengths, args[0].dtype, reset)
 
 
 def block_d(d: int) -> int:
@@ -103,6 +102,8 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, slopes, cu_q, cu_k, p: FlashParams):
+        q, k, ctx.sign, scale = _positive_scale(q, k, p.scale)
+        p = dataclasses.replace(p, scale=scale)
         _, H, N, D = q.shape
         H_kv = k.shape[1]
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -113,7 +114,7 @@ class FlashAttentionFunction(torch.autograd.Function):
                 _or(cu_q, dummy), _or(cu_k, dummy), *_rows_strides(q, p.varlen), *_rows_strides(k, p.varlen),
                 *_rows_strides(v, p.varlen), *_rows_strides(out, p.varlen), *_rows_strides(lse[..., None], p.varlen)[:2],
                 H, H // H_kv, p.max_n, p.max_m, p.scale * math.log2(math.e), p.win_left, p.win_right,
-                p.seed, p.dropout_p, USE_TMA=_use_tma(k, v), **flags)
+                p.seed, p.dropout_p, lengths=(p.max_n, p.max_m), USE_TMA=_use_tma(k, v), **flags)
         ctx.save_for_backward(q, k, v, out, lse, mask, slopes, cu_q, cu_k)
         ctx.params = p
         lse_natural = lse * math.log(2.0)  # the kernels keep L in base 2 (flash.9); users get natural log
@@ -146,11 +147,43 @@ class FlashAttentionFunction(torch.autograd.Function):
                    *_rows_strides(dout, p.varlen), *lse_strides)
         scalars = (H // H_kv, p.max_n, p.max_m, p.scale, p.scale * math.log2(math.e), p.win_left, p.win_right,
                    p.seed, p.dropout_p)
-        _launch("dkdv", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, *extra, *strides,
-                *_rows_strides(dk, p.varlen), H_kv, *scalars, **flags)
-        _launch("dq", p.max_n, p.n_seq * H, *tensors, dq, *extra, *strides,
-                *_rows_strides(dq, p.varlen), H, *scalars, **flags)
+        if p.deterministic or not _single_kernel_here(q):  # two kernels, each owning the rows it writes (flash.16)
+            _launch("dkdv", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, *extra, *strides,
+                    *_rows_strides(dk, p.varlen), H_kv, *scalars, lengths=(p.max_n, p.max_m), **flags)
+            _launch("dq", p.max_n, p.n_seq * H, *tensors, dq, *extra, *strides,
+                    *_rows_strides(dq, p.varlen), H, *scalars, lengths=(p.max_n, p.max_m), **flags)
+        else:  # one kernel; dQ summed by atomic adds in fp32 (flash.24)
+            dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+            _launch("atomic", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, dq_acc, *extra, *strides,
+                    *_rows_strides(dk, p.varlen), *_rows_strides(dq_acc, p.varlen), H_kv, *scalars,
+                    lengths=(p.max_n, p.max_m), reset=dq_acc.zero_, **flags)
+            dq = dq_acc.to(q.dtype)
+        if ctx.sign < 0:  # the kernels saw -k (see _positive_scale): d/dk = -d/d(-k)
+            dk = dk.neg_()
+        elif ctx.sign == 0:  # scale 0: the scores do not depend on q (or k)
+            dq = dq.zero_()
         return dq, dk, dv, None, None, None, None, None
+
+
+def _positive_scale(q, k, scale: float):
+    """(q, k, sign of scale, scale > 0) with the same scores: the kernels fold the scale into the row max
+    and one FMA (flash.22), which needs it positive. scale < 0: tau q.k = |tau| q.(-k); scale = 0: every
+    score is 0 = 1 * 0.k."""
+    if scale > 0:
+        return q, k, 1, scale
+    if scale < 0:
+        return q, k.neg(), -1, -scale
+    return torch.zeros_like(q), k, 0, 1.0
+
+
+def _single_kernel_here(q: torch.Tensor) -> bool:
+    """The single-kernel backward runs where the compile report has a spill-free config of it for this GPU,
+    head dim and Triton (flash.24); elsewhere (e.g. D = 128 with every feature) the deterministic kernels do."""
+    if interpreting():
+        return True
+    from minitx.kernels.flash_configs import arch_of, single_kernel_ok
+
+    return single_kernel_ok(arch_of(torch.cuda.get_device_capability(q.device)), block_d(q.shape[3]))
 
 
 def _or(t, fallback):

@@ -41,31 +41,34 @@ def _row_stats(LSE_h, DELTA_h, rows, n_b, MASKED: tl.constexpr):
 
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, lo, hi, cols, n_b, m_b, off, win_left,
-                win_right, pad_row_ptr, slope2, sqn, sdn, qk_scale, seed, p_drop, bhq, N, M,
+                win_right, pad_row_ptr, slope, sqn, sdn, qk_scale, seed, p_drop, bhq, N, M,
                 MASKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                 HAS_ALIBI: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dV += P^T dO (flash.14), dK += dS^T Q (flash.16) over the query tiles in [lo, hi)."""
+    """dV += P^T dO (flash.14), dK += dS^T Q (flash.16) over the query tiles in [lo, hi), in the transposed
+    orientation (flash.23): every tile is (BLOCK_M keys, BLOCK_N queries), so all four products have this
+    program's BLOCK_M key rows as their M dimension -- 64 or more rows make each one a Hopper wgmma."""
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)  # true: lo is a multiple of BLOCK_N (_inner_ranges)
         rows = start_n + tl.arange(0, BLOCK_N)
         q = _load_rows(q_ptr, rows, n_b, sqn, MASKED, HEAD_DIM, BLOCK_D)
         do = _load_rows(do_ptr, rows, n_b, sdn, MASKED, HEAD_DIM, BLOCK_D)
         lse, delta = _row_stats(lse_ptr, delta_ptr, rows, n_b, MASKED)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        s = _scores(s, rows, cols, n_b, m_b, off, win_left, win_right, pad_row_ptr, slope2,
-                    MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
-        p = tl.math.exp2(s - lse[:, None])  # (flash.13)
-        p_kept = p
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) = (Q K^T)^T, raw
+        s_t = _scores(s_t, rows[None, :], cols[:, None], n_b, m_b, off, win_left, win_right, pad_row_ptr,
+                      slope, MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
+        p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])  # (flash.13), one FMA per score (flash.22)
+        # dP^T before the dV update: P^T's registers are then reused at once (fewer live tiles, no spill)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (flash.14) (dO V^T)^T
         if HAS_DROPOUT:  # (flash.21): the forward's mask again; dV sees the dropped weights, dP flows through them
-            keep = _dropout_keep(seed, p_drop, bhq, rows, cols, N, M)
-            p_kept = tl.where(keep, p / (1.0 - p_drop), 0.0)
-        dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision=DOT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (flash.14)
-        if HAS_DROPOUT:
-            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
-        ds = p * (dp - delta[:, None])                               # (flash.15)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+            keep = _dropout_keep(seed, p_drop, bhq, rows[None, :], cols[:, None], N, M)
+            dv += tl.dot(tl.where(keep, p_t / (1.0 - p_drop), 0.0).to(do.dtype), do,
+                         input_precision=DOT_PRECISION)
+            dp_t = tl.where(keep, dp_t / (1.0 - p_drop), 0.0)
+        else:
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])                                # (flash.15)
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
     return dk, dv
 
 
@@ -96,9 +99,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
                                   HAS_RIGHT, HAS_LEFT)
     for g in range(GROUP):
         h = kv_h * GROUP + g
-        slope2 = 0.0
-        if HAS_ALIBI:
-            slope2 = tl.load(SLOPES + h) * LOG2E
+        slope = 0.0
+        if HAS_ALIBI:  # raw-score units (flash.22)
+            slope = tl.load(SLOPES + h) * LOG2E / qk_scale
         q_ptr = Q + b * sqb + h * sqh + q0 * sqn
         do_ptr = DO + b * sdb + h * sdh + q0 * sdn
         lse_ptr = LSE + b * slb + h * slh + q0
@@ -107,7 +110,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
             start, end = _part(part, lo, a, b_, hi)
             if part != 0 or HAS_RIGHT:  # the lower query bound comes from the right window edge
                 dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, start, end, cols, n_b,
-                                     m_b, off, win_left, win_right, pad_row_ptr, slope2, sqn, sdn, qk_scale,
+                                     m_b, off, win_left, win_right, pad_row_ptr, slope, sqn, sdn, qk_scale,
                                      seed, p_drop, b * H_KV * GROUP + h, N, M, part != 1, HAS_MASK, HAS_LEFT,
                                      HAS_RIGHT, HAS_ALIBI, HAS_DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_N,
                                      BLOCK_D)
@@ -119,7 +122,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
 
 @triton.jit
 def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, lo, hi, rows, n_b, m_b, off, win_left, win_right,
-              pad_row_ptr, slope2, skm, svm, qk_scale, seed, p_drop, bhq, N, M,
+              pad_row_ptr, slope, skm, svm, qk_scale, seed, p_drop, bhq, N, M,
               MASKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
               HAS_ALIBI: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -129,13 +132,14 @@ def _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, lo, hi, rows, n_b, m_b, off, 
         cols = start_m + tl.arange(0, BLOCK_M)
         k = _load_rows(k_ptr, cols, m_b, skm, MASKED, HEAD_DIM, BLOCK_D)
         v = _load_rows(v_ptr, cols, m_b, svm, MASKED, HEAD_DIM, BLOCK_D)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        s = _scores(s, rows, cols, n_b, m_b, off, win_left, win_right, pad_row_ptr, slope2,
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # raw q.k
+        s = _scores(s, rows[:, None], cols[None, :], n_b, m_b, off, win_left, win_right, pad_row_ptr, slope,
                     MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
-        p = tl.math.exp2(s - lse[:, None])  # (flash.13)
+        p = tl.math.exp2(s * qk_scale - lse[:, None])  # (flash.13), one FMA per score (flash.22)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:  # (flash.21)
-            dp = tl.where(_dropout_keep(seed, p_drop, bhq, rows, cols, N, M), dp / (1.0 - p_drop), 0.0)
+            keep = _dropout_keep(seed, p_drop, bhq, rows[:, None], cols[None, :], N, M)
+            dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     return dq
@@ -164,9 +168,9 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, SLOPES, CU_Q, CU_K,
     k_ptr = K + b * skb + kv_h * skh + k0 * skm
     v_ptr = V + b * svb + kv_h * svh + k0 * svm
     pad_row_ptr = MASK + b * M
-    slope2 = 0.0
-    if HAS_ALIBI:
-        slope2 = tl.load(SLOPES + h) * LOG2E
+    slope = 0.0
+    if HAS_ALIBI:  # raw-score units (flash.22)
+        slope = tl.load(SLOPES + h) * LOG2E / qk_scale
     dq = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     lo, a, b_, hi = _inner_ranges(start_n, n_b, m_b, off, win_left, win_right, BLOCK_N, BLOCK_M,
                                   HAS_LEFT, HAS_RIGHT)
@@ -174,7 +178,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, MASK, SLOPES, CU_Q, CU_K,
         start, end = _part(part, lo, a, b_, hi)
         if part != 0 or HAS_LEFT:
             dq = _dq_tiles(dq, q, do, lse, delta, k_ptr, v_ptr, start, end, rows, n_b, m_b, off, win_left,
-                           win_right, pad_row_ptr, slope2, skm, svm, qk_scale, seed, p_drop, b * H + h, N, M,
+                           win_right, pad_row_ptr, slope, skm, svm, qk_scale, seed, p_drop, b * H + h, N, M,
                            part != 1, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI, HAS_DROPOUT, DOT_PRECISION,
                            HEAD_DIM, BLOCK_M, BLOCK_D)
     ok = (rows[:, None] < n_b) & (dims[None, :] < HEAD_DIM)

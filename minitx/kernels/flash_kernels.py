@@ -13,8 +13,10 @@ Conventions shared by all the kernels (here and in `flash_bwd_kernels.py`):
     the window has that side (causal is win_right = 0);
   - the key loop is split (flash.17): tiles wholly inside every row's allowed band take no mask at all,
     only the tiles that straddle a band edge or the end of the sequence are masked, tiles outside are skipped;
-  - exponentials are `exp2`: scores are multiplied by `scale * log2(e)` once (flash.9), and the saved
-    logsumexp stays in those base-2 units (L2 = L log2(e)); the front door converts it to natural log;
+  - exponentials are `exp2` of base-2 scores scale * log2(e) * q.k (flash.9); the scale is not a separate
+    multiply over the tile: it is folded into the row max and into one FMA, exp2(s qk_scale - m) (flash.22),
+    which needs qk_scale > 0 (the autograd op guarantees it: a negative scale flips k, a zero one zeroes q);
+    the saved logsumexp stays in base-2 units (L2 = L log2(e)); the front door converts it to natural log;
   - grouped-query attention: query head h reads key/value head h // GROUP, never a repeated copy (flash.18);
   - variable-length packing (VARLEN): sequence b is rows cu_q[b]..cu_q[b+1] of q and cu_k[b]..cu_k[b+1] of
     k, v; the batch stride is passed as 0 (flash.19).
@@ -84,33 +86,37 @@ def _part(part: tl.constexpr, lo, a, b, hi):
 
 
 @triton.jit
-def _scores(s, rows, cols, n_b, m_b, off, win_left, win_right, pad_row_ptr, slope2,
+def _scores(s, qi, kj, n_b, m_b, off, win_left, win_right, pad_row_ptr, slope,
             MASKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
             HAS_ALIBI: tl.constexpr):
-    """Add the ALiBi bias (flash.20) to a (BLOCK_N, BLOCK_M) tile of log2-scaled scores and set what may not
-    be attended to -inf (flash.10): the band and the sequence ends only on MASKED tiles, padding always."""
-    rel = cols[None, :] - rows[:, None] - off  # key position relative to the query's (aligned) diagonal
+    """Add the ALiBi bias (flash.20) to a tile of raw scores q.k and set what may not be attended to -inf
+    (flash.10): the band and the sequence ends only on MASKED tiles, padding always.
+
+    qi, kj: the query and key positions, broadcastable to the tile: (BLOCK_N, 1) and (1, BLOCK_M) for a
+    (queries, keys) tile, (1, BLOCK_N) and (BLOCK_M, 1) for the transposed (keys, queries) tile of dK/dV.
+    `slope` is the ALiBi slope in raw-score units (slope / scale), so the caller's one FMA scales both."""
+    rel = kj - qi - off  # key position relative to the query's (aligned) diagonal
     if HAS_ALIBI:
-        s = s - slope2 * tl.abs(rel).to(tl.float32)
+        s = s - slope * tl.abs(rel).to(tl.float32)
     if MASKED:
-        ok = (rows[:, None] < n_b) & (cols[None, :] < m_b)
+        ok = (qi < n_b) & (kj < m_b)
         if HAS_RIGHT:
             ok = ok & (rel <= win_right)
         if HAS_LEFT:
             ok = ok & (rel >= -win_left)
         s = tl.where(ok, s, float("-inf"))
     if HAS_MASK:
-        real = tl.load(pad_row_ptr + cols, mask=cols < m_b, other=0)  # (B, M), 1 = real token
-        s = tl.where(real[None, :] != 0, s, float("-inf"))
+        real = tl.load(pad_row_ptr + kj, mask=kj < m_b, other=0)  # (B, M), 1 = real token
+        s = tl.where(real != 0, s, float("-inf"))
     return s
 
 
 @triton.jit
-def _dropout_keep(seed, p_drop, bhq, rows, cols, N, M):
-    """(BLOCK_N, BLOCK_M) bool keep-mask of inverted dropout, Philox-counter-based (flash.21): element
-    (b h, i, j) draws uniform number ((b H + h) N + i) M + j of stream `seed`, so both backward kernels
-    regenerate exactly the forward's mask without storing it."""
-    offs = (bhq * N + rows[:, None]).to(tl.int64) * M + cols[None, :]
+def _dropout_keep(seed, p_drop, bhq, qi, kj, N, M):
+    """Bool keep-mask of inverted dropout over a tile, Philox-counter-based (flash.21): element (b h, i, j)
+    draws uniform number ((b H + h) N + i) M + j of stream `seed`, so both backward kernels regenerate exactly
+    the forward's mask without storing it. qi, kj broadcast as in `_scores` (either tile orientation)."""
+    offs = (bhq * N + qi).to(tl.int64) * M + kj
     return tl.rand(seed, offs) >= p_drop
 
 
@@ -132,7 +138,7 @@ def _load_rows(ptr, rows, n_rows, stride_row, MASKED: tl.constexpr, HEAD_DIM: tl
 
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_src, v_src, lo, hi, rows, n_b, m_b, off, win_left, win_right, pad_row_ptr,
-               slope2, skm, svm, qk_scale, seed, p_drop, bhq, N, M,
+               slope, skm, svm, qk_scale, seed, p_drop, bhq, N, M,
                MASKED: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                HAS_ALIBI: tl.constexpr, USE_TMA: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -146,17 +152,19 @@ def _fwd_tiles(acc, l_i, m_i, q, k_src, v_src, lo, hi, rows, n_b, m_b, off, win_
         else:
             k = _load_rows(k_src, cols, m_b, skm, MASKED, HEAD_DIM, BLOCK_D)
             v = _load_rows(v_src, cols, m_b, svm, MASKED, HEAD_DIM, BLOCK_D)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M), log2 units
-        s = _scores(s, rows, cols, n_b, m_b, off, win_left, win_right, pad_row_ptr, slope2,
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M) raw q.k
+        s = _scores(s, rows[:, None], cols[None, :], n_b, m_b, off, win_left, win_right, pad_row_ptr, slope,
                     MASKED, HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # (flash.22) the row max of the raw scores, scaled once per row (qk_scale > 0 keeps it the max)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         # a row that has seen no allowed key yet keeps m = -inf; shift by 0 so exp2 never sees -inf - -inf
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.math.exp2(m_i - m_shift)  # rescales what was summed under the old max (flash.3)
-        p = tl.math.exp2(s - m_shift[:, None])
+        p = tl.math.exp2(s * qk_scale - m_shift[:, None])  # one FMA per score, then exp2 (flash.22)
         l_i = l_i * alpha + tl.sum(p, 1)  # the softmax's own sum: dropout acts on the normalised weights
         if HAS_DROPOUT:  # (flash.21) inverted dropout on P, as (attn.5)
-            p = tl.where(_dropout_keep(seed, p_drop, bhq, rows, cols, N, M), p / (1.0 - p_drop), 0.0)
+            keep = _dropout_keep(seed, p_drop, bhq, rows[:, None], cols[None, :], N, M)
+            p = tl.where(keep, p / (1.0 - p_drop), 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -189,9 +197,9 @@ def _fwd_kernel(Q, K, V, O, LSE, MASK, SLOPES, CU_Q, CU_K,
         v_src = tl.make_tensor_descriptor(v_src, shape=[m_b, HEAD_DIM], strides=[svm, 1],
                                           block_shape=[BLOCK_M, BLOCK_D])
     pad_row_ptr = MASK + b * M
-    slope2 = 0.0
-    if HAS_ALIBI:
-        slope2 = tl.load(SLOPES + h) * LOG2E  # the bias joins the scores in log2 units (flash.9)
+    slope = 0.0
+    if HAS_ALIBI:  # in raw-score units, slope / scale: the FMA's qk_scale turns it into log2 units (flash.22)
+        slope = tl.load(SLOPES + h) * LOG2E / qk_scale
 
     m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)  # running max of the (log2-scaled) scores
     l_i = tl.zeros([BLOCK_N], tl.float32)                # running sum of exp2(s - m_i)
@@ -202,7 +210,7 @@ def _fwd_kernel(Q, K, V, O, LSE, MASK, SLOPES, CU_Q, CU_K,
         start, end = _part(part, lo, a, b_, hi)
         if part != 0 or HAS_LEFT:  # without a left window edge [lo, a) is empty: emit no loop for it
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_src, v_src, start, end, rows, n_b, m_b, off,
-                                       win_left, win_right, pad_row_ptr, slope2, skm, svm, qk_scale, seed,
+                                       win_left, win_right, pad_row_ptr, slope, skm, svm, qk_scale, seed,
                                        p_drop, b * H + h, N, M, part != 1, HAS_MASK, HAS_LEFT, HAS_RIGHT,
                                        HAS_ALIBI, USE_TMA, HAS_DROPOUT, DOT_PRECISION, HEAD_DIM, BLOCK_M,
                                        BLOCK_D)
@@ -223,6 +231,6 @@ def _dropout_mask_kernel(OUT, seed, p_drop, N, M, BLOCK_N: tl.constexpr, BLOCK_M
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     bhq = tl.program_id(2)
-    keep = _dropout_keep(seed, p_drop, bhq, rows, cols, N, M)
+    keep = _dropout_keep(seed, p_drop, bhq, rows[:, None], cols[None, :], N, M)
     ok = (rows[:, None] < N) & (cols[None, :] < M)
     tl.store(OUT + (bhq * N + rows[:, None]).to(tl.int64) * M + cols[None, :], keep.to(tl.int8), mask=ok)
