@@ -41,28 +41,25 @@ def _clear(previous):
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_setup(item):
-    previous = _alarm(item, "setup")
+def _timed(item, phase):
+    """The body of each hook wrapper below: the phase runs under its alarm, cleared whatever happens."""
+    previous = _alarm(item, phase)
     try:
         yield
     finally:
         _clear(previous)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield from _timed(item, "setup")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
-    previous = _alarm(item, "call")
-    try:
-        yield
-    finally:
-        _clear(previous)
+    yield from _timed(item, "call")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item):
-    previous = _alarm(item, "teardown")
-    try:
-        yield
-    finally:
-        _clear(previous)
+    yield from _timed(item, "teardown")
