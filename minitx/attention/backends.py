@@ -54,8 +54,7 @@ def get_backend(name: str) -> Backend:
     """The backend called `name`; a lazy one (``"flash"``) is imported the first time it is asked for."""
     if name in _BACKENDS:
         return _BACKENDS[name]
-    if name not in _LAZY_BACKENDS:
-        raise ValueError(f"backend: expected one of {available_backends()}, got {name!r}")
+    check_backend(name)
     module_name, attr = _LAZY_BACKENDS[name]
     try:
         fn = getattr(importlib.import_module(module_name), attr)

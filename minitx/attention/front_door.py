@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from minitx.attention.backends import get_backend
+from minitx.attention.backends import check_backend, get_backend
 from minitx.attention.checks import _check_dropout, _check_masks, _check_qkv
 from minitx.attention.masks import check_options, lower
 from minitx.functional._checks import _check_scale
@@ -44,14 +44,11 @@ def attention(q, k, v, *, backend: str = "math", attn_mask=None, key_padding_mas
     check_options(causal_align, window, alibi_slopes, q.shape[1])
     if attn_mask is not None and attn_mask.dim() < 4:  # (M,) or (N, M): make every backend see (.., .., N, M)
         attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
-    fn = get_backend(backend)
-    if return_weights:
-        fn = get_backend("math")
-        k, v, attn_mask, is_causal, _ = lower(q, k, v, attn_mask, is_causal, causal_align, window, alibi_slopes,
-                                              frozenset())
-        return fn(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal,
-                  dropout_p=dropout_p, scale=scale, return_weights=True)
+    check_backend(backend)
+    fn = get_backend("math" if return_weights else backend)  # only the math backend materialises the weights
     k, v, attn_mask, is_causal, extra = lower(q, k, v, attn_mask, is_causal, causal_align, window, alibi_slopes,
                                               getattr(fn, "native_features", frozenset()))
+    if return_weights:
+        extra["return_weights"] = True
     return fn(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal,
               dropout_p=dropout_p, scale=scale, **extra)
