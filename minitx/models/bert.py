@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
@@ -17,7 +17,7 @@ import torch.nn.functional as torch_F  # torch's; `F` is minitx.functional elsew
 from torch import nn
 
 from minitx.attention.backends import available_backends
-from minitx.config import FlatConfig
+from minitx.config import FlatConfig, option
 from minitx.functional import IGNORE_INDEX, cross_entropy, gelu
 from minitx.models.inputs import check_ids, check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend, standard_block
@@ -25,34 +25,30 @@ from minitx.nn.norms import LayerNorm
 from minitx.positional.absolute import LearnedPositionalEmbedding
 
 
-def _meta(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
-
 @dataclass
 class BertConfig(FlatConfig):
     """A flat model config; every field maps one to one onto a CLI flag."""
 
     vocab_size: int = 1000
-    d_model: int = field(default=128, metadata=_meta("model width C"))
-    n_layers: int = field(default=2, metadata=_meta("encoder blocks"))
-    n_heads: int = field(default=4, metadata=_meta("attention heads H (d_model divisible by it)"))
-    d_ff: int = field(default=512, metadata=_meta("feed-forward width"))
-    max_position: int = field(default=128, metadata=_meta("longest sequence (learned positions)"))
-    type_vocab_size: int = field(default=2, metadata=_meta("segment ids (sentence A/B)"))
-    dropout: float = field(default=0.1, metadata=_meta("dropout on embeddings and residual branches"))
-    attention_dropout: float = field(default=0.1, metadata=_meta("dropout on attention weights"))
-    layer_norm_eps: float = field(default=1e-12, metadata=_meta("LayerNorm epsilon (BERT: 1e-12)"))
-    norm_first: bool = field(default=False, metadata=_meta("pre-LN blocks instead of BERT's post-LN"))
-    attention_backend: str = field(default="math", metadata=_meta(
-        "attention backend: math, sdpa, flash or any registered one", choices=available_backends))
+    d_model: int = option(128, "model width C")
+    n_layers: int = option(2, "encoder blocks")
+    n_heads: int = option(4, "attention heads H (d_model divisible by it)")
+    d_ff: int = option(512, "feed-forward width")
+    max_position: int = option(128, "longest sequence (learned positions)")
+    type_vocab_size: int = option(2, "segment ids (sentence A/B)")
+    dropout: float = option(0.1, "dropout on embeddings and residual branches")
+    attention_dropout: float = option(0.1, "dropout on attention weights")
+    layer_norm_eps: float = option(1e-12, "LayerNorm epsilon (BERT: 1e-12)")
+    norm_first: bool = option(False, "pre-LN blocks instead of BERT's post-LN")
+    attention_backend: str = option("math", "attention backend: math, sdpa, flash or any registered one",
+                                    choices=available_backends)
     pad_token_id: int = 0
     initializer_range: float = 0.02
-    sparse_prediction: bool = field(default=True, metadata=_meta(
-        "with labels, run the MLM head only at labelled positions (logits (K, V)); full logits without labels"))
-    sparse_last_block: bool = field(default=True, metadata=_meta(
-        "with labels and sparse_prediction, the last block computes its outputs only at labelled positions "
-        "(mlm.8); all positions stay keys and values"))
+    sparse_prediction: bool = option(
+        True, "with labels, run the MLM head only at labelled positions (logits (K, V)); full logits without labels")
+    sparse_last_block: bool = option(
+        True, "with labels and sparse_prediction, the last block computes its outputs only at labelled positions "
+        "(mlm.8); all positions stay keys and values")
 
     def __post_init__(self) -> None:
         check_model_config(self, ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_position",

@@ -14,7 +14,7 @@ weights exactly). `n_kv_heads` below `n_heads` gives grouped-query attention (no
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 
 from minitx.attention.backends import available_backends
 from minitx.attention.cache import KVCache
-from minitx.config import FlatConfig
+from minitx.config import FlatConfig, option
 from minitx.functional import IGNORE_INDEX
 from minitx.models.inputs import check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend, standard_block
@@ -31,32 +31,25 @@ from minitx.nn.feed_forward import ACTIVATIONS
 from minitx.nn.norms import LayerNorm
 
 
-def _meta(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
-
 @dataclass
 class GPTConfig(FlatConfig):
     """A flat decoder config; every field maps one to one onto a CLI flag of `minitx train-lm`."""
 
-    vocab_size: int = field(default=65, metadata=_meta("vocabulary size V"))
-    max_position: int = field(default=64, metadata=_meta("context length (block size): learned positions"))
-    d_model: int = field(default=128, metadata=_meta("model width C"))
-    n_layers: int = field(default=4, metadata=_meta("decoder blocks"))
-    n_heads: int = field(default=4, metadata=_meta("attention heads H (d_model divisible by it)"))
-    n_kv_heads: int = field(default=0, metadata=_meta("key/value heads (0: n_heads; fewer: grouped-query "
-                                                      "attention, 1: multi-query)"))
-    d_ff: int = field(default=0, metadata=_meta("feed-forward width (0: 4 * d_model, as GPT-2)"))
-    dropout: float = field(default=0.0, metadata=_meta("dropout on embeddings and residual branches"))
-    attention_dropout: float = field(default=0.0, metadata=_meta("dropout on attention weights"))
-    layer_norm_eps: float = field(default=1e-5, metadata=_meta("LayerNorm epsilon (GPT-2: 1e-5)"))
-    activation: str = field(default="gelu", metadata=_meta("gelu (exact erf) or gelu_tanh (GPT-2's)",
-                                                           choices=tuple(ACTIVATIONS)))
-    attention_backend: str = field(default="math", metadata=_meta(
-        "attention backend: math, sdpa, flash or any registered one", choices=available_backends))
-    initializer_range: float = field(default=0.02, metadata=_meta("std of the normal initial weights"))
-    bias: bool = field(default=True, metadata=_meta("biases in linear layers and LayerNorms (GPT-2: yes; "
-                                                    "nanoGPT's default: no)"))
+    vocab_size: int = option(65, "vocabulary size V")
+    max_position: int = option(64, "context length (block size): learned positions")
+    d_model: int = option(128, "model width C")
+    n_layers: int = option(4, "decoder blocks")
+    n_heads: int = option(4, "attention heads H (d_model divisible by it)")
+    n_kv_heads: int = option(0, "key/value heads (0: n_heads; fewer: grouped-query attention, 1: multi-query)")
+    d_ff: int = option(0, "feed-forward width (0: 4 * d_model, as GPT-2)")
+    dropout: float = option(0.0, "dropout on embeddings and residual branches")
+    attention_dropout: float = option(0.0, "dropout on attention weights")
+    layer_norm_eps: float = option(1e-5, "LayerNorm epsilon (GPT-2: 1e-5)")
+    activation: str = option("gelu", "gelu (exact erf) or gelu_tanh (GPT-2's)", choices=tuple(ACTIVATIONS))
+    attention_backend: str = option("math", "attention backend: math, sdpa, flash or any registered one",
+                                    choices=available_backends)
+    initializer_range: float = option(0.02, "std of the normal initial weights")
+    bias: bool = option(True, "biases in linear layers and LayerNorms (GPT-2: yes; nanoGPT's default: no)")
 
     def __post_init__(self) -> None:
         if isinstance(self.d_ff, bool) or not isinstance(self.d_ff, int) or self.d_ff < 0:
