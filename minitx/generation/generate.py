@@ -17,7 +17,7 @@ from minitx.generation.sampling import sample_next
 
 
 def _check_args(model, ids, max_new_tokens, temperature, top_k, top_p) -> None:
-    if not (isinstance(model, torch.nn.Module) and hasattr(model, "new_cache")
+    if not (isinstance(model, nn.Module) and hasattr(model, "new_cache")
             and hasattr(getattr(model, "config", None), "max_position")):
         raise TypeError(f"model: expected a minitx causal LM (a GPT: forward(ids, cache=...), new_cache(), "
                         f"config.max_position), got {type(model).__name__}")
