@@ -198,12 +198,10 @@ def _rope_run(fn, c):
 
     def explain(got, inputs):
         x64 = inputs[0].to(torch.float64)
-        err = {name: float((got.to(torch.float64) - f(x64, positions, c.theta)).abs().max())
-               for name, f in (("rotate-half", R.rope), ("interleaved", R.rope_interleaved))}
-        if close(got, R.rope_interleaved(x64, positions, c.theta), c.dtype):
+        pairing = _rope_pairing(fn, c)
+        if close(got, R.rope_interleaved(x64, positions, c.theta), c.dtype) or pairing == "interleaved":
             return "pos.3", ("it uses the interleaved pairing (2i, 2i+1), as GPT-J / Meta's original Llama; the "
                              "contract is rotate-half (i, i + D/2), as Hugging Face Llama")
-        pairing = min(err, key=err.get)
         if close(got, R.rope(x64, -positions, c.theta), c.dtype):
             return "pos.4", f"it rotates the wrong way (pairing: {pairing}): x * cos + rotate_half(x) * sin"
         if c.theta != 10000.0 and close(got, R.rope(x64, positions, 10000.0), c.dtype):
@@ -217,6 +215,17 @@ def _rope_run(fn, c):
                    value=("pos.3-pos.5", "x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1) on the halves"),
                    grads={0: ("pos.4", "a rotation: the gradient is rotated back (let autograd see it)")},
                    seed=c.seed, explain=explain)
+
+
+def _rope_pairing(fn, c) -> str:
+    """Which dimension the learner pairs with dimension 0: rotate e_0 at position 1 and see where it goes."""
+    if c.D < 4:
+        return "rotate-half"  # D = 2: both pairings are the same
+    e0 = torch.zeros(1, c.D, dtype=torch.float32)
+    e0[0, 0] = 1.0
+    out = fn(e0, torch.tensor([1]), theta=c.theta).detach().abs()[0]
+    half, one = float(out[c.D // 2]), float(out[1])
+    return "rotate-half" if half > 10 * one else "interleaved" if one > 10 * half else "unclear"
 
 
 ROPE = Adapter("rope", "rope", "rope(x, positions, theta=10000.0)", 2, ("theta",), _rope_cases,

@@ -75,7 +75,9 @@ def _adamw_run(fn, c):
 ADAMW = Adapter("adamw", "get_adamw_cls", "get_adamw_cls() -> class used like torch.optim.AdamW", 0, (),
                 _adamw_cases,
                 (case(shapes=((3, 2), (4,)), steps=5, lrs=(1e-2, 0.1, 1e-3, 1e-2, 0.1, 0.1), betas=(0.9, 0.999),
-                      eps=1e-8, weight_decay=0.1, skip_grad=True, seed=60),), _adamw_run)
+                      eps=1e-8, weight_decay=0.1, skip_grad=True, seed=60),
+                 case(shapes=((4,),), steps=2, lrs=(0.1,) * 6, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.0,
+                      skip_grad=False, seed=61)), _adamw_run)
 
 
 # ------------------------------------------------------------------------------------------ cosine schedule

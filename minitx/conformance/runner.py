@@ -142,6 +142,11 @@ def run_adapter(fn, adapter: Adapter, seed: int = 0, examples: int = DEFAULT_EXA
         except Mismatch as m:
             m.case = str(c)
             raise
+        except Exception as e:  # noqa: BLE001 (the check itself broke on this output: still a failure, named)
+            m = Mismatch(f"the check could not compare the output ({type(e).__name__}: {e})", "",
+                         "return what the contract says (a tensor of the documented shape and dtype)")
+            m.case = str(c)
+            raise m from e
 
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
     test = given(adapter.cases(st))(prop)
@@ -206,6 +211,11 @@ def check_main(argv: list[str], prog: str = "minitx check") -> int:
     parser.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES,
                         help=f"drawn cases per adapter, after the fixed edge cases (default: {DEFAULT_EXAMPLES})")
     args = parser.parse_args(argv)
+    try:
+        require_hypothesis()
+    except ImportError as e:  # a runtime install without the extra: one line, the command that fixes it
+        print(f"minitx: error: {e}", file=sys.stderr)
+        return 2
     report = check(args.adapters, only=args.only, seed=args.seed, examples=args.examples,
                    progress=lambda line: print(line, flush=True))
     print(report.summary())
