@@ -68,6 +68,9 @@ class Report:
     def passed(self) -> list[str]:
         return [r.name for r in self.results if r.status == "PASS"]
 
+    def result(self, name: str) -> Result:
+        return next(r for r in self.results if r.name == name)
+
     def summary(self) -> str:
         count = {s: sum(r.status == s for r in self.results) for s in ("PASS", "FAIL", "SKIP")}
         return (f"{count['PASS']} passed, {count['FAIL']} failed, {count['SKIP']} skipped (not provided) of "
