@@ -152,7 +152,7 @@ assert torch.equal(attention_v3(q, k, eye, attn_mask=mask)[-1], torch.zeros(6))
 # ## Your turn
 #
 # Put your own functions in a file — any subset of the 17 adapters in `docs/checking.md`, from `softmax` to
-# `causal_lm_loss`, `get_adamw_cls` and `mask_tokens` — and run
+# `causal_lm_loss`, `get_adamw_cls` and `mask_tokens`, or your whole GPT with `build_gpt` — and run
 #
 # ```bash
 # minitx check my_adapters.py              # all you provide; --only rope, --seed 3, --examples 100
@@ -163,4 +163,4 @@ assert torch.equal(attention_v3(q, k, eye, attn_mask=mask)[-1], torch.zeros(6))
 # %%
 report = check(references, examples=2 if FAST else 10)
 print(report.summary())
-assert report.ok and len(report.passed) == 17
+assert report.ok and len(report.passed) == 18

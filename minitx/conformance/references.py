@@ -20,6 +20,7 @@ from minitx.attention.front_door import attention
 from minitx.peft.lora import LoRAFunction
 from minitx.positional.absolute import sinusoidal_table
 from minitx.data.mlm import mask_tokens as minitx_mask_tokens
+from minitx.models.gpt import GPT, GPTConfig
 from minitx.positional.rope import RotaryEmbedding
 from minitx.training.config import TrainConfig
 from minitx.training.optim import AdamW, lr_at
@@ -131,3 +132,10 @@ def mask_tokens(ids, vocab_size, mask_id, special_ids, p=0.15, generator=None):
     return minitx_mask_tokens(ids, special, vocab_size, mask_id, mlm_probability=p, generator=generator,
                               pad_token_id=None, special_ids=list(special_ids))
 
+
+
+def build_gpt(vocab_size, max_position, d_model, n_layers, n_heads):
+    """minitx's own GPT (dropout off) and the identity name map: the model-level check's reference passes itself."""
+    model = GPT(GPTConfig(vocab_size=vocab_size, max_position=max_position, d_model=d_model, n_layers=n_layers,
+                          n_heads=n_heads, dropout=0.0, attention_dropout=0.0))
+    return model, {name: name for name, _ in model.named_parameters()}

@@ -24,13 +24,14 @@ from minitx.conformance.checks_attention import (LORA_LINEAR, MULTI_HEAD_ATTENTI
                                                  SINUSOIDAL_POSITIONS)
 from minitx.conformance.checks_math import (CAUSAL_LM_LOSS, CROSS_ENTROPY, GELU, LAYER_NORM, RMS_NORM, SILU, SOFTMAX,
                                             SWIGLU)
+from minitx.conformance.checks_model import GPT_MODEL
 from minitx.conformance.checks_training import ADAMW, COSINE_SCHEDULE, GRADIENT_CLIPPING, MLM_MASKING
 
 # The contract's order (the table, docs/checking.md).
 ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
     SOFTMAX, LAYER_NORM, RMS_NORM, GELU, SILU, SWIGLU, CROSS_ENTROPY, SCALED_DOT_PRODUCT_ATTENTION,
     MULTI_HEAD_ATTENTION, ROPE, SINUSOIDAL_POSITIONS, LORA_LINEAR, ADAMW, COSINE_SCHEDULE, GRADIENT_CLIPPING,
-    MLM_MASKING, CAUSAL_LM_LOSS)}
+    MLM_MASKING, CAUSAL_LM_LOSS, GPT_MODEL)}  # the table's 17, then the model-level check
 DEFAULT_EXAMPLES = 25
 
 

@@ -373,3 +373,52 @@ for what, options in (("special tokens can be selected", dict(specials_ok=True))
     mutant("mlm_masking", what)(
         lambda ids, vocab_size, mask_id, special_ids, p=0.15, generator=None, _o=options:
         _mask(ids, vocab_size, mask_id, special_ids, p, generator, **_o))
+
+
+# ------------------------------------------------------------------------------------- the whole GPT
+class _Block(P.Block):
+    post_ln = no_causal = tanh_gelu = False
+
+    def attend(self, x):
+        b, n, c = x.shape
+
+        def heads(t):
+            return t.reshape(b, n, self.n_heads, c // self.n_heads).transpose(1, 2)
+
+        out = P.scaled_dot_product_attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)),
+                                             is_causal=not self.no_causal)
+        return self.o(out.transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x):
+        act = (lambda t: F.gelu(t, approximate="tanh")) if self.tanh_gelu else P.gelu
+        if self.post_ln:
+            x = self.ln_1(x + self.attend(x))
+            return self.ln_2(x + self.proj(act(self.fc(x))))
+        x = x + self.attend(self.ln_1(x))
+        return x + self.proj(act(self.fc(self.ln_2(x))))
+
+
+class _GPT(P.TinyGPT):
+    no_final_norm = no_positions = False
+
+    def forward(self, ids):
+        x = self.wte(ids) + (0 if self.no_positions else self.wpe(torch.arange(ids.shape[1])))
+        for block in self.h:
+            x = block(x)
+        return (x if self.no_final_norm else self.ln_f(x)) @ self.wte.weight.T
+
+
+def _gpt_builder(block_flags, model_flags):
+    def build_gpt(vocab_size, max_position, d_model, n_layers, n_heads):
+        model = type("G", (_GPT,), model_flags)(vocab_size, max_position, d_model, n_layers, n_heads)
+        model.h = torch.nn.ModuleList(type("B", (_Block,), block_flags)(d_model, n_heads) for _ in range(n_layers))
+        return model, P.gpt_name_map(model)
+    return build_gpt
+
+
+for what, block_flags, model_flags in (("post-LN blocks instead of pre-LN", {"post_ln": True}, {}),
+                                       ("self-attention not causal", {"no_causal": True}, {}),
+                                       ("the tanh GELU in the MLP", {"tanh_gelu": True}, {}),
+                                       ("the final LayerNorm forgotten", {}, {"no_final_norm": True}),
+                                       ("position embeddings not added", {}, {"no_positions": True})):
+    mutant("gpt", what)(_gpt_builder(block_flags, model_flags))

@@ -157,3 +157,62 @@ def mask_tokens(ids, vocab_size, mask_id, special_ids, p=0.15, generator=None):
 
 def causal_lm_loss(logits, ids):
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+class Block(torch.nn.Module):
+    def __init__(self, c, n_heads):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln_1, self.ln_2 = torch.nn.LayerNorm(c), torch.nn.LayerNorm(c)
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(c, c) for _ in range(4))
+        self.fc, self.proj = torch.nn.Linear(c, 4 * c), torch.nn.Linear(4 * c, c)
+
+    def attend(self, x):
+        b, n, c = x.shape
+
+        def heads(t):
+            return t.reshape(b, n, self.n_heads, c // self.n_heads).transpose(1, 2)
+
+        out = scaled_dot_product_attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), is_causal=True)
+        return self.o(out.transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x):
+        x = x + self.attend(self.ln_1(x))
+        return x + self.proj(gelu(self.fc(self.ln_2(x))))
+
+
+class TinyGPT(torch.nn.Module):
+    """GPT-2's layout with its own names (wte, wpe, h.i.ln_1, ...), not minitx's: the name map bridges them."""
+
+    def __init__(self, vocab_size, max_position, d_model, n_layers, n_heads):
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab_size, d_model), torch.nn.Embedding(max_position, d_model)
+        self.h = torch.nn.ModuleList(Block(d_model, n_heads) for _ in range(n_layers))
+        self.ln_f = torch.nn.LayerNorm(d_model)
+
+    def forward(self, ids):
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x) @ self.wte.weight.T
+
+
+GPT_NAMES = {"wte.weight": "token.weight", "wpe.weight": "position.weight", "ln_f.weight": "final_norm.weight",
+             "ln_f.bias": "final_norm.bias"}
+BLOCK_NAMES = {"ln_1": "attention_norm", "ln_2": "ffn_norm", "q": "attention.q_proj", "k": "attention.k_proj",
+               "v": "attention.v_proj", "o": "attention.out_proj", "fc": "feed_forward.fc_in",
+               "proj": "feed_forward.fc_out"}
+
+
+def gpt_name_map(model):
+    names = dict(GPT_NAMES)
+    for i in range(len(model.h)):
+        for mine, theirs in BLOCK_NAMES.items():
+            for kind in ("weight", "bias"):
+                names[f"h.{i}.{mine}.{kind}"] = f"blocks.{i}.{theirs}.{kind}"
+    return names
+
+
+def build_gpt(vocab_size, max_position, d_model, n_layers, n_heads):
+    model = TinyGPT(vocab_size, max_position, d_model, n_layers, n_heads)
+    return model, gpt_name_map(model)
