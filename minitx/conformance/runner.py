@@ -166,6 +166,27 @@ def run_adapter(fn, adapter: Adapter, seed: int = 0, examples: int = DEFAULT_EXA
             test()
     except Mismatch as m:
         return m
+    except Exception as e:  # noqa: BLE001 (Hypothesis wraps a failure that does not replay in Flaky)
+        m = _first_mismatch(e)
+        if m is None:
+            raise
+        m.hint = (m.hint + "; " if m.hint else "") + ("it failed only sometimes on the same input: does your "
+                                                      "function draw random numbers or keep state between calls?")
+        return m
+    return None
+
+
+def _first_mismatch(e: BaseException) -> Mismatch | None:
+    """The first Mismatch inside an exception group (Hypothesis' Flaky) or its causes, else None."""
+    seen, todo = set(), [e]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, Mismatch):
+            return e
+        todo += list(getattr(e, "exceptions", ())) + [e.__cause__, e.__context__]
     return None
 
 
