@@ -14,6 +14,7 @@ Triton until a name is asked for); every other name lives in the module that def
     training        config, guards, distributed, optim, checkpoint, compile, loop
     peft            targets, lora, adapters, bitfit
     interop         Hugging Face BERT / GPT-2 / checkpoint and PEFT directories, without `transformers`
+    conformance     `minitx check`: a learner's own functions against the reference math
     recipes         pretrain, lm, finetune, export: what the `minitx` commands run
     kernels, bench  the Triton kernel (reached through the attention registry only) and its benchmarks
 

@@ -45,6 +45,8 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
                  "causal language modelling (GPT): --corpus shakespeare with a character vocabulary, or --text"),
     "generate": (None, "minitx.recipes.lm.generate:generate_main",
                  "stream text from a train-lm run: generate RUN \"prompt\""),
+    "check": (None, "minitx.conformance.runner:check_main",
+              "check your own implementation (ADAPTERS.py) against minitx's reference math"),
 }
 
 

@@ -23,6 +23,7 @@ LAYERS = [
     ("minitx.training",),
     ("minitx.peft",),
     ("minitx.interop",),
+    ("minitx.conformance",),  # `minitx check`: references from every layer above, used by the cli only
     ("minitx.recipes.pretrain",),
     ("minitx.recipes.lm",),
     ("minitx.recipes.finetune",),

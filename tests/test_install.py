@@ -20,7 +20,9 @@ DISTRIBUTION = {"yaml": "pyyaml", "PIL": "pillow"}
 # optional packages the library may import only inside a function (lazily), and the modules allowed to
 OPTIONAL = {"transformers": {"minitx/interop/bert.py", "minitx/interop/gpt2.py"},
             "triton": {"minitx/kernels/", "minitx/bench/report.py", "minitx/bench/compile_report.py",
-                       "minitx/bench/compile_table.py"}}
+                       "minitx/bench/compile_table.py"},
+            "hypothesis": {"minitx/conformance/"},  # the `check` extra (minitx check draws its inputs with it)
+            "pytest": {"minitx/conformance/pytest_plugin.py"}}
 
 
 def declared() -> set[str]:
