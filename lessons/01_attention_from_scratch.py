@@ -125,7 +125,6 @@ _, causal_only = mf.scaled_dot_product_attention(q, k, v, is_causal=True, return
 for name, w in (("causal", causal_only), ("causal_padding", ours_weights)):
     fig = plots.attention_map(w, queries=tokens, keys=tokens, title=name.replace("_", " + ") + " mask",
                               path=plots.output_dir() / f"01_attention_{name}.png")
-    plt.close(fig)
 
 # %% [markdown]
 # ## A query that may look at nothing
@@ -194,7 +193,6 @@ ax.set_title("softmax saturation vs head size (16 keys)")
 ax.legend()
 fig.tight_layout()
 fig.savefig(plots.output_dir() / "01_scale_saturation.png", dpi=110)
-plt.close(fig)
 
 # %% [markdown]
 # **Takeaways.** Attention is five lines: scores, scale, mask, softmax, weighted sum. Masks are booleans with

@@ -14,14 +14,13 @@
 # %%
 import json
 import os
-from pathlib import Path
 
 import torch
 
 from minitx.models.bert import BertForSequenceClassification
 from minitx.peft.lora import apply_lora
 from minitx.peft.targets import trainable_parameters_report
-from minitx.plots import method_accuracy, output_dir
+from minitx.plots import lesson_dir, method_accuracy, output_dir
 from minitx.recipes.finetune.config import FinetuneConfig
 from minitx.recipes.finetune.inference import predict
 from minitx.recipes.finetune.recipe import run_finetuning
@@ -134,7 +133,9 @@ if not FAST:  # many labels: the pretrained encoder learns the xor far better (m
 # all (docs/finetuning.md keeps those measurements). A claim measured, not repeated.
 
 # %%
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "peft_experiment.json"
+RESULTS = lesson_dir().parent / "benchmarks" / "results" / "peft_experiment.json"  # in the repository, not pip
+if not RESULTS.exists():
+    raise FileNotFoundError(f"this section reads {RESULTS}: run the lesson from a clone of the minitx repository")
 exp = json.loads(RESULTS.read_text())
 probe = exp["probe"]
 print("probe before fine-tuning:", probe)

@@ -128,7 +128,6 @@ records = [{**rec, "split": f"r={r}"} for r in ranks for rec in runs[r][1]]
 fig = loss_curve(records, keys=("loss",), title="LoRA on a rank-4 task")
 fig.axes[0].set_yscale("log")
 fig.savefig(output_dir() / "08_lora_rank_loss.png", dpi=110)
-plt.close(fig)
 
 x_test = torch.randn(4096, D_IN)
 for r in (1, 2):  # the low ranks sit on their floor (measured on fresh inputs, so no overfitting helps)
@@ -159,7 +158,6 @@ ax.set_title("singular values of the learned s B A")
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(output_dir() / "08_lora_singular_values.png", dpi=110)
-plt.close(fig)
 
 # %% [markdown]
 # ## What alpha does
