@@ -28,10 +28,10 @@ import torch
 
 from minitx.data.mlm import mlm_batch
 from minitx.data.synthetic import FIXED_PHRASES, SyntheticLanguage, chance_baselines
-from minitx.plots import accuracy_vs_chance, output_dir
+from minitx.plots import accuracy_vs_chance, loss_curve, output_dir
 from minitx.recipes.pretrain.config import PretrainConfig
 from minitx.recipes.pretrain.fill_mask import fill_mask
-from minitx.recipes.pretrain.recipe import run_pretraining
+from minitx.recipes.pretrain.recipe import masked_lm_loss, run_pretraining
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
 FAST = os.environ.get("MINITX_FAST") == "1"
@@ -81,9 +81,9 @@ config = PretrainConfig(**sizes, log_every=10, progress=False, out_dir=str(OUT /
 result = run_pretraining(config)
 
 # %% [markdown]
-# The run directory holds the checkpoint, the tokenizer, `metrics.jsonl` and the loss curve below (train loss
-# every 10 steps, held-out loss at each evaluation). The loss falls fast at first (the unigram frequencies),
-# then slowly, as the model learns to use context.
+# The run directory holds the checkpoint, the tokenizer, `metrics.jsonl` and its own copy of the loss curve.
+# Here it is, drawn from the run's history (train loss every 10 steps, held-out loss at each evaluation). The
+# loss falls fast at first (the unigram frequencies), then slowly, as the model learns to use context.
 
 # %%
 print(sorted(p.name for p in (OUT / "06_pretrain_run").iterdir()))
@@ -91,6 +91,35 @@ history = result.train.history
 first_loss, last_loss = history[0]["loss"], result.train.metrics["loss"]
 print(f"train loss {first_loss:.2f} -> {last_loss:.2f}")
 assert last_loss < first_loss
+loss_curve(history, keys=("loss",), title="MLM pretraining", path=OUT / "06_loss_curve.png")
+
+# %% [markdown]
+# ## The loss (mlm.1) by hand
+#
+# `run_pretraining` hides the loss inside the loop. Here it is on one fresh batch, by hand: the model's logits
+# at every position, keep the $|S|$ selected ones (label $\ne -100$), take the log-softmax with the max
+# subtracted (ce.2), and average $-\log p(x_i)$ of the original tokens. It must equal the recipe's
+# `masked_lm_loss` (what the loop minimised) and PyTorch's `cross_entropy` with `ignore_index=-100`. A model that
+# knew nothing would pay $\ln V$ per token.
+
+# %%
+model, tok = result.model.eval(), result.tokenizer
+check = mlm_batch(lang.sentences(64, "validation"), tok, batch_size=16, step=0, seed=123)
+with torch.no_grad():
+    logits = model(check["input_ids"], check["attention_mask"], check["token_type_ids"]).logits  # (B, N, V)
+    S = check["labels"] != -100                                                 # (B, N): the selected set
+    z = logits[S]                                                               # (B, N, V) -> (|S|, V)
+    z_max = z.max(dim=-1, keepdim=True).values
+    log_p = z - z_max - (z - z_max).exp().sum(dim=-1, keepdim=True).log()      # log-softmax (ce.2)
+    by_hand = -log_p[torch.arange(len(z)), check["labels"][S]].mean()           # (mlm.1)
+    recipe_loss = masked_lm_loss(model, check)[0]
+    torch_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), check["labels"].flatten(),
+                                                   ignore_index=-100)
+print(f"(mlm.1) by hand {by_hand:.4f}   recipe {recipe_loss:.4f}   torch {torch_loss:.4f}   "
+      f"knowing nothing: ln V = {torch.log(torch.tensor(float(tok.vocab_size))):.2f}   ({int(S.sum())} tokens)")
+torch.testing.assert_close(by_hand, recipe_loss, rtol=1e-5, atol=1e-5)
+torch.testing.assert_close(by_hand, torch_loss, rtol=1e-5, atol=1e-5)
+assert by_hand < torch.log(torch.tensor(float(tok.vocab_size)))
 
 # %% [markdown]
 # ## Per kind: right and wrong
@@ -112,29 +141,27 @@ for kind, chance in chance_baselines().items():
 # Learning comes in two stages. First the model learns *what kind* of word goes where: after `as the king
 # said` comes a closing bracket, after a subject and its modifiers a copula, after `according` the word `to`.
 # That alone reaches chance, not more. Only then does it learn to *use the cue*: which opener, which number,
-# which phrase. Let us count both, guessing each held-out determined word alone with `fill_mask`.
+# which phrase. The final model has done both, so to *see* the stages we need the evaluations along the way:
+# the run probed every kind at every evaluation (`probe_accuracy_<kind>` in its history).
 
 # %%
-ANSWERS = {"agreement": {"is", "are"}, "bracket": {")", "]", "}"},
-           "phrase": {p[-1] for p in FIXED_PHRASES}}
-model, tok = result.model.eval(), result.tokenizer
-right_kind, right_word, wrong = {}, {}, []
-for s in lang.sentences(100, "validation"):
-    for i, kind in sorted(s.determined.items()):
-        masked = " ".join(s.words[:i] + ["[MASK]"] + s.words[i + 1:])
-        guess = fill_mask(model, tok, masked, top_k=1)[0][0][0]
-        right_kind.setdefault(kind, []).append(guess in ANSWERS[kind])
-        right_word.setdefault(kind, []).append(guess == s.words[i])
-        if guess != s.words[i]:
-            wrong.append(f"{kind:<10} wanted {s.words[i]!r:>7}, said {guess!r:>7}:  {masked}")
-for kind in right_kind:
-    print(f"{kind:<10} right kind of word {sum(right_kind[kind]) / len(right_kind[kind]):6.1%}   "
-          f"right word {sum(right_word[kind]) / len(right_word[kind]):6.1%}")
-print("\n".join(wrong[:6]))
-for kind in ("agreement", "phrase"):  # learned first: where a copula and a phrase's last word go
-    assert sum(right_kind[kind]) / len(right_kind[kind]) > 0.5, f"{kind}: the model should know the slot's kind"
+evals = [r for r in history if r.get("split") == "eval" and "probe_accuracy" in r]
+KINDS = list(det["per_kind"])
+print("step  " + "  ".join(f"{k:>10}" for k in KINDS))
+for r in evals:
+    print(f"{r['step']:>4}  " + "  ".join(f"{r[f'probe_accuracy_{k}']:>10.1%}" for k in KINDS))
+fig = loss_curve(evals, keys=tuple(f"probe_accuracy_{k}" for k in KINDS), title="probe")
+for ax, k in zip(fig.axes, KINDS):
+    ax.axhline(det["per_kind"][k]["chance"], color="gray", ls=":", label="chance")
+    ax.set_ylim(0, 1.05)
+fig.savefig(OUT / "06_stages.png", dpi=110)
+assert len(evals) >= 2
 
 # %% [markdown]
+# The same two stages on single held-out words, with `fill_mask`: is the guess the right *kind* of word (a
+# copula, a closing bracket, a phrase's last word), and is it the right word?
+
+# %%
 # Trained for the full run, the model uses all three cues and is far above chance. Brackets come last, and
 # they show why initialisation matters: `(`, `[` and `{` occur in identical contexts (always before `as the`),
 # so every gradient from their contexts moves their embeddings the same way, and only the small random part
