@@ -158,10 +158,46 @@ fig.savefig(OUT / "06_stages.png", dpi=110)
 assert len(evals) >= 2
 
 # %% [markdown]
-# The same two stages on single held-out words, with `fill_mask`: is the guess the right *kind* of word (a
-# copula, a closing bracket, a phrase's last word), and is it the right word?
+# In a full run (evaluations every 150 steps) agreement is learned first (90 % at step 150) while brackets sit
+# at chance (31 % against 33 %) and phrases near it (46 % against 40 %); brackets are learned by step 300-450,
+# and by step 450 every kind is at 100 %. That is the second stage, *using the cue*, arriving kind by kind.
+# Checked below (full run only; in fast mode nothing is learned yet beyond the first stage):
 
 # %%
+if not FAST:
+    first, final_eval = evals[0], evals[-1]
+    bracket_chance = det["per_kind"]["bracket"]["chance"]
+    assert abs(first["probe_accuracy_bracket"] - bracket_chance) < 0.1, "stage one: brackets at chance"
+    assert final_eval["probe_accuracy_bracket"] > bracket_chance + 0.5, "stage two: brackets learned"
+    assert first["probe_accuracy_agreement"] > first["probe_accuracy_bracket"] + 0.3, "agreement comes first"
+
+# %% [markdown]
+# The same two stages on single held-out words, with `fill_mask`: is the guess the right *kind* of word (a
+# copula, a closing bracket, a phrase's last word), and is it the right word? And how sure is it: the mean
+# probability it gives the right word (0 when that is not its top guess).
+
+# %%
+ANSWERS = {"agreement": {"is", "are"}, "bracket": {")", "]", "}"},
+           "phrase": {p[-1] for p in FIXED_PHRASES}}
+right_kind, right_word, wrong, confidence = {}, {}, [], {}
+for s in lang.sentences(100, "validation"):
+    for i, kind in sorted(s.determined.items()):
+        masked = " ".join(s.words[:i] + ["[MASK]"] + s.words[i + 1:])
+        guess, prob = fill_mask(model, tok, masked, top_k=1)[0][0]
+        confidence.setdefault(kind, []).append(prob if guess == s.words[i] else 0.0)
+        right_kind.setdefault(kind, []).append(guess in ANSWERS[kind])
+        right_word.setdefault(kind, []).append(guess == s.words[i])
+        if guess != s.words[i]:
+            wrong.append(f"{kind:<10} wanted {s.words[i]!r:>7}, said {guess!r:>7}:  {masked}")
+for kind in right_kind:
+    print(f"{kind:<10} right kind of word {sum(right_kind[kind]) / len(right_kind[kind]):6.1%}   "
+          f"right word {sum(right_word[kind]) / len(right_word[kind]):6.1%}   "
+          f"mean probability of the right word {sum(confidence[kind]) / len(confidence[kind]):.2f}")
+print("\n".join(wrong[:6]))
+for kind in ("agreement", "phrase"):  # learned first: where a copula and a phrase's last word go
+    assert sum(right_kind[kind]) / len(right_kind[kind]) > 0.5, f"{kind}: the model should know the slot's kind"
+
+# %% [markdown]
 # Trained for the full run, the model uses all three cues and is far above chance. Brackets come last, and
 # they show why initialisation matters: `(`, `[` and `{` occur in identical contexts (always before `as the`),
 # so every gradient from their contexts moves their embeddings the same way, and only the small random part
@@ -180,7 +216,13 @@ if not FAST:
 # %% [markdown]
 # ## Fill-mask
 #
-# `fill_mask` (the `minitx fill-mask` command) shows the top candidates with their probabilities.
+# `fill_mask` (the `minitx fill-mask` command) shows the top candidates with their probabilities. The first two
+# sentences are ones the language could generate; the third we wrote by hand, shorter than the language's own
+# (its asides follow a longer predicate: `... utterly mean and utterly bitter { as the young poets wrote }`).
+# In a full run the model still ranks `)` first there, but with probability 0.16, the rest spread over
+# adjectives. Accuracy counts only the top guess, so "bracket: 100 %" says nothing about confidence: on the
+# held-out sentences the right bracket gets about 0.93 on average (the table above), on this unusual sentence
+# far less. A model is sure where its training data was; outside it, read the probabilities.
 
 # %%
 for text in ["these cats near the old tree [MASK] happy .",
@@ -191,3 +233,6 @@ for text in ["these cats near the old tree [MASK] happy .",
     assert abs(sum(p for _, p in preds)) <= 1 + 1e-6 and preds[0][1] >= preds[-1][1]
 if not FAST:
     assert fill_mask(model, tok, "according [MASK] the storm , this king is calm .")[0][0][0] == "to"
+    top, p_top = fill_mask(model, tok, "every dog is calm ( as the poet said [MASK] .", top_k=1)[0][0]
+    bracket_confidence = sum(confidence["bracket"]) / len(confidence["bracket"])
+    assert top == ")" and p_top < 0.5 < 0.8 < bracket_confidence, (top, p_top, bracket_confidence)
