@@ -77,7 +77,7 @@ if FAST:  # seconds: too short to use the cues, long enough to learn *where* eac
                  max_steps=150, batch_size=32, lr=5e-3, warmup_steps=15, eval_every=75)
 else:  # the recipe's defaults (600 steps, width 128): a minute or two, enough for all three kinds
     sizes = dict(eval_sentences=300)
-config = PretrainConfig(**sizes, log_every=10, progress=False, out_dir=str(OUT / "06_pretrain_run"))
+config = PretrainConfig(**sizes, log_every=10, progress=not FAST, out_dir=str(OUT / "06_pretrain_run"))
 result = run_pretraining(config)
 
 # %% [markdown]

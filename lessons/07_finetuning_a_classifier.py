@@ -34,7 +34,7 @@ torch.set_num_threads(1)  # small matrices: on a shared machine more threads onl
 # Fast mode: a tiny encoder pretrained for seconds. Otherwise minitx pretrain's defaults (a few minutes).
 PRETRAIN = (dict(max_steps=150, train_sentences=3000, eval_sentences=100, d_model=32, n_heads=2, d_ff=64,
                  vocab_size=400, eval_every=0, batch_size=32) if FAST else {})
-pre = run_pretraining(PretrainConfig(out_dir=str(OUT / "pretrain"), progress=False, **PRETRAIN))
+pre = run_pretraining(PretrainConfig(out_dir=str(OUT / "pretrain"), progress=not FAST, **PRETRAIN))
 
 # %% [markdown]
 # ## The classifier: a copied encoder and a new head
@@ -111,7 +111,7 @@ assert share < 0.10
 # %%
 STEPS = dict(max_steps=60, eval_every=10, n_test=400, n_validation=100) if FAST else {}
 lora = run_finetuning(FinetuneConfig(from_checkpoint=str(OUT / "pretrain"), method="lora", n_train_labels=256,
-                                     out_dir=str(OUT / "lora"), progress=False, **STEPS))
+                                     out_dir=str(OUT / "lora"), progress=not FAST, **STEPS))
 print(f"the recipe's LoRA (r=8 on every projection) trains {lora.summary['trainable_share']:.2%} of the weights")
 weights = dict(lora.model.named_parameters())
 for name, value in pretrained_encoder.items():
@@ -148,7 +148,7 @@ for budget in BUDGETS:
         paths = {} if start else {"model_config": str(OUT / "pretrain" / "model_config.json"),
                                   "tokenizer": str(OUT / "pretrain" / "tokenizer.json")}
         config = FinetuneConfig(from_checkpoint=start, method="full", n_train_labels=budget, out_dir="",
-                                progress=False, **paths, **COMPARE)
+                                progress=not FAST, **paths, **COMPARE)
         row[name] = [run_finetuning(config).summary["test_accuracy"]]
 method_accuracy(accuracies, title="full fine-tuning: scratch vs pretrained",
                 path=OUT / "07_scratch_vs_pretrained.png")

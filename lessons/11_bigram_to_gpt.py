@@ -180,7 +180,7 @@ def val_loss(m):
 
 
 cfg = TrainConfig(lr=2e-3, weight_decay=0.1, betas=(0.9, 0.99), warmup_steps=20, max_steps=steps, schedule="cosine",
-                  min_lr_ratio=0.1, log_every=10, eval_every=steps // 5, out_dir="", progress=False)
+                  min_lr_ratio=0.1, log_every=10, eval_every=steps // 5, out_dir="", progress=not FAST)
 result = train(model, batch, lambda m, b: (m(b["input_ids"], targets=b["targets"]).loss, {}), cfg, eval_fn=val_loss)
 gpt_loss = result.eval_metrics["loss"]
 print(f"GPT after {steps} steps: validation loss {gpt_loss:.3f} (bigram {bigram_loss:.3f})")
