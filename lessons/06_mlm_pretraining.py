@@ -98,7 +98,7 @@ loss_curve(history, keys=("loss",), title="MLM pretraining", path=OUT / "06_loss
 #
 # `run_pretraining` hides the loss inside the loop. Here it is on one fresh batch, by hand: the model's logits
 # at every position, keep the $|S|$ selected ones (label $\ne -100$), take the log-softmax with the max
-# subtracted (ce.2), and average $-\log p(x_i)$ of the original tokens. It must equal the recipe's
+# subtracted (softmax.1), and average (ce.1) $-\log p(x_i)$ of the original tokens. It must equal the recipe's
 # `masked_lm_loss` (what the loop minimised) and PyTorch's `cross_entropy` with `ignore_index=-100`. A model that
 # knew nothing would pay $\ln V$ per token.
 
@@ -110,7 +110,7 @@ with torch.no_grad():
     S = check["labels"] != -100                                                 # (B, N): the selected set
     z = logits[S]                                                               # (B, N, V) -> (|S|, V)
     z_max = z.max(dim=-1, keepdim=True).values
-    log_p = z - z_max - (z - z_max).exp().sum(dim=-1, keepdim=True).log()      # log-softmax (ce.2)
+    log_p = z - z_max - (z - z_max).exp().sum(dim=-1, keepdim=True).log()      # log-softmax (softmax.1)
     by_hand = -log_p[torch.arange(len(z)), check["labels"][S]].mean()           # (mlm.1)
     recipe_loss = masked_lm_loss(model, check)[0]
     torch_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), check["labels"].flatten(),

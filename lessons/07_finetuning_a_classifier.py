@@ -54,7 +54,7 @@ print("encoder copied exactly:", len(pretrained_encoder), "tensors")
 # What does one training step of the classifier do? On three labelled sentences (dropout off): take the
 # encoder's `[CLS]` vectors $h$ (B, C), the logits $z = hW^\top + b$ (bert.5), the cross-entropy
 # $L = -\frac1B\sum_i \log \mathrm{softmax}(z_i)_{y_i}$, and its gradient on the head. Because
-# $\partial L / \partial z = (\mathrm{softmax}(z) - \mathrm{onehot}(y))/B =: G$ (ce.4), the head's gradients are
+# $\partial L / \partial z = (\mathrm{softmax}(z) - \mathrm{onehot}(y))/B =: G$ (ce.2), the head's gradients are
 # $\partial L/\partial W = G^\top h$ and $\partial L/\partial b = \sum_i G_i$. Check both against autograd
 # through the model, then step the head by hand and see the loss fall.
 
