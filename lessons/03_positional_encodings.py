@@ -128,3 +128,14 @@ assert twelve[:8] == [2.0 ** -e for e in range(1, 9)]                 # the 8-he
 assert all(math.isclose(a, 2.0 ** -(e + 0.5), rel_tol=1e-6) for e, a in enumerate(twelve[8:]))  # every other of 16's
 ratios = [b / a for a, b in zip(sorted(twelve)[:-1], sorted(twelve)[1:])]
 assert max(ratios) > 1.9 > 1.5 > min(ratios), "sorted, the ratios are not constant: not one geometric sequence"
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `sinusoidal_positions(n_positions, d_model)` (sin on even columns, cos on odd). Checked by the
+#    **sinusoidal_positions** adapter.
+# 2. Write `rope(x, positions, theta=10000.0)` with the rotate-half pairing used here, and check the
+#    relative-offset property on it as this lesson does. Checked by the **rope** adapter.
+# 3. Predict the ALiBi slopes for 6 heads from the rule above, then check with `alibi_slopes(6)`.
+#
+# Solutions: `lessons/solutions/03_positional_encodings.py`.

@@ -156,3 +156,15 @@ for ax in (ax1, ax2):
     ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(output_dir() / "04_post_vs_pre_ln.png", dpi=110)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `layer_norm(x, weight, bias, eps=1e-5)` over the last dimension, and `gelu(x)` (the exact erf form).
+#    Checked by the **layer_norm** and **gelu** adapters.
+# 2. Use the *unbiased* variance in the LayerNorm by hand. How large is the difference for $C = 32$, and which
+#    adapter check would catch it?
+# 3. Rerun the depth probe for pre-LN *without* the final LayerNorm. What happens to the top layer's gradient
+#    as the stack deepens, and why?
+#
+# Solutions: `lessons/solutions/04_layernorm_and_residual_blocks.py`.

@@ -270,3 +270,14 @@ with tempfile.TemporaryDirectory() as d:
     again = WordPieceTokenizer.load(path)
 assert again.vocab == corpus_tok.vocab and again.encode(example.text).ids == enc.ids
 print("saved and reloaded", again.vocab_size, "entries")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `mask_tokens(ids, vocab_size, mask_id, special_ids, p=0.15, generator=None)` returning
+#    `(inputs, labels)` with the 80/10/10 rule, labels $-100$ where nothing was selected, specials never
+#    selected. Checked by the **mlm_masking** adapter (statistically, as section 6 does).
+# 2. Add one sentence with the word "zebra" to the paragraph of section 4 and retrain. Is `zebra` still
+#    `[UNK]`? Is `xylophone`? Explain with the first-piece rule.
+#
+# Solutions: `lessons/solutions/05_tokenization.py`.

@@ -236,3 +236,13 @@ if not FAST:
     top, p_top = fill_mask(model, tok, "every dog is calm ( as the poet said [MASK] .", top_k=1)[0][0]
     bracket_confidence = sum(confidence["bracket"]) / len(confidence["bracket"])
     assert top == ")" and p_top < 0.5 < 0.8 < bracket_confidence, (top, p_top, bracket_confidence)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `cross_entropy(logits, targets, ignore_index=-100)`: the mean over non-ignored rows, stable for
+#    large logits. Checked by the **cross_entropy** adapter.
+# 2. Compute the loss of the model that ignores context (each token's training frequency, a unigram model) on
+#    the batch used for (mlm.1) above. Where does it fall between $\ln V$ and the trained model?
+#
+# Solutions: `lessons/solutions/06_mlm_pretraining.py`.

@@ -195,3 +195,13 @@ assert all(abs(a - 0.5) < 0.05 for a in scratch)
 few = [v["mean"] for v in exp["summary"]["64"].values()]
 assert all(abs(m - 0.5) < 0.08 for m in few), few
 print("checked: at 256 labels pretrained + LoRA beats scratch on every seed; at 64 all methods are near chance")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Extend the classifier step by hand one layer down: the gradient on the `[CLS]` vector is $G W$. Check it
+#    against autograd (make $h$ a leaf that requires grad).
+# 2. Compare LoRA on `q_proj`/`v_proj` only with the recipe's default (every projection) at 256 labels, with
+#    `FinetuneConfig(lora_targets=[...])`. Does query/value alone leave chance?
+#
+# Solutions: `lessons/solutions/07_finetuning_a_classifier.py`.

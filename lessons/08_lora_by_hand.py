@@ -217,3 +217,13 @@ with torch.no_grad():
     assert type(merged[0]) is nn.Linear
     torch.testing.assert_close(merged(x_test), before, rtol=1e-5, atol=1e-5)
 print("merged model == LoRA model")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `lora_linear(x, weight, bias, lora_A, lora_B, alpha)` $= xW^\top + b + (\alpha/r)\,xA^\top B^\top$.
+#    Checked by the **lora_linear** adapter (it perturbs $B$, so a zero $B$ cannot hide a bug).
+# 2. Rerun the rank experiment with a *fixed* $\alpha = 8$, once with $s = \alpha/r$ and once with rsLoRA's
+#    $s = \alpha/\sqrt r$. Which ranks learn faster in the first 30 steps under each rule?
+#
+# Solutions: `lessons/solutions/08_lora_by_hand.py`.

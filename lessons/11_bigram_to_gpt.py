@@ -268,3 +268,15 @@ print(tok.decode(sample[0]))
 assert torch.equal(sample, generate(model, prompt, 200, temperature=0.8, seed=0))  # a seed repeats it
 nucleus = generate(model, prompt, 200, temperature=0.8, top_p=0.9, seed=0)
 print("--- top_p=0.9 ---\n" + tok.decode(nucleus[0]))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `causal_lm_loss(logits, ids)`: the next-token cross-entropy, mean over $B(N-1)$ predictions.
+#    Checked by the **causal_lm_loss** adapter (it catches a loss without the shift).
+# 2. Combine temperature and top-p by hand. Does `sample_next` divide by the temperature before or after
+#    choosing the nucleus? Find a case where the order changes the kept set.
+# 3. Feed `gpt_forward_by_hand` one token at a time, keeping each layer's keys and values: that is lesson 12's
+#    cache. Check the last position's logits against the full forward.
+#
+# Solutions: `lessons/solutions/11_bigram_to_gpt.py`.

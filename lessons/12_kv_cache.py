@@ -159,3 +159,13 @@ with torch.no_grad():
 held = sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers)
 assert held == 2 * 2 * L * 64
 print(f"cache at {L} tokens: {held:,} floats = 2 x layers x M x C")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write the number of rows projected with and without a cache for a prompt of $P$ tokens and $n$ new ones,
+#    and check it against the hook count above for $P = 8$.
+# 2. How much memory does the cache of a 32-layer model with $C = 4096$ hold for 4,096 tokens in fp16, per
+#    sequence? And with grouped-query attention, 8 key/value heads of 32?
+#
+# Solutions: `lessons/solutions/12_kv_cache.py`.

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
 SOLUTIONS = sorted((ROOT / "lessons" / "solutions").glob("[0-9][0-9]_*.py"))
+OTHER_HELPERS = {"13", "14", "15", "17"}  # lessons written alongside (#21, #22, #24, #23): their own solutions
 AS_NOTEBOOKS = ["01_attention_from_scratch", "02_multi_head_attention", "03_positional_encodings"]  # fast ones
 
 
@@ -27,6 +28,23 @@ def test_lesson_runs(lesson, tmp_path):
     assert result.returncode == 0, f"{lesson.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     figures = list(tmp_path.rglob("*.png"))
     assert figures, f"{lesson.name} saved no figure into MINITX_OUTPUT_DIR"
+
+
+def test_every_lesson_has_exercises_and_their_solutions_run(tmp_path):
+    """Each lesson ends with exercises pointing at its solutions file; all solutions run, in one interpreter."""
+    for lesson in LESSONS:
+        text = lesson.read_text(encoding="utf-8")
+        assert "## Exercises" in text, f"{lesson.name} has no exercises"
+        assert f"lessons/solutions/{lesson.name}" in text, f"{lesson.name} does not point at its solutions"
+    with_solutions = {p.name for p in SOLUTIONS}
+    missing = [p.name for p in LESSONS if p.name not in with_solutions and p.stem[:2] not in OTHER_HELPERS]
+    assert not missing, f"lessons without a solutions file: {missing}"
+    runner = "import runpy, sys\nfor path in sys.argv[1:]:\n    print(path, flush=True)\n    runpy.run_path(path)\n"
+    env = dict(os.environ, MINITX_FAST="1", MINITX_OUTPUT_DIR=str(tmp_path), MPLBACKEND="Agg",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", runner, *map(str, SOLUTIONS)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"a solution failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
 
 
 @pytest.mark.parametrize("stem", AS_NOTEBOOKS)
