@@ -71,19 +71,24 @@ def test_lesson_runs_as_a_notebook_with_inline_figures(stem, tmp_path, monkeypat
     assert not errors
 
 
-def test_figures_land_next_to_the_lesson_without_output_dir(tmp_path):
-    """No MINITX_OUTPUT_DIR: a script writes to output/ beside itself, wherever it was started from."""
+def test_figures_land_next_to_the_lesson_without_output_dir(tmp_path, monkeypatch):
+    """No MINITX_OUTPUT_DIR: a script writes to output/ beside itself wherever it was started from; a notebook
+    (whose kernel Jupyter starts in the notebook's folder) to output/ in its working directory."""
+    from minitx import plots
+
     script = tmp_path / "lessons" / "99_where.py"
-    script.parent.mkdir()
-    script.write_text("from minitx.plots import output_dir\nprint(output_dir())\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "MINITX_OUTPUT_DIR"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, str(script)], cwd=elsewhere, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert Path(out.stdout.strip()) == script.parent / "output"
+    monkeypatch.delenv("MINITX_OUTPUT_DIR", raising=False)
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(script), raising=False)
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(plots, "in_notebook", lambda: False)
+    assert plots.output_dir() == script.parent / "output" and (script.parent / "output").is_dir()
     assert not (elsewhere / "lessons").exists()
+    monkeypatch.setattr(plots, "in_notebook", lambda: True)
+    assert plots.output_dir() == elsewhere / "output"
+    monkeypatch.setenv("MINITX_OUTPUT_DIR", str(tmp_path / "chosen"))
+    assert plots.output_dir() == tmp_path / "chosen"
 
 
 def test_plots_forces_agg_only_for_a_headless_script(monkeypatch):
