@@ -157,8 +157,9 @@ assert cos_per_tensor < 0.999
 #
 # Too little memory for a batch of 32? Run 4 micro-batches of 8 and add their gradients before one step. Each
 # micro-batch loss is a mean over 8 examples, so each must be divided by 4 for the sum to be the gradient of
-# the mean over all 32. Forget the $1/K$ and the gradient is $K$ times too big, which Adam half hides (it
-# divides by $\sqrt{\hat v}$) and plain SGD does not.
+# the mean over all 32. Forget the $1/K$ and the gradient is $K$ times too big. Adam's step hides that almost
+# entirely ($\hat m/\sqrt{\hat v}$ does not change when every gradient is scaled by $K$, up to $\epsilon$), so the
+# bug goes unnoticed, but clipping now triggers $K$ times earlier, and plain SGD steps $K$ times too far.
 
 # %%
 big, accumulated, forgot = tiny_regression(2), tiny_regression(2), tiny_regression(2)
