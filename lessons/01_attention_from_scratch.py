@@ -125,7 +125,6 @@ _, causal_only = mf.scaled_dot_product_attention(q, k, v, is_causal=True, return
 for name, w in (("causal", causal_only), ("causal_padding", ours_weights)):
     fig = plots.attention_map(w, queries=tokens, keys=tokens, title=name.replace("_", " + ") + " mask",
                               path=plots.output_dir() / f"01_attention_{name}.png")
-    plt.close(fig)
 
 # %% [markdown]
 # ## A query that may look at nothing
@@ -194,10 +193,22 @@ ax.set_title("softmax saturation vs head size (16 keys)")
 ax.legend()
 fig.tight_layout()
 fig.savefig(plots.output_dir() / "01_scale_saturation.png", dpi=110)
-plt.close(fig)
 
 # %% [markdown]
 # **Takeaways.** Attention is five lines: scores, scale, mask, softmax, weighted sum. Masks are booleans with
 # True = may attend, applied as $-\infty$ before the softmax; a row with nothing to attend to gives zeros.
 # The $1/\sqrt D$ keeps the scores' spread independent of the head size, so the softmax stays soft and
 # gradients keep flowing. Lesson 02 splits attention into heads.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `softmax(x, dim=-1)` that never overflows (subtract the row's max, (softmax.1)) and returns zeros for a
+#    row that is all $-\infty$ (softmax.4). Checked by `minitx check` with the **softmax** adapter.
+# 2. Write `scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None)` with SDPA's
+#    conventions (boolean mask True = may attend; a fully masked row gives zeros). Checked by the
+#    **scaled_dot_product_attention** adapter.
+# 3. Instead of $-\infty$ before the softmax, multiply the weights of masked keys by 0 *after* it. Compare with
+#    the masked softmax on the padded sentence above: which rows differ, and why do they no longer sum to 1?
+#
+# Solutions: `lessons/solutions/01_attention_from_scratch.py`.

@@ -131,3 +131,14 @@ print("minitx.MultiHeadAttention == torch.nn.MultiheadAttention (with padding)")
 mha.backend = "sdpa"
 torch.testing.assert_close(mha(batch, key_padding_mask=real.bool()), ours, rtol=1e-5, atol=1e-5)
 print("backend 'sdpa' agrees with 'math'")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `multi_head_attention(x, q_weight, k_weight, v_weight, o_weight, n_heads, attention_mask=None,
+#    is_causal=False)` (no biases; `attention_mask` (B, N), 1 = real token). Checked by the
+#    **multi_head_attention** adapter.
+# 2. Count the parameters of one attention layer with $C = 64$ and $H = 1, 2, 4, 8$ heads. Why does the count
+#    not depend on $H$, and what *does* change with $H$?
+#
+# Solutions: `lessons/solutions/02_multi_head_attention.py`.

@@ -113,4 +113,29 @@ bias = alibi_bias(8, 16, 16)  # (H, N, M)
 assert bias[0, 10, 3].item() == -0.5 * 7
 heatmap(torch.cat([bias[0], bias[3], bias[7]], dim=1), xlabel="key j (heads 0 | 3 | 7)", ylabel="query i",
         title="ALiBi bias  -m_h |j - i|", path=OUT / "03_alibi.png", cmap="viridis")
-print("ALiBi slopes for 12 heads:", [round(s, 4) for s in alibi_slopes(12).tolist()])
+
+# %% [markdown]
+# The geometric sequence $m_h = 2^{-8h/H}$ is defined for $H$ a power of two. For other head counts the
+# ALiBi authors' rule takes the 8 slopes of $H = 8$ and adds *every other* slope of the 16-head sequence
+# until there are $H$ — the in-between values, which interleave with the first eight. So 12 heads do not get
+# a geometric sequence: the first 8 are $2^{-1}, \dots, 2^{-8}$, the last 4 are $2^{-0.5}, 2^{-1.5},
+# 2^{-2.5}, 2^{-3.5}$, and sorted they form a sequence that is geometric in two pieces.
+
+# %%
+twelve = alibi_slopes(12).tolist()
+print("ALiBi slopes for 12 heads:", [round(s, 4) for s in twelve])
+assert twelve[:8] == [2.0 ** -e for e in range(1, 9)]                 # the 8-head sequence
+assert all(math.isclose(a, 2.0 ** -(e + 0.5), rel_tol=1e-6) for e, a in enumerate(twelve[8:]))  # every other of 16's
+ratios = [b / a for a, b in zip(sorted(twelve)[:-1], sorted(twelve)[1:])]
+assert max(ratios) > 1.9 > 1.5 > min(ratios), "sorted, the ratios are not constant: not one geometric sequence"
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `sinusoidal_positions(n_positions, d_model)` (sin on even columns, cos on odd). Checked by the
+#    **sinusoidal_positions** adapter.
+# 2. Write `rope(x, positions, theta=10000.0)` with the rotate-half pairing used here, and check the
+#    relative-offset property on it as this lesson does. Checked by the **rope** adapter.
+# 3. Predict the ALiBi slopes for 6 heads from the rule above, then check with `alibi_slopes(6)`.
+#
+# Solutions: `lessons/solutions/03_positional_encodings.py`.

@@ -14,7 +14,9 @@
 # `[UNK]`. **WordPiece**, BERT's tokenizer, sits in between: frequent words are one token, rare words split
 # into pieces, continuation pieces are marked with `##`:
 #
-# $$ \text{unbelievably} \;\to\; \texttt{un}\ \texttt{\#\#believ}\ \texttt{\#\#ably} $$
+# $$ \text{unbuildable} \;\to\; \texttt{un}\ \texttt{\#\#buil}\ \texttt{\#\#d}\ \texttt{\#\#abl}\ \texttt{\#\#e} $$
+#
+# (exactly what the small tokenizer of section 4 produces for a word it never saw).
 #
 # Then **masked-language modelling** hides 15 % of the tokens and asks the model to put them back — with the
 # 80/10/10 rule of `docs/math/mlm.md` (mlm.2)–(mlm.3). This lesson trains WordPiece from scratch on the
@@ -137,7 +139,11 @@ assert 0 <= text_tokens - packed_tokens < max_length - 2
 # ## 4. A small English text: pieces of unseen words
 #
 # With a tight budget the vocabulary keeps frequent words whole and common fragments as pieces, so words it
-# never saw are still spelled out from known parts instead of becoming `[UNK]`.
+# never saw are still spelled out from known parts instead of becoming `[UNK]` — *as long as the pieces exist*.
+# WordPiece's vocabulary starts from the characters of the training text, in two forms: word-initial (`z`)
+# and continuation (`##z`). The text below has a `z` inside words ("tokenization") but no word that *starts*
+# with one, so `zebra` has no first piece and becomes `[UNK]`. BERT's vocabulary avoids this by including
+# every character of its alphabet in both forms; ours only knows what its 4 copies of one paragraph showed it.
 
 # %%
 TEXT = """Tokenization turns text into numbers. A tokenizer that knows every word is impossible, because new
@@ -148,6 +154,10 @@ all built from the same few pieces. The tokenizer learns which pieces matter fro
 text_tok = WordPieceTokenizer.train([TEXT] * 4, vocab_size=250)
 for word in ["unbuildable", "retokenizing", "learners", "zebra"]:
     print(f"{word:>14} -> {text_tok.tokenize_word(word)}")
+assert text_tok.tokenize_word("unbuildable") == ["un", "##buil", "##d", "##abl", "##e"]  # the opening example
+for word in ["unbuildable", "retokenizing", "learners"]:  # unseen, spelled from known pieces
+    assert "[UNK]" not in text_tok.tokenize_word(word) and word not in text_tok.vocab, word
+assert "z" not in text_tok.vocab and "##z" in text_tok.vocab and text_tok.tokenize_word("zebra") == ["[UNK]"]
 
 # %% [markdown]
 # Greedy longest-match-first, by hand: at each position take the longest vocabulary entry that matches
@@ -260,3 +270,14 @@ with tempfile.TemporaryDirectory() as d:
     again = WordPieceTokenizer.load(path)
 assert again.vocab == corpus_tok.vocab and again.encode(example.text).ids == enc.ids
 print("saved and reloaded", again.vocab_size, "entries")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `mask_tokens(ids, vocab_size, mask_id, special_ids, p=0.15, generator=None)` returning
+#    `(inputs, labels)` with the 80/10/10 rule, labels $-100$ where nothing was selected, specials never
+#    selected. Checked by the **mlm_masking** adapter (statistically, as section 6 does).
+# 2. Add one sentence with the word "zebra" to the paragraph of section 4 and retrain. Is `zebra` still
+#    `[UNK]`? Is `xylophone`? Explain with the first-piece rule.
+#
+# Solutions: `lessons/solutions/05_tokenization.py`.

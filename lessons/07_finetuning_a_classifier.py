@@ -12,16 +12,16 @@
 # `minitx.recipes.finetune`, and then *measures* the claim against training from scratch instead of repeating it.
 
 # %%
+import copy
 import json
 import os
-from pathlib import Path
 
 import torch
 
 from minitx.models.bert import BertForSequenceClassification
 from minitx.peft.lora import apply_lora
 from minitx.peft.targets import trainable_parameters_report
-from minitx.plots import method_accuracy, output_dir
+from minitx.plots import lesson_dir, method_accuracy, output_dir
 from minitx.recipes.finetune.config import FinetuneConfig
 from minitx.recipes.finetune.inference import predict
 from minitx.recipes.finetune.recipe import run_finetuning
@@ -34,7 +34,7 @@ torch.set_num_threads(1)  # small matrices: on a shared machine more threads onl
 # Fast mode: a tiny encoder pretrained for seconds. Otherwise minitx pretrain's defaults (a few minutes).
 PRETRAIN = (dict(max_steps=150, train_sentences=3000, eval_sentences=100, d_model=32, n_heads=2, d_ff=64,
                  vocab_size=400, eval_every=0, batch_size=32) if FAST else {})
-pre = run_pretraining(PretrainConfig(out_dir=str(OUT / "pretrain"), progress=False, **PRETRAIN))
+pre = run_pretraining(PretrainConfig(out_dir=str(OUT / "pretrain"), progress=not FAST, **PRETRAIN))
 
 # %% [markdown]
 # ## The classifier: a copied encoder and a new head
@@ -49,10 +49,44 @@ assert all(torch.equal(v, pretrained_encoder[k]) for k, v in clf.bert.state_dict
 print("encoder copied exactly:", len(pretrained_encoder), "tensors")
 
 # %% [markdown]
+# ## One classifier step, by hand
+#
+# What does one training step of the classifier do? On three labelled sentences (dropout off): take the
+# encoder's `[CLS]` vectors $h$ (B, C), the logits $z = hW^\top + b$ (bert.5), the cross-entropy
+# $L = -\frac1B\sum_i \log \mathrm{softmax}(z_i)_{y_i}$, and its gradient on the head. Because
+# $\partial L / \partial z = (\mathrm{softmax}(z) - \mathrm{onehot}(y))/B =: G$ (ce.2), the head's gradients are
+# $\partial L/\partial W = G^\top h$ and $\partial L/\partial b = \sum_i G_i$. Check both against autograd
+# through the model, then step the head by hand and see the loss fall.
+
+# %%
+step_model = copy.deepcopy(clf).eval()  # a copy: the rest of the lesson starts from the untouched head
+enc = pre.tokenizer.encode_batch(["the dog is happy .", "the kings are not cruel .", "the song is not wonderful ."])
+y = torch.tensor([1, 1, 0])
+h = step_model.bert(enc["input_ids"], enc["attention_mask"])[:, 0].detach()  # (B, N, C) -> (B, C): [CLS]
+W, b = step_model.classifier.weight, step_model.classifier.bias
+z = h @ W.detach().T + b.detach()                                               # (bert.5): (B, 2)
+p = torch.softmax(z, dim=-1)
+loss_by_hand = -p[torch.arange(3), y].log().mean()
+G = (p - torch.nn.functional.one_hot(y, 2)) / 3                                  # dL/dz, (B, 2)
+out = step_model(enc["input_ids"], enc["attention_mask"], labels=y)
+out.loss.backward()
+torch.testing.assert_close(out.loss, loss_by_hand)
+torch.testing.assert_close(W.grad, G.T @ h)
+torch.testing.assert_close(b.grad, G.sum(0))
+with torch.no_grad():  # one small plain gradient step (rate 0.02) on the head alone
+    W -= 0.02 * W.grad
+    b -= 0.02 * b.grad
+after_step = step_model(enc["input_ids"], enc["attention_mask"], labels=y).loss
+print(f"loss {loss_by_hand:.4f} (by hand == model), gradients by hand == autograd; after one step: {after_step:.4f}")
+assert after_step < loss_by_hand
+
+# %% [markdown]
 # ## LoRA: what trains, and why the model starts where pretraining left it
 #
-# `apply_lora` wraps the query and value projections; $B$ starts at zero, so at step 0 the wrapped model computes
-# exactly what the plain one did, bit for bit. Only $A$, $B$ and the head will train.
+# `apply_lora` here wraps the query and value projections only (the LoRA paper's choice); $B$ starts at zero, so
+# at step 0 the wrapped model computes exactly what the plain one did, bit for bit. Only $A$, $B$ and the head
+# will train: a few per cent of the weights. (The recipe below wraps *every* projection of every block, its
+# default `lora_targets`, so it trains a larger share: on this task query/value alone stayed at chance.)
 
 # %%
 batch = pre.tokenizer.encode_batch(["the dog is happy .", "the kings are not cruel ."])
@@ -77,7 +111,8 @@ assert share < 0.10
 # %%
 STEPS = dict(max_steps=60, eval_every=10, n_test=400, n_validation=100) if FAST else {}
 lora = run_finetuning(FinetuneConfig(from_checkpoint=str(OUT / "pretrain"), method="lora", n_train_labels=256,
-                                     out_dir=str(OUT / "lora"), progress=False, **STEPS))
+                                     out_dir=str(OUT / "lora"), progress=not FAST, **STEPS))
+print(f"the recipe's LoRA (r=8 on every projection) trains {lora.summary['trainable_share']:.2%} of the weights")
 weights = dict(lora.model.named_parameters())
 for name, value in pretrained_encoder.items():
     wrapped = f"bert.{name}".replace("q_proj.weight", "q_proj.base.weight").replace("v_proj.weight", "v_proj.base.weight")
@@ -92,7 +127,12 @@ print(predict(lora.model, lora.tokenizer, ["the song is wonderful .", "the song 
 # encoder's weights start. The label is "the adjective is positive, xor the sentence is negated", over 64
 # adjectives (docs/data.md): with 64 labels a model sees each adjective about once, so it can only generalise
 # to the others if its encoder already knows which adjectives are positive. With thousands of labels every
-# adjective is seen many times and what is left to learn is the xor with negation.
+# adjective is seen many times — and yet, in a full run, the model trained from scratch stays at chance
+# (50.5 % at 4,096 labels) while the pretrained one reaches 100 %. More labels do not help scratch because
+# the label is an **xor**: neither the adjective's polarity nor the negation predicts it alone (each splits
+# the labels 50/50), so at the start no gradient points towards learning either one; a model must already
+# represent one of the two for the other to pay off. The pretrained encoder already separates the polarities
+# (the probe below), so only the interaction with `not` is left to learn.
 #
 # In fast mode the encoder is tiny and trained for seconds, so the bars below are a smoke test, not evidence;
 # without MINITX_FAST the lesson pretrains with the default recipe and checks the gap at 4,096 labels.
@@ -108,14 +148,14 @@ for budget in BUDGETS:
         paths = {} if start else {"model_config": str(OUT / "pretrain" / "model_config.json"),
                                   "tokenizer": str(OUT / "pretrain" / "tokenizer.json")}
         config = FinetuneConfig(from_checkpoint=start, method="full", n_train_labels=budget, out_dir="",
-                                progress=False, **paths, **COMPARE)
+                                progress=not FAST, **paths, **COMPARE)
         row[name] = [run_finetuning(config).summary["test_accuracy"]]
 method_accuracy(accuracies, title="full fine-tuning: scratch vs pretrained",
                 path=OUT / "07_scratch_vs_pretrained.png")
 print(json.dumps(accuracies))
-if not FAST:  # many labels: the pretrained encoder learns the xor far better (measured: 95% vs 69% at 4,000)
+if not FAST:  # many labels: the pretrained encoder learns the xor, scratch stays at chance
     many = accuracies[f"{BUDGETS[-1]} labels"]
-    assert many["pretrained"][0] > many["scratch"][0] + 0.10, many
+    assert many["pretrained"][0] > 0.9 and many["scratch"][0] < 0.6, many
 
 # %% [markdown]
 # ## What the full experiment found
@@ -127,14 +167,17 @@ if not FAST:  # many labels: the pretrained encoder learns the xor far better (m
 #
 # What it found, checked below. The pretraining text sometimes says `truly kind` or `utterly cruel` (the labelled
 # sentences never do), and that is enough: after pretraining the embeddings separate the polarities perfectly,
-# where random ones do not. With 256 labels, LoRA on that encoder — 7.5 % of the weights — reaches over 90 %,
-# while the same model trained from scratch stays at chance: it never sees most adjectives with a label. With
+# where random ones do not. With 256 labels, LoRA r=8 on every projection of that encoder — 7.9 % of the
+# weights — reaches 90 % to 99 % depending on the seed (r=4, 4.1 %, does as well), while the same model trained
+# from scratch stays at chance on every seed (the xor, above). With
 # 64 labels every method is still close to chance: learning the flip by negation takes more examples. Earlier
 # corpora, without the intensifiers, taught pretraining nothing about polarity, and then no method beat chance at
 # all (docs/finetuning.md keeps those measurements). A claim measured, not repeated.
 
 # %%
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "peft_experiment.json"
+RESULTS = lesson_dir().parent / "benchmarks" / "results" / "peft_experiment.json"  # in the repository, not pip
+if not RESULTS.exists():
+    raise FileNotFoundError(f"this section reads {RESULTS}: run the lesson from a clone of the minitx repository")
 exp = json.loads(RESULTS.read_text())
 probe = exp["probe"]
 print("probe before fine-tuning:", probe)
@@ -145,6 +188,20 @@ runs = exp["runs"]
 lora = [r["test_accuracy"] for r in runs if r["method"] == "LoRA r=8" and r["budget"] == 256]
 scratch = [r["test_accuracy"] for r in runs if r["method"] == "scratch (full)" and r["budget"] == 256]
 assert len(lora) == len(scratch) >= 3 and min(lora) > max(scratch) + 0.2, (lora, scratch)
+r8 = exp["summary"]["256"]["LoRA r=8"]
+print(f"LoRA r=8 trains {r8['trainable_share']:.1%} of the weights; at 256 labels: {sorted(lora)} per seed")
+assert 0.075 < r8["trainable_share"] < 0.085 and 0.89 < min(lora) and max(lora) < 1.0
+assert all(abs(a - 0.5) < 0.05 for a in scratch)
 few = [v["mean"] for v in exp["summary"]["64"].values()]
 assert all(abs(m - 0.5) < 0.08 for m in few), few
 print("checked: at 256 labels pretrained + LoRA beats scratch on every seed; at 64 all methods are near chance")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Extend the classifier step by hand one layer down: the gradient on the `[CLS]` vector is $G W$. Check it
+#    against autograd (make $h$ a leaf that requires grad).
+# 2. Compare LoRA on `q_proj`/`v_proj` only with the recipe's default (every projection) at 256 labels, with
+#    `FinetuneConfig(lora_targets=[...])`. Does query/value alone leave chance?
+#
+# Solutions: `lessons/solutions/07_finetuning_a_classifier.py`.

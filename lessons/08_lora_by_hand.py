@@ -98,8 +98,16 @@ print("LoRALinear == hand-written LoRA (outputs and gradients)")
 # ## What the rank does
 #
 # $sBA$ has rank at most $r$. By Eckart–Young the best rank-$r$ approximation of $\Delta$ drops its singular
-# values beyond the $r$-th, so with $x \sim \mathcal N(0, I)$ the loss cannot go below
+# values beyond the $r$-th, so with $x \sim \mathcal N(0, I)$ the *expected* loss cannot go below
 # $\sum_{k > r} \sigma_k^2 / d_{out}$. Ranks below 4 must plateau there; ranks 4 and up can reach zero.
+#
+# "Expected" matters: the floor is for fresh inputs drawn from $\mathcal N(0, I)$. On the 512 fixed training
+# inputs the loss can end slightly *below* it (in a full run r=1 ends at 0.209 against a floor of 0.219, r=2 at
+# 0.0512 against 0.0521): their sample covariance is not exactly $I$, and the low-rank update also fits that
+# sample's quirks a little. On 4,096 fresh inputs the loss sits at the floor (0.218 against 0.219 for r=1:
+# within the sampling noise of those 4,096 inputs, about 1 %), not below it. (Every rank in this experiment uses
+# $\alpha = 2r$, so the same scale $s = 2$: the runs differ in the rank alone. The section on $\alpha$ below
+# says why LoRA normally fixes $\alpha$ instead.)
 
 # %%
 def train_lora(r, alpha, steps, lr=1e-2, seed=0):
@@ -128,16 +136,34 @@ records = [{**rec, "split": f"r={r}"} for r in ranks for rec in runs[r][1]]
 fig = loss_curve(records, keys=("loss",), title="LoRA on a rank-4 task")
 fig.axes[0].set_yscale("log")
 fig.savefig(output_dir() / "08_lora_rank_loss.png", dpi=110)
-plt.close(fig)
 
 x_test = torch.randn(4096, D_IN)
-for r in (1, 2):  # the low ranks sit on their floor (measured on fresh inputs, so no overfitting helps)
+for r in (1, 2):  # the low ranks sit on their floor: a bit below it on the training sample, not on fresh inputs
     model = runs[r][0]
     with torch.no_grad():
         test_loss = nn.functional.mse_loss(model(x_test), pretrained(x_test) + x_test @ delta_true.T).item()
-    assert 0.85 * floors[r] < test_loss < 1.5 * floors[r], (r, test_loss, floors[r])
+    train_loss = runs[r][1][-1]["loss"]
+    print(f"r={r}: training loss {train_loss:.4f}, loss on fresh inputs {test_loss:.4f}, floor {floors[r]:.4f}")
+    assert 0.9 * floors[r] < train_loss < floors[r], (r, train_loss, floors[r])       # below it, on 512 samples
+    assert 0.97 * floors[r] < test_loss < 1.1 * floors[r], (r, test_loss, floors[r])  # at it (±noise), fresh inputs
 for r in (4, 8):
     assert runs[r][1][-1]["loss"] < 0.02 * floors[2], (r, runs[r][1][-1]["loss"])
+
+# %% [markdown]
+# In a full run (600 steps) the curves of r=4 and r=8 reach about $10^{-14}$ and then jump back up to about
+# $10^{-6}$ before falling again. That is Adam near an exact minimum: its step is
+# $\eta\,\hat m/(\sqrt{\hat v}+\epsilon)$, a *normalised* gradient, so when the gradient has shrunk to float32
+# rounding noise it still moves each weight by up to about $\eta$ in noise directions, and the loss bounces.
+# A learning rate that decays to zero at the end (lesson 16's warmup + cosine) removes the bounce.
+
+# %%
+for r in (4, 8):
+    losses = [rec["loss"] for rec in runs[r][1]]
+    lowest = min(range(len(losses)), key=losses.__getitem__)
+    after = max(losses[lowest:])
+    print(f"r={r}: lowest loss {losses[lowest]:.1e} at step {lowest}, highest after it {after:.1e}")
+    if not FAST:  # the fast run stops at 150 steps, before the minimum is reached
+        assert losses[lowest] < 1e-12 and after > 1e4 * losses[lowest], (r, losses[lowest], after)
 
 # %% [markdown]
 # The singular values of the learned update $sBA$ tell the same story: rank $r$ recovers the top $r$ singular
@@ -159,14 +185,16 @@ ax.set_title("singular values of the learned s B A")
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(output_dir() / "08_lora_singular_values.png", dpi=110)
-plt.close(fig)
 
 # %% [markdown]
 # ## What alpha does
 #
 # With Adam each entry of $A$ and $B$ moves by about the learning rate per step, so the update $sBA$ moves
 # about $s$ times as fast: at a fixed learning rate, $\alpha$ acts like a learning-rate multiplier for the
-# adapter. (That is why $s = \alpha/r$, or $\alpha/\sqrt r$ in rsLoRA, is kept fixed when $r$ changes.)
+# adapter. That is why LoRA fixes $\alpha$ and lets $s = \alpha/r$ change with the rank (lora.5): $BA$ sums $r$
+# products, so dividing by $r$ keeps the update's size, and a learning rate tuned at one rank, roughly the same
+# at another (rsLoRA's $\alpha/\sqrt r$ is the refinement, docs/math/lora.md). The rank experiment above did
+# the opposite on purpose, $\alpha = 2r$ so $s = 2$ for every rank, to compare ranks at one scale.
 
 # %%
 early = {a: train_lora(4, alpha=a, steps=30)[1][-1]["loss"] for a in (1.0, 4.0, 16.0)}
@@ -189,3 +217,13 @@ with torch.no_grad():
     assert type(merged[0]) is nn.Linear
     torch.testing.assert_close(merged(x_test), before, rtol=1e-5, atol=1e-5)
 print("merged model == LoRA model")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `lora_linear(x, weight, bias, lora_A, lora_B, alpha)` $= xW^\top + b + (\alpha/r)\,xA^\top B^\top$.
+#    Checked by the **lora_linear** adapter (it perturbs $B$, so a zero $B$ cannot hide a bug).
+# 2. Rerun the rank experiment with a *fixed* $\alpha = 8$, once with $s = \alpha/r$ and once with rsLoRA's
+#    $s = \alpha/\sqrt r$. Which ranks learn faster in the first 30 steps under each rule?
+#
+# Solutions: `lessons/solutions/08_lora_by_hand.py`.

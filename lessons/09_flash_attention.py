@@ -222,3 +222,13 @@ assert torch.allclose(step, full[:, :, -1:], atol=1e-5) and torch.allclose(step,
 windowed = attention(full_q, cache_k, cache_v, backend="flash", is_causal=True, window=(8, 0))
 assert torch.allclose(windowed, attention(full_q, cache_k, cache_v, backend="math", is_causal=True, window=(8, 0)),
                       atol=1e-5)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `online_logsumexp(x, block)`: one pass over blocks of a row, keeping only the running max $m$ and
+#    sum $\ell$ (flash.5). Check it against `torch.logsumexp`.
+# 2. For a causal $N = M = 1024$ with $64 \times 64$ tiles, how many tiles does the forward skip? Count with the
+#    rule in `plots.flash_tiling` and compare with $1/2$.
+#
+# Solutions: `lessons/solutions/09_flash_attention.py`.

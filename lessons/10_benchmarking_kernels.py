@@ -232,3 +232,13 @@ print(f"N=64 causal fwd+bwd: mine {mine['timings_ms']['fwd_bwd']['median_ms']:.3
 
 # %%
 assert bench_main(["attention", "--impls", "minitx:flsh", "--quiet"]) == 2
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Count the forward FLOPs of causal attention at $B=1, H=8, N=2048, D=64$ by hand and compare with
+#    `minitx.bench.attention_flops(..., causal=True)`.
+# 2. Time a $512 \times 512$ matrix product 30 times without warm-up and report the median and IQR of all
+#    30, then of the last 25. Which statistic moved, and why?
+#
+# Solutions: `lessons/solutions/10_benchmarking_kernels.py`.

@@ -1,27 +1,53 @@
 """Matplotlib figures shared by lessons, benchmarks and the CLI.
 
 Every function returns the `Figure` and, given `path`, saves it there (PNG), so a lesson can show it and a test
-can check that it was written. The Agg backend is used when no display is present.
+can check that it was written. The backend is left alone inside IPython/Jupyter (the notebook's inline backend
+shows the figures) and whenever `MPLBACKEND` is set; only a plain script with no display falls back to Agg.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
 
-if not os.environ.get("DISPLAY"):
+
+def in_notebook() -> bool:
+    """True inside IPython or a Jupyter kernel (Colab, VS Code, JupyterLab): an IPython shell is running."""
+    ipython = sys.modules.get("IPython")
+    return ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None
+
+
+def _wants_agg() -> bool:
+    """A plain script on a machine without a display: Agg, so saving figures never needs a window system."""
+    if in_notebook() or os.environ.get("MPLBACKEND"):
+        return False
+    return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+if _wants_agg():
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
-def output_dir(default: str = "lessons/output") -> Path:
-    """Where lessons and demos write figures: `$MINITX_OUTPUT_DIR`, else `default`; created if missing."""
-    path = Path(os.environ.get("MINITX_OUTPUT_DIR", default))
+def lesson_dir() -> Path:
+    """The folder of the running lesson: the script's own folder, or in a notebook the working directory
+    (Jupyter, VS Code and nbclient start a notebook's kernel in the notebook's folder). No `__file__` needed."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file and not in_notebook():
+        return Path(main_file).resolve().parent
+    return Path.cwd()
+
+
+def output_dir(default: str | os.PathLike | None = None) -> Path:
+    """Where lessons and demos write figures: `$MINITX_OUTPUT_DIR`, else `default`, else `output/` next to the
+    running lesson (`lessons/output/`, git-ignored, wherever the lesson was started from); created if missing."""
+    path = Path(os.environ.get("MINITX_OUTPUT_DIR") or default or lesson_dir() / "output")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
