@@ -164,3 +164,16 @@ assert torch.equal(attention_v3(q, k, eye, attn_mask=mask)[-1], torch.zeros(6))
 report = check(references, examples=2 if FAST else 10)
 print(report.summary())
 assert report.ok and len(report.passed) == 18
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write `layer_norm(x, weight, bias, eps=1e-5)` with the *unbiased* variance (`x.var(-1, unbiased=True)`),
+#    run `minitx check` on it with `--only layer_norm`, and read which equation the failure names. Then fix it.
+# 2. Write `rope(x, positions, theta=10000.0)` with the *interleaved* pairing (dimensions 2i and 2i+1 rotate
+#    together, as in the RoFormer paper) instead of rotate-half. What does the failure line say about the
+#    pairing? Why are both pairings "correct" and still not interchangeable with a checkpoint?
+# 3. A learner's LoRA layer scales the update by `alpha` instead of `alpha / r`. Why does the check perturb
+#    `lora_B` away from zero before comparing, and what would a comparison at initialisation have shown?
+#
+# Solutions: `lessons/solutions/17_check_your_implementation.py`.
