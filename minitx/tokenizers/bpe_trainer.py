@@ -10,20 +10,17 @@ on Hypothesis-drawn word counts):
 
 - `learn_merges_reference`: the readable one. Counts live in a dict; each step scans every live pair for the
   best one: O(pairs) per merge, ~25 s for 3,840 merges on tiny Shakespeare.
-- `learn_merges`: the standard fast algorithm. Symbols are ints, each word a list of ints; pair counts over
-  word types are kept incrementally; an index maps each pair to the words that hold it (a superset: a word is
-  not removed when it loses a pair, it is skipped when found unchanged); a heap of (-count, bytes a, bytes b)
-  gives the best pair, and its entries are invalidated lazily: an entry whose count no longer equals the
-  pair's count is dropped when popped, and a pair whose count grew gets a fresh entry. Invariant: every live
-  pair has an entry whose count is >= its current count, so the first popped entry that is exact is the
-  best pair by the same (count, bytes) order as the reference's scan. A merge touches only its words.
+- `learn_merges`: the standard fast algorithm (minitx.tokenizers.pair_merges, shared with the WordPiece
+  trainer): symbols are ints, pair counts over word types are kept incrementally, an index maps each pair to
+  the words that hold it, and a heap with lazy invalidation gives the best pair, so a merge touches only its
+  words: ~0.5 s for the same 3,840 merges.
 """
 
 from __future__ import annotations
 
 import collections
-import heapq
 
+from minitx.tokenizers.pair_merges import merge_pairs
 from minitx.tokenizers.progress import merge_progress
 
 __all__ = ["learn_merges", "learn_merges_reference", "merge_pair"]
@@ -77,78 +74,22 @@ def learn_merges_reference(word_counts: dict[bytes, int], n_merges: int) -> list
 
 
 def learn_merges(word_counts: dict[bytes, int], n_merges: int, progress: bool | None = None) -> list[Pair]:
-    """Up to `n_merges` merges, the same as `learn_merges_reference` (module docstring: the fast algorithm).
+    """Up to `n_merges` merges, the same as `learn_merges_reference`, by the fast algorithm
+    (minitx.tokenizers.pair_merges.merge_pairs: incremental pair counts, a lazily invalidated heap).
 
     progress: True reports every merge run (a tqdm bar on a terminal, plain lines on stderr otherwise), False
     never, None only once training has run a few seconds (long training; short runs stay silent).
     """
-    symbols: list[bytes] = [bytes([b]) for b in range(256)]  # id -> bytes
-    ids = {s: i for i, s in enumerate(symbols)}  # bytes -> id: equal bytes are one symbol, as in the reference
-    words: list[list[int]] = []
-    freqs: list[int] = []
-    for w, n in word_counts.items():
-        if w:
-            words.append(list(w))  # a byte's id is its value
-            freqs.append(n)
-    counts: dict[tuple[int, int], int] = collections.defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = collections.defaultdict(set)
-    for i, (word, n) in enumerate(zip(words, freqs)):
-        for pair in zip(word, word[1:]):
-            counts[pair] += n
-            where[pair].add(i)
-    heap = [(-n, symbols[a], symbols[b], a, b) for (a, b), n in counts.items()]
-    heapq.heapify(heap)
-    merges: list[Pair] = []
     report = merge_progress(n_merges, "BPE merges", progress)
-    while len(merges) < n_merges and heap:
-        neg, _, _, a, b = heapq.heappop(heap)
-        best = (a, b)
-        n_best = counts.get(best, 0)
-        if n_best != -neg:  # stale; the invariant's fresh entry (if the pair still lives) is lower in the heap
-            if 0 < n_best < -neg:
-                heapq.heappush(heap, (-n_best, symbols[a], symbols[b], a, b))
-            continue
-        merges.append((symbols[a], symbols[b]))
-        report(len(merges))
-        joined = symbols[a] + symbols[b]
-        c = ids.get(joined)
-        if c is None:
-            c = ids[joined] = len(symbols)
-            symbols.append(joined)
-        delta: dict[tuple[int, int], int] = collections.defaultdict(int)
-        for i in where.pop(best):
-            word = words[i]
-            new = _merge_ids(word, a, b, c)
-            if new is None:
-                continue  # the index is a superset: this word lost the pair to an earlier merge
-            n = freqs[i]
-            for p in zip(word, word[1:]):
-                delta[p] -= n
-            for p in zip(new, new[1:]):
-                delta[p] += n
-                if c in p:  # every other pair of the new word was a pair of the old one, already indexed
-                    where[p].add(i)
-            words[i] = new
-        for p, d in delta.items():
-            if d:
-                n = counts[p] = counts[p] + d
-                if d > 0:
-                    heapq.heappush(heap, (-n, symbols[p[0]], symbols[p[1]], p[0], p[1]))
-                elif n == 0:
-                    del counts[p]
-        counts.pop(best, None)
+    symbols = [bytes([b]) for b in range(256)]  # a byte's id is its value
+    words = [list(w) for w in word_counts if w]
+    freqs = [n for w, n in word_counts.items() if w]
+    merges: list[Pair] = []
+    if n_merges > 0:
+        for a, b, _ in merge_pairs(words, freqs, symbols, bytes.__add__):
+            merges.append((symbols[a], symbols[b]))
+            report(len(merges))
+            if len(merges) == n_merges:
+                break
     report(None)
     return merges
-
-
-def _merge_ids(word: list[int], a: int, b: int, c: int) -> list[int] | None:
-    """`word` with each (a, b) joined into c, left to right; None if it holds no (a, b)."""
-    out, i, n = [], 0, len(word)
-    while i < n:
-        if i + 1 < n and word[i] == a and word[i + 1] == b:
-            out.append(c)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return out if len(out) < n else None
