@@ -153,11 +153,12 @@ def run(rounds: int, reference: bool, progress=print) -> dict:
 
 def table(doc: dict) -> str:
     env = doc["env"]
-    out = [f"Tokenizer training on tiny Shakespeare, minitx against `tokenizers` {env['tokenizers']}: thread CPU "
+    out = [f"Tokenizer training on tiny Shakespeare, minitx ({env.get('minitx_trainers', 'since #20')} trainers, "
+           f"commit {str(env.get('git_commit'))[:7]}) against `tokenizers` {env['tokenizers']}: thread CPU "
            f"time, one thread each, {doc['rounds']} alternated rounds in one process; ratio = minitx / tokenizers "
            f"per round, median [p25, p75] (min-max). Load average {env['load_average_1min']:.1f} at the start, "
            f"{env['load_average_1min_end']:.1f} at the end ({env['cpu_count']} CPUs: a shared machine).", "",
-           "| trainer | vocab | minitx (s) | tokenizers (s) | ratio | floor / goal | before | output alike |",
+           "| trainer | vocab | minitx (s) | tokenizers (s) | ratio | floor / goal | issue's before | output alike |",
            "|---|---|---|---|---|---|---|---|"]
     for r in doc["records"]:
         q = r["ratio"]
