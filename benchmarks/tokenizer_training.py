@@ -136,7 +136,8 @@ def run(rounds: int, reference: bool, progress=print) -> dict:
         ratio = _spread(rec["ratio"])
         records.append({"kind": kind, "vocab_size": vocab, "minitx_s": _spread(rec["minitx"]),
                         "tokenizers_s": _spread(rec["tokenizers"]), "ratio": ratio, "floor": floor, "goal": goal,
-                        "before": BEFORE[kind, vocab], "meets_floor": None if floor is None else ratio["median"] <= floor,
+                        "before": BEFORE[kind, vocab],
+                        "meets_floor": None if floor is None else ratio["median"] <= floor,
                         "hidden_work": max(rec["hidden"]) > 1.05, **outputs[kind, vocab]})
     if reference and learn_merges_reference is not None:
         counts = collections.Counter(pre_tokenize_bytes(text))
@@ -165,8 +166,8 @@ def table(doc: dict) -> str:
         ratio = f"**{q['median']:.2f}x** [{q['p25']:.2f}, {q['p75']:.2f}] ({q['min']:.2f}-{q['max']:.2f})"
         bound = "-" if r["floor"] is None else f"<= {r['floor']}x / {r['goal']}x"
         if r["kind"] == "bpe":
-            alike = (f"{100 * r['shared_tokens']:.0f}% of learned tokens shared; tokens/char {r['tokens_per_char_minitx']:.3f}"
-                     f" vs {r['tokens_per_char_tokenizers']:.3f}")
+            alike = (f"{100 * r['shared_tokens']:.0f}% of learned tokens shared; tokens/char "
+                     f"{r['tokens_per_char_minitx']:.3f} vs {r['tokens_per_char_tokenizers']:.3f}")
         else:
             alike = (f"{100 * r['shared_tokens']:.0f}% of vocab shared; pieces/word {r['pieces_per_word_minitx']:.3f}"
                      f" vs {r['pieces_per_word_tokenizers']:.3f}")
@@ -174,8 +175,8 @@ def table(doc: dict) -> str:
                    f"{r['tokenizers_s']['median']:.3f} | {ratio} | {bound} | {r['before']}x | {alike} |")
     refs = [r for r in doc["records"] if "reference_trainer_s" in r]
     if refs:
-        out += ["", "The readable BPE trainer (`learn_merges_reference`, the algorithm before #20), merges only, one run: "
-                + ", ".join(f"vocab {r['vocab_size']:,}: {r['reference_trainer_s']:.2f} s" for r in refs) + "."]
+        out += ["", "The readable BPE trainer (`learn_merges_reference`, the algorithm before #20), merges only, "
+                "one run: " + ", ".join(f"vocab {r['vocab_size']:,}: {r['reference_trainer_s']:.2f} s" for r in refs) + "."]
     if any(r["hidden_work"] for r in doc["records"]):
         out += ["", "Warning: some call used more process than thread CPU time (work on other threads)."]
     return "\n".join(out) + "\n"

@@ -126,10 +126,11 @@ def test_fast_trainer_equals_the_recount_on_shakespeare(shakespeare_words):
     assert fast == recount_vocabulary(counts, 160)
 
 
+FEW_LETTER_WORDS = st.text(alphabet="abc", min_size=1, max_size=8) | st.text(alphabet="aé日", min_size=1, max_size=4)
+
+
 @settings(max_examples=100)
-@given(st.dictionaries(st.text(alphabet="abc", min_size=1, max_size=8) | st.text(alphabet="aé日", min_size=1, max_size=4),
-                       st.integers(1, 12), max_size=30),
-       st.integers(1, 40), st.integers(1, 3))
+@given(st.dictionaries(FEW_LETTER_WORDS, st.integers(1, 12), max_size=30), st.integers(1, 40), st.integers(1, 3))
 def test_fast_trainer_equals_the_recount_on_drawn_word_counts(word_counts, budget, min_frequency):
     # Few letters: ties, overlaps ("aaa") and one piece reached by two different merges ("ab"+"##c",
     # "a"+"##bc") are all likely.

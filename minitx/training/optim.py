@@ -68,7 +68,8 @@ class AdamW:
     √(1 − β2^t) as a multiplication by its reciprocal (ATen's CUDA division by a host scalar) while the
     multi-tensor path divides, so the two may differ in the last bit, each still equal to torch's same path.
     In bfloat16/float16 on a CPU torch's own foreach path differs from its single-tensor one (`_foreach_mul_`
-    rounds 1 − ηλ and β2 to the tensor's dtype first); minitx's multi-tensor path keeps the single-tensor bits. It is not a `torch.optim.Optimizer`: that base class imports torch._dynamo
+    rounds 1 − ηλ and β2 to the tensor's dtype first); minitx's multi-tensor path keeps the single-tensor bits.
+    It is not a `torch.optim.Optimizer`: that base class imports torch._dynamo
     when its first parameter group is added, ~145 MiB of resident memory that a CPU training run never uses.
     Per step t and tensor θ with gradient g (tensors without a gradient are skipped, as torch skips them):
 
