@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minitx.training import optim
 from minitx.training.optim import AdamW, parameter_groups
 
 
@@ -51,6 +52,106 @@ def test_bit_for_bit_equal_to_torch(lr, beta1, beta2, weight_decay, steps):
     _train(b, theirs, steps, lrs=lrs)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), name
+
+
+def _mixed_model(half=torch.bfloat16, seed=0):
+    """Tensors of three dtypes and many sizes, so the multi-tensor path makes several (device, dtype) groups."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LayerNorm(7), torch.nn.Linear(7, 6),
+                                torch.nn.Linear(6, 3))
+    model[2].double()
+    model[3].to(half)
+    return model
+
+
+def _train_mixed(model, opt, steps, lrs, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for t in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lrs[t]
+        x = torch.randn(9, 5, generator=g)
+        h = model[2](model[1](model[0](x)).double()).float()
+        loss = model[3](h.to(model[3].weight.dtype)).float().pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        if t % 3 == 2:
+            model[0].bias.grad = None  # a tensor without a gradient this step: skipped, its step count lags
+        opt.step()
+
+
+@settings(max_examples=10, deadline=None)
+@given(lr=st.floats(1e-4, 1e-1), beta1=st.floats(0.0, 0.99), beta2=st.floats(0.5, 0.9999),
+       weight_decay=st.sampled_from([0.0, 0.01, 0.3]), steps=st.integers(1, 8), chunk=st.sampled_from([1, 40, 1 << 22]))
+def test_multi_tensor_path_is_bit_for_bit_torch_on_the_cpu(lr, beta1, beta2, weight_decay, steps, chunk):
+    """foreach=True (one torch._foreach_* op per line of (opt.1)-(opt.2), per dtype and chunk) against torch's
+    AdamW with foreach=False, and minitx's own single-tensor path: on a CPU the same bits in float32, float64
+    and bfloat16, with steps that lag where a gradient was missing; and torch's foreach=True in float32/64."""
+    lrs = [lr * (t + 1) / steps for t in range(steps)]
+    hyper = {"lr": lr, "betas": (beta1, beta2), "weight_decay": weight_decay}
+    for half in (torch.bfloat16, torch.float32):
+        models, opts = [], []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(optim, "FOREACH_CHUNK_NUMEL", chunk)  # 1: every tensor its own chunk; 40: a few
+            for cls, foreach in ((AdamW, True), (AdamW, False), (torch.optim.AdamW, True),
+                                 (torch.optim.AdamW, False)):
+                models.append(_mixed_model(half))
+                opts.append(cls(parameter_groups(models[-1], weight_decay), **hyper, foreach=foreach))
+                _train_mixed(models[-1], opts[-1], steps, lrs)
+        for named in zip(*(m.named_parameters() for m in models)):
+            name, (mine_multi, mine_single, theirs_multi, theirs_single) = named[0][0], [p for _, p in named]
+            assert torch.equal(mine_multi, theirs_single) and torch.equal(mine_single, theirs_single), name
+            if half == torch.float32:
+                # with a bfloat16 layer torch's foreach differs: on a CPU it rounds 1 - lr*wd and beta2 to
+                # bfloat16 first (optim._factor), and the gradients of every other layer follow
+                assert torch.equal(mine_multi, theirs_multi), name
+        for state in (opts[0].state, opts[1].state):
+            steps_seen = {float(s["step"]) for s in state.values()}
+            assert steps_seen <= {float(steps), float(steps - steps // 3)}
+
+
+def test_foreach_chooses_the_path(monkeypatch):
+    calls = []
+    real = torch._foreach_addcdiv_
+    monkeypatch.setattr(torch, "_foreach_addcdiv_", lambda *a, **k: (calls.append(len(a[0])), real(*a, **k)))
+    for foreach, expected in ((None, [6]), (True, [6]), (False, [])):
+        calls.clear()
+        model = _model()
+        _train(model, AdamW(model.parameters(), foreach=foreach), 1)
+        assert calls == expected, foreach  # one multi-tensor update of all 6 tensors, or none
+    calls.clear()
+    monkeypatch.setattr(optim, "FOREACH_CHUNK_NUMEL", 40)  # 35 | 7 + 7 + 7 | 21 + 3 elements
+    model = _model()
+    _train(model, AdamW(model.parameters()), 1)
+    assert calls == [1, 3, 2]
+    with pytest.raises(ValueError, match="foreach"):
+        AdamW(model.parameters(), foreach="yes")
+    assert AdamW(model.parameters(), foreach=False).state_dict()["param_groups"][0]["foreach"] is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_both_paths_equal_torchs_on_cuda():
+    """On CUDA each path is bit for bit torch's same path; the two paths may differ in the last bit (the
+    single-tensor path's division by a host scalar is a multiplication by its reciprocal on CUDA)."""
+    results = {}
+    for foreach in (True, False):
+        for lib in ("minitx", "torch"):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.LayerNorm(256),
+                                        torch.nn.Linear(256, 8)).cuda()
+            cls = AdamW if lib == "minitx" else torch.optim.AdamW
+            opt = cls(parameter_groups(model, 0.1), lr=3e-3, betas=(0.9, 0.99), foreach=foreach)
+            g = torch.Generator(device="cuda").manual_seed(1)
+            for _ in range(5):
+                loss = model(torch.randn(32, 64, device="cuda", generator=g)).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            results[lib, foreach] = [p.detach().clone() for p in model.parameters()]
+    for foreach in (True, False):
+        assert all(torch.equal(p, q) for p, q in zip(results["minitx", foreach], results["torch", foreach]))
+    for p, q in zip(results["minitx", True], results["minitx", False]):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
 
 
 def test_the_update_is_the_documented_equation():

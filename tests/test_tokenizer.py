@@ -2,6 +2,7 @@
 round trips (corpus text and Hypothesis-drawn unicode) and a differential check against Hugging Face's
 BertTokenizer given the same vocabulary."""
 
+import collections
 import json
 
 import pytest
@@ -10,9 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minitx.data.synthetic import SyntheticLanguage
+from minitx.recipes.lm.recipe import shakespeare_text
 from minitx.tokenizers.pretokenize import pre_tokenize
 from minitx.tokenizers.wordpiece import SPECIAL_TOKENS, WordPieceTokenizer, truncated_lengths
 from minitx.tokenizers.wordpiece_trainer import learn_vocabulary
+
+UNICODE_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.text(
+    alphabet=st.sampled_from(list("aZé\u0301İΣς日本語한국\u3000\u00a0\u200b\x00\x1c\x85\ufffd\u2028\t\n .,!¿—«»")),
+    max_size=40)
 
 SMALL_TEXT = """The quick brown fox jumps over the lazy dog. Café au lait, s'il vous plaît!
 Tokenizers split unbelievable words into pieces; un-tokenizable ones become [UNK].
@@ -23,6 +29,11 @@ Tokenizers split unbelievable words into pieces; un-tokenizable ones become [UNK
 def corpus_tokenizer():
     texts = SyntheticLanguage(0).texts(1500)
     return WordPieceTokenizer.train(texts, vocab_size=2000), texts
+
+
+@pytest.fixture(scope="module")
+def shakespeare_words():
+    return pre_tokenize(shakespeare_text()[:40_000])
 
 
 @pytest.fixture(scope="module")
@@ -65,40 +76,84 @@ def test_training_merges_the_most_frequent_pair_and_keeps_the_likelihood_option(
         learn_vocabulary(counts, budget=5, criterion="bpe")
 
 
+def recount_vocabulary(word_counts, budget, min_frequency=2):
+    """The readable reference for learn_vocabulary(criterion="frequency"): every pair recounted from scratch
+    at every merge, the most frequent taken (ties: the smallest pair)."""
+    words = sorted(word_counts)
+    splits = {w: [w[0]] + ["##" + c for c in w[1:]] for w in words}
+    symbol_counts = collections.Counter()
+    for w in words:
+        for s in splits[w]:
+            symbol_counts[s] += word_counts[w]
+    tokens = sorted(sorted(symbol_counts, key=lambda s: (-symbol_counts[s], s))[:budget])
+    while len(tokens) < budget:
+        pairs = {}
+        for w in words:
+            for p in zip(splits[w], splits[w][1:]):
+                pairs[p] = pairs.get(p, 0) + word_counts[w]
+        pairs = {p: c for p, c in pairs.items() if c >= min_frequency}
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        for w in words:
+            sp, out, i = splits[w], [], 0
+            while i < len(sp):
+                if i + 1 < len(sp) and (sp[i], sp[i + 1]) == best:
+                    out.append(best[0] + best[1][2:])
+                    i += 2
+                else:
+                    out.append(sp[i])
+                    i += 1
+            splits[w] = out
+        if best[0] + best[1][2:] not in tokens:
+            tokens.append(best[0] + best[1][2:])
+    return tokens
+
+
 def test_incremental_counts_equal_a_full_recount():
-    # The heap-and-index trainer must pick, at every step, the pair a from-scratch recount would pick.
+    # The fast trainer (minitx.tokenizers.pair_merges: incremental counts, a lazily invalidated heap) must
+    # pick, at every step, the pair a from-scratch recount would pick.
     import random
     rng = random.Random(0)
     counts = {"".join(rng.choice("abcd") for _ in range(rng.randint(1, 7))): rng.randint(1, 9) for _ in range(60)}
+    assert learn_vocabulary(counts, budget=60) == recount_vocabulary(counts, 60)
 
-    def naive(word_counts, budget):
-        words = sorted(word_counts)
-        splits = {w: [w[0]] + ["##" + c for c in w[1:]] for w in words}
-        tokens = sorted({s for sp in splits.values() for s in sp})
-        while len(tokens) < budget:
-            pairs = {}
-            for w in words:
-                for p in zip(splits[w], splits[w][1:]):
-                    pairs[p] = pairs.get(p, 0) + word_counts[w]
-            pairs = {p: c for p, c in pairs.items() if c >= 2}
-            if not pairs:
-                break
-            best = min(pairs, key=lambda p: (-pairs[p], p))
-            for w in words:
-                sp, out, i = splits[w], [], 0
-                while i < len(sp):
-                    if i + 1 < len(sp) and (sp[i], sp[i + 1]) == best:
-                        out.append(best[0] + best[1][2:])
-                        i += 2
-                    else:
-                        out.append(sp[i])
-                        i += 1
-                splits[w] = out
-            if best[0] + best[1][2:] not in tokens:
-                tokens.append(best[0] + best[1][2:])
-        return tokens
 
-    assert learn_vocabulary(counts, budget=60) == naive(counts, 60)
+def test_fast_trainer_equals_the_recount_on_shakespeare(shakespeare_words):
+    counts = collections.Counter(shakespeare_words)
+    fast = learn_vocabulary(counts, budget=160)
+    assert len(fast) == 160 and "the" in fast
+    assert fast == recount_vocabulary(counts, 160)
+
+
+FEW_LETTER_WORDS = st.text(alphabet="abc", min_size=1, max_size=8) | st.text(alphabet="aé日", min_size=1, max_size=4)
+
+
+@settings(max_examples=100)
+@given(st.dictionaries(FEW_LETTER_WORDS, st.integers(1, 12), max_size=30), st.integers(1, 40), st.integers(1, 3))
+def test_fast_trainer_equals_the_recount_on_drawn_word_counts(word_counts, budget, min_frequency):
+    # Few letters: ties, overlaps ("aaa") and one piece reached by two different merges ("ab"+"##c",
+    # "a"+"##bc") are all likely.
+    assert learn_vocabulary(word_counts, budget, min_frequency) == recount_vocabulary(word_counts, budget,
+                                                                                       min_frequency)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(UNICODE_TEXT, max_size=12), st.booleans())
+def test_training_reads_lines_joined_as_it_would_one_by_one(lines, lowercase):
+    # train() pre-tokenizes lines joined by newlines (one pass per chunk); the words must be those of each line
+    # taken alone.
+    counts = collections.Counter(w for line in lines for w in pre_tokenize(line, lowercase))
+    tokens = WordPieceTokenizer.train(lines, vocab_size=300, min_frequency=1, lowercase=lowercase).vocab
+    assert tokens[len(SPECIAL_TOKENS):] == [t for t in learn_vocabulary(counts, 295, 1) if t not in SPECIAL_TOKENS]
+
+
+def test_progress_lines_when_not_a_terminal(capsys):
+    WordPieceTokenizer.train([SMALL_TEXT] * 3, vocab_size=120, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("WordPiece merges: ") and lines[-1].startswith("WordPiece merges: done in")
+    WordPieceTokenizer.train([SMALL_TEXT] * 3, vocab_size=120)  # progress=None: a short run says nothing
+    assert capsys.readouterr().err == ""
 
 
 def test_training_is_deterministic_and_order_free():
@@ -245,9 +300,6 @@ def test_bad_arguments_are_named():
 
 
 # ----------------------------------------------------------------------------------------------- BERT's rules
-UNICODE_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.text(
-    alphabet=st.sampled_from(list("aZé\u0301İΣς日本語한국\u3000\u00a0\u200b\x00\x1c\x85\ufffd\u2028\t\n .,!¿—«»")),
-    max_size=40)
 
 
 @settings(max_examples=200, deadline=None)

@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from minitx.tokenizers.bpe_trainer import learn_merges, merge_pair
 from minitx.tokenizers.files import checked_ids, JsonStateFile
 
 __all__ = ["ByteBPETokenizer", "bytes_to_unicode", "pre_tokenize_bytes"]
@@ -67,57 +68,6 @@ def _to_bytes(token: str, where: str) -> bytes:
         raise ValueError(f"{where}: token {token!r} holds {err.args[0]!r}, not a GPT-2 byte character") from None
 
 
-def _merge_word(word: tuple[bytes, ...], pair: tuple[bytes, bytes]) -> tuple[bytes, ...]:
-    out, i = [], 0
-    while i < len(word):
-        if i + 1 < len(word) and word[i] == pair[0] and word[i + 1] == pair[1]:
-            out.append(word[i] + word[i + 1])
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return tuple(out)
-
-
-def _pair_counts(words: dict[tuple[bytes, ...], int]) -> collections.Counter:
-    counts: collections.Counter = collections.Counter()
-    for word, n in words.items():
-        for pair in zip(word, word[1:]):
-            counts[pair] += n
-    return counts
-
-
-def learn_merges(word_counts: dict[bytes, int], n_merges: int) -> list[tuple[bytes, bytes]]:
-    """Greedy BPE training: repeatedly merge the most frequent adjacent pair (ties: the smaller pair of
-    byte strings), updating only the words that hold it."""
-    words = {tuple(bytes([b]) for b in w): n for w, n in word_counts.items() if w}
-    counts = _pair_counts(words)
-    where: dict[tuple[bytes, bytes], set] = collections.defaultdict(set)
-    for word in words:
-        for pair in zip(word, word[1:]):
-            where[pair].add(word)
-    merges = []
-    for _ in range(n_merges):
-        live = [(p, n) for p, n in counts.items() if n > 0]
-        if not live:
-            break
-        pair = min(live, key=lambda item: (-item[1], item[0]))[0]  # most frequent; ties: smallest bytes
-        merges.append(pair)
-        for word in list(where.pop(pair, ())):
-            if word not in words:
-                continue
-            n = words.pop(word)
-            new = _merge_word(word, pair)
-            words[new] = words.get(new, 0) + n
-            for p in zip(word, word[1:]):
-                counts[p] -= n
-            for p in zip(new, new[1:]):
-                counts[p] += n
-                where[p].add(new)
-        counts.pop(pair, None)
-    return merges
-
-
 class ByteBPETokenizer(JsonStateFile):
     """`tokens[i]` is the byte string of id i; `merges` in rank order. Every single byte has an id."""
 
@@ -143,8 +93,10 @@ class ByteBPETokenizer(JsonStateFile):
         return len(self.tokens)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> "ByteBPETokenizer":
-        """256 byte tokens, then vocab_size - 256 merges learned from `texts` (fewer if the text runs out)."""
+    def train(cls, texts: Iterable[str], vocab_size: int, progress: bool | None = None) -> "ByteBPETokenizer":
+        """256 byte tokens, then vocab_size - 256 merges learned from `texts` (fewer if the text runs out) by
+        minitx.tokenizers.bpe_trainer.learn_merges. progress: None reports only a long training (a tqdm bar on
+        a terminal, plain lines on stderr otherwise), True always, False never."""
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 256:
             raise ValueError(f"vocab_size: expected an int >= 256 (the byte tokens), got {vocab_size!r}")
         if isinstance(texts, str):
@@ -154,7 +106,7 @@ class ByteBPETokenizer(JsonStateFile):
             if not isinstance(text, str):
                 raise TypeError(f"texts: expected str items, got {type(text).__name__}")
             counts.update(pre_tokenize_bytes(text))
-        merges = learn_merges(counts, vocab_size - 256)
+        merges = learn_merges(counts, vocab_size - 256, progress)
         return cls([bytes([b]) for b in range(256)] + [a + b for a, b in merges], merges)
 
     def _bpe(self, piece: bytes) -> list[int]:
@@ -166,7 +118,7 @@ class ByteBPETokenizer(JsonStateFile):
             pair = min(zip(word, word[1:]), key=lambda p: self.ranks.get(p, float("inf")))
             if pair not in self.ranks:
                 break
-            word = _merge_word(word, pair)
+            word = merge_pair(word, pair)
         ids = [self.ids[t] for t in word]
         if len(self._cache) < 100_000:
             self._cache[piece] = ids

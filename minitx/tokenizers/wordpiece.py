@@ -89,10 +89,12 @@ class WordPieceTokenizer:
     # -- training and loading ------------------------------------------------------------------------------
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2, lowercase: bool = True,
-              max_input_chars_per_word: int = 100, criterion: str = "frequency") -> "WordPieceTokenizer":
+              max_input_chars_per_word: int = 100, criterion: str = "frequency",
+              progress: bool | None = None) -> "WordPieceTokenizer":
         """Learn a vocabulary (minitx.tokenizers.wordpiece_trainer): the specials, every character seen, then merges of
         the most frequent adjacent pair (criterion="likelihood": the old WordPiece score) seen at least
-        `min_frequency` times, until `vocab_size` tokens or no pair is left."""
+        `min_frequency` times, until `vocab_size` tokens or no pair is left. progress: None reports only a long
+        training (a tqdm bar on a terminal, plain lines on stderr otherwise), True always, False never."""
         if isinstance(texts, (str, bytes)):
             raise TypeError(f"texts: expected an iterable of strings (lines), got a single {type(texts).__name__}")
         if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
@@ -102,9 +104,17 @@ class WordPieceTokenizer:
         if criterion not in CRITERIA:
             raise ValueError(f"criterion: expected one of {CRITERIA}, got {criterion!r}")
         word_counts: Counter = Counter()
-        for t in texts:
-            word_counts.update(w for w in pre_tokenize(t, lowercase) if len(w) <= max_input_chars_per_word)
-        tokens = learn_vocabulary(word_counts, vocab_size - len(SPECIAL_TOKENS), min_frequency, criterion)
+        lines = iter(texts)
+        while chunk := list(islice(lines, 4096)):
+            for t in chunk:
+                if not isinstance(t, str):
+                    raise TypeError(f"texts: expected str items, got {type(t).__name__}")
+            # Lines joined by a newline give the same words as one by one (a newline is white space, and neither
+            # NFC, lowercasing nor accent stripping looks across it), in one pass per chunk instead of per line.
+            word_counts.update(w for w in pre_tokenize("\n".join(chunk), lowercase)
+                               if len(w) <= max_input_chars_per_word)
+        tokens = learn_vocabulary(word_counts, vocab_size - len(SPECIAL_TOKENS), min_frequency, criterion,
+                                  progress)
         return cls(list(SPECIAL_TOKENS) + [t for t in tokens if t not in SPECIAL_TOKENS], lowercase,
                    max_input_chars_per_word)
 

@@ -10,15 +10,18 @@ word that holds it, until the vocabulary is full or no pair is seen `min_frequen
   count(ab) / (count(a) count(b)). It rewards pairs of *rare* pieces that always occur together, so on real
   text the budget goes to rare digit strings and names first; kept for the comparison in lesson 05.
 
-The frequency trainer keeps pair counts incrementally, with an index from each pair to the words that hold it
-and a heap of counts with lazy deletion, so a merge costs only the words it touches: seconds on a few MB.
+The frequency trainer runs the fast pair-merge loop it shares with the BPE trainer (minitx.tokenizers.pair_merges):
+pair counts kept incrementally over word types, an index from each pair to the words that hold it and a heap
+with lazy invalidation, so a merge costs only the words it touches.
 The likelihood trainer rescans all pairs per merge (its scores change whenever a piece count changes).
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter, defaultdict
+
+from minitx.tokenizers.pair_merges import merge_pairs
+from minitx.tokenizers.progress import merge_progress
 
 __all__ = ["learn_vocabulary", "CRITERIA"]
 
@@ -34,7 +37,7 @@ def _merge(symbols: list[str], pair: Pair) -> list[str]:
     out, i = [], 0
     while i < len(symbols):
         if i + 1 < len(symbols) and symbols[i] == pair[0] and symbols[i + 1] == pair[1]:
-            out.append(pair[0] + pair[1][2:])  # "ab" + "##c" -> "abc"; "##ab" + "##c" -> "##abc"
+            out.append(_join(*pair))
             i += 2
         else:
             out.append(symbols[i])
@@ -43,69 +46,67 @@ def _merge(symbols: list[str], pair: Pair) -> list[str]:
 
 
 def learn_vocabulary(word_counts: dict[str, int], budget: int, min_frequency: int = 2,
-                     criterion: str = "frequency") -> list[str]:
+                     criterion: str = "frequency", progress: bool | None = None) -> list[str]:
     """Up to `budget` tokens: the characters seen (word-initial, or `##` continuation; the most frequent ones
     if there are more than `budget`), then one new piece per merge, in merge order.
 
     Ties go to the lexicographically smallest pair (frequency) or largest (likelihood, as before), so the
-    result depends only on the counts, never on the order words came in.
+    result depends only on the counts, never on the order words came in. progress: None reports only a long
+    training (a tqdm bar on a terminal, plain lines on stderr otherwise), True always, False never.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion: expected one of {CRITERIA}, got {criterion!r}")
     words = sorted(word_counts)
-    splits = [[w[0]] + ["##" + c for c in w[1:]] for w in words]
     counts = [word_counts[w] for w in words]
     symbol_counts: Counter = Counter()
-    for symbols, c in zip(splits, counts):
-        for s in symbols:
-            symbol_counts[s] += c
+    for w, c in zip(words, counts):
+        symbol_counts[w[0]] += c
+        for ch in w[1:]:
+            symbol_counts["##" + ch] += c
     tokens = sorted(symbol_counts, key=lambda s: (-symbol_counts[s], s))[:budget]
     tokens.sort()
-    learn = _by_frequency if criterion == "frequency" else _by_likelihood
-    learn(splits, counts, tokens, budget, min_frequency)
+    if criterion == "frequency":
+        _by_frequency(words, counts, tokens, budget, min_frequency, progress)
+    else:
+        _by_likelihood([_split(w) for w in words], counts, tokens, budget, min_frequency)
     return tokens
 
 
-def _by_frequency(splits: list[list[str]], counts: list[int], tokens: list[str], budget: int,
-                  min_frequency: int) -> None:
-    pair_counts: dict[Pair, int] = defaultdict(int)
-    where: dict[Pair, set[int]] = defaultdict(set)
-    for i, symbols in enumerate(splits):
-        for p in _pairs(symbols):
-            pair_counts[p] += counts[i]
-            where[p].add(i)
-    heap = [(-c, p) for p, c in pair_counts.items()]
-    heapq.heapify(heap)
+def _split(word: str) -> list[str]:
+    return [word[0]] + ["##" + c for c in word[1:]]
+
+
+def _join(a: str, b: str) -> str:
+    return a + b[2:]  # "ab" + "##c" -> "abc"; "##ab" + "##c" -> "##abc"
+
+
+def _by_frequency(words: list[str], counts: list[int], tokens: list[str], budget: int, min_frequency: int,
+                  progress: bool | None) -> None:
+    """Merges by minitx.tokenizers.pair_merges.merge_pairs (incremental counts, a lazily invalidated heap)."""
+    if len(tokens) >= budget:
+        return
+    symbols: list[str] = []
+    ids: dict[str, int] = {}
+
+    def symbol_id(s: str) -> int:
+        if s not in ids:
+            ids[s] = len(symbols)
+            symbols.append(s)
+        return ids[s]
+
+    splits = [[symbol_id(s) for s in _split(w)] for w in words]
     known = set(tokens)
-    while len(tokens) < budget and heap:
-        neg, best = heapq.heappop(heap)
-        if pair_counts.get(best) != -neg:
-            continue  # stale: the pair's count changed since this entry; a fresh entry is in the heap
-        if -neg < min_frequency:
-            break
-        changed: dict[Pair, int] = defaultdict(int)
-        for i in where.pop(best):
-            old = splits[i]
-            new = _merge(old, best)
-            if len(new) == len(old):
-                continue  # the index is a superset: this word lost the pair to an earlier merge
-            for p in _pairs(old):
-                changed[p] -= counts[i]
-            for p in _pairs(new):
-                changed[p] += counts[i]
-                where[p].add(i)
-            splits[i] = new
-        for p, delta in changed.items():
-            if delta:
-                pair_counts[p] += delta
-                if pair_counts[p] > 0:
-                    heapq.heappush(heap, (-pair_counts[p], p))
-                else:
-                    del pair_counts[p]
-        piece = best[0] + best[1][2:]
+    report = merge_progress(budget - len(tokens), "WordPiece merges", progress)
+    start = len(tokens)
+    for _, _, c in merge_pairs(splits, counts, symbols, _join, min_frequency):
+        piece = symbols[c]
         if piece not in known:
             known.add(piece)
             tokens.append(piece)
+            report(len(tokens) - start)
+            if len(tokens) >= budget:
+                break
+    report(None)
 
 
 def _by_likelihood(splits: list[list[str]], counts: list[int], tokens: list[str], budget: int,
