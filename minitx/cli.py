@@ -45,6 +45,8 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
                  "causal language modelling (GPT): --corpus shakespeare with a character vocabulary, or --text"),
     "generate": (None, "minitx.recipes.lm.generate:generate_main",
                  "stream text from a train-lm run: generate RUN \"prompt\""),
+    "explain": (None, "minitx.recipes.explain:explain_main",
+                "figures of a run's attention, rollout and logit lens on a text: explain RUN \"text\""),
 }
 
 
