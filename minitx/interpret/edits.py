@@ -3,7 +3,7 @@ zero or mean ablation of attention heads (interp.4) and feed-forward neurons, an
 from another run (interp.5).
 
 A head's output is its slice z_h of "attention.z" (B, H, N, D), read by `out_proj` as
-out = sum_h z_h W_O,h^T + b_O (mha.3), so replacing z_h removes exactly that head's write into the residual
+out = sum_h z_h W_O,h^T + b_O (the output projection, read head by head), so replacing z_h removes exactly that head's write into the residual
 stream (the bias stays). A neuron is one column of the feed-forward's "hidden" (B, N, d_ff).
 """
 

@@ -102,7 +102,7 @@ def direct_logit_attribution(model: nn.Module, cache: ActivationCache, target: t
         attention = model.get_submodule(f"{b}.attention")
         z = cache[f"{b}.attention.z"].float()  # (B, H, N, D)
         w = rearrange(attention.out_proj.weight.float(), "c (h d) -> h d c", h=attention.n_heads)  # (C, H D)
-        writes = torch.einsum("bhnd,hdc->hbnc", z, w)  # (H, B, N, C): z_h W_O,h^T (mha.3)
+        writes = torch.einsum("bhnd,hdc->hbnc", z, w)  # (H, B, N, C): z_h W_O,h^T, one head at a time
         heads.append(read(writes))
         bias = attention.out_proj.bias
         biases.append(read(bias.float().expand_as(final)) if bias is not None else torch.zeros_like(embed))
