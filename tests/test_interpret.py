@@ -77,6 +77,40 @@ def test_cache_for_bert_names_its_stack_and_matches_the_hidden_states():
     torch.testing.assert_close(pattern.sum(-1), torch.ones(2, 2, 4, 7))
 
 
+def test_cache_for_any_model_built_from_blocks_with_two_stacks():
+    """A family that is only Blocks works without anything else: an encoder-decoder of standard blocks (the
+    decoder's with cross-attention) has two stacks, named by their ModuleLists; its cross-attention is cached."""
+    from torch import nn
+
+    from minitx.nn.block import standard_block
+
+    class EncoderDecoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.ModuleList(standard_block(16, 2, 32, dropout=0.0) for _ in range(2))
+            self.decoder = nn.ModuleList(standard_block(16, 2, 32, dropout=0.0, norm_first=True,
+                                                        cross_attention=True) for _ in range(1))
+
+        def forward(self, source, target):
+            for block in self.encoder:
+                source = block(source)
+            for block in self.decoder:
+                target = block(target, is_causal=True, context=source)
+            return target
+    torch.manual_seed(0)
+    model, source, target = EncoderDecoder().eval(), torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    out, cache = run_with_cache(model, source, target)
+    assert block_stacks(model) == {"encoder": ["encoder.0", "encoder.1"], "decoder": ["decoder.0"]}
+    torch.testing.assert_close(cache["decoder.0.resid_post"], out)
+    assert cache.stack("attention.pattern", "encoder").shape == (2, 2, 2, 5, 5)
+    assert cache["decoder.0.cross_attn_out"].shape == (2, 3, 16)
+    with pytest.raises(ValueError, match="several stacks"):
+        cache.stack("resid_post")
+    hooks = ablate_heads(model, [(0, 1)], stack="decoder")
+    assert list(hooks) == ["decoder.0.attention.z"]
+    assert not torch.allclose(run_with_hooks(model, source, target, hooks=hooks), out)
+
+
 def test_cache_names_filter_and_errors():
     model, x = gpt(), ids()
     _, cache = run_with_cache(model, x, names=["blocks.0.resid_post"])
@@ -352,6 +386,13 @@ def test_repeated_tokens_and_repeat_losses():
     logits[:, 6:11].scatter_(-1, x[:, 7:12, None], 50.0)  # position i predicts token i + 1 = token i - 5
     first, repeat = repeat_losses(logits, x, 6)
     assert first == pytest.approx(math.log(V), abs=1e-5) and repeat < 1e-6
+
+
+def test_the_package_face_offers_the_main_names():
+    import minitx.interpret
+    assert minitx.interpret.run_with_cache is run_with_cache and minitx.interpret.patch_heads is patch_heads
+    with pytest.raises(AttributeError, match="no_such"):
+        minitx.interpret.no_such
 
 
 def test_cache_type_is_a_mapping_with_stacks():

@@ -135,7 +135,8 @@ def run_with_cache(model: nn.Module, *args, names: Names = None, detach: bool = 
 
     `hooks` edit activations first (as in `run_with_hooks`); the cache then holds the edited values. With
     `detach=False` the cached tensors stay in the autograd graph (for gradients with respect to them).
-    Caching "attention.pattern" makes attention compute its weights on the math path for this forward."""
+    Caching "attention.pattern" makes attention compute its weights on the math path for this forward. Call a
+    masked LM without `labels`: with them its last block runs at the labelled rows only, past its hook points."""
     kept: dict[str, torch.Tensor] = {}
 
     def keep(value: torch.Tensor, name: str) -> None:
