@@ -52,6 +52,33 @@ def test_explain_a_masked_lm_run_fills_its_masks(runs, tmp_path):
     assert all((tmp_path / "figs" / f"{n}.png").read_bytes()[:8] == PNG for n in ("attention", "rollout", "logit_lens"))
 
 
+def test_the_html_page_is_self_contained_and_holds_the_patterns(runs, tmp_path):
+    """explain.html: the weights inlined as JSON equal the model's patterns (interp.1); nothing is fetched; the
+    inline script parses (node --check, where node is installed)."""
+    import re
+    import shutil
+    import subprocess
+
+    from minitx.interpret.cache import run_with_cache
+    from minitx.recipes.lm.generate import load_lm
+    summary = explain(runs / "lm", "To be, or", tmp_path, html=True)
+    page = (tmp_path / "explain.html").read_text()
+    assert summary["figures"]["html"].endswith("explain.html")
+    assert "http" not in page and "<link" not in page and " src=" not in page
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S)[1])
+    model, tokenizer = load_lm(runs / "lm")
+    _, cache = run_with_cache(model, torch.tensor([tokenizer.encode("To be, or")]))
+    assert data["tokens"] == list("To be, or")
+    torch.testing.assert_close(torch.tensor(data["patterns"]), cache.stack("attention.pattern")[:, 0], atol=1e-4,
+                               rtol=0)
+    script = re.findall(r"<script>(.*?)</script>", page, re.S)
+    assert len(script) == 1
+    if shutil.which("node"):
+        js = tmp_path / "page.js"
+        js.write_text(script[0])
+        assert subprocess.run(["node", "--check", str(js)], capture_output=True).returncode == 0
+
+
 def test_explain_errors_are_one_line(runs, tmp_path, capsys):
     assert main(["explain", str(tmp_path / "nothing"), "text"]) == 2
     err = capsys.readouterr().err

@@ -10,6 +10,7 @@ from Blocks works; docs/math/interpretability.md holds the equations (interp.*).
     probes.py     fit_probe: a linear probe on cached activations
     scores.py     repeated_tokens, induction_scores, previous_token_scores, repeat_losses
     figures.py    attention_grid, rollout_figure, logit_lens_figure (PNG through matplotlib's Figure)
+    page.py       attention_page: a self-contained HTML page to pick a layer and a head
 
 The main entry points are reachable here too: `minitx.interpret.run_with_cache(model, ids)`.
 """
