@@ -9,8 +9,8 @@
 # word decides the answer (the subject, several words back, past a distracting noun), so a claim about a head
 # can be checked against the ground truth.
 #
-# Three parts: the cache; one head found and ablated in an encoder trained on the synthetic language; the
-# induction pattern in a small GPT. The equations are in docs/math/interpretability.md; the same methods on
+# Three parts: the cache; the heads that carry agreement in an encoder trained on the synthetic language, found
+# by their attention to the known cue and tested by ablation; the induction pattern in a small GPT, ablated. The equations are in docs/math/interpretability.md; the same methods on
 # minitx's default trained models are in docs/results/interpretability.md.
 
 # %%

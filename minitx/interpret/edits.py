@@ -31,13 +31,13 @@ def mean_activation(model: nn.Module, name: str, *args, attention_mask: torch.Te
     """The mean of activation `name` over the batch and the real tokens of a reference input (interp.4):
     "attention.z" (B, H, N, D) -> (H, D); "feed_forward.hidden" (B, N, d_ff) -> (d_ff,). `attention_mask` (B, N),
     1 = real token, is also passed to the model when given."""
+    if name.endswith(".pattern"):
+        raise ValueError("name: a mean attention pattern depends on the key length; ablate attention.z instead")
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
     with torch.no_grad():
         _, cache = run_with_cache(model, *args, names=[name], **kwargs)
     value, axis = cache[name].float(), token_axis(name)
-    if axis == 2 and value.dim() == 4 and name.endswith("pattern"):
-        raise ValueError("name: a mean attention pattern depends on the key length; ablate z instead")
     if attention_mask is None:
         weights = torch.ones(value.shape[0], value.shape[axis])
     else:
