@@ -47,6 +47,8 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
                  "stream text from a train-lm run: generate RUN \"prompt\""),
     "check": (None, "minitx.conformance.runner:check_main",
               "check your own implementation (ADAPTERS.py) against minitx's reference math"),
+    "explain": (None, "minitx.recipes.explain:explain_main",
+                "figures of a run's attention, rollout and logit lens on a text: explain RUN \"text\""),
 }
 
 

@@ -17,6 +17,7 @@ LAYERS = [
     ("minitx.attention",),
     ("minitx.nn",),
     ("minitx.models",),
+    ("minitx.interpret",),
     ("minitx.generation",),
     ("minitx.tokenizers",),
     ("minitx.data",),
