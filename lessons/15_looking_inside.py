@@ -217,3 +217,18 @@ fig.savefig(output_dir() / "15_induction_pattern.png", dpi=110)
 # - On the synthetic language the ground truth is known, so "this head carries agreement" can be checked:
 #   `python benchmarks/interpret_mlm.py` does it on the default `minitx pretrain` model for three seeds, and
 #   `minitx explain RUN "text"` draws any run's attention, rollout and logit lens.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Attention rollout (interp.2)-(interp.3) by hand: for a 2-layer, 1-head model on 3 tokens, write the two
+#    patterns, mix each with the identity at $\alpha = 0.5$, multiply them in the right order, and check your
+#    matrix against `attention_rollout`. What does the rollout become at $\alpha = 1$, and why is that useless?
+# 2. Build the attention pattern of a *perfect* previous-token head and of a *perfect* induction head on
+#    $T = 5$ repeated tokens (one-hot rows), and check that `previous_token_scores` and `induction_scores` give
+#    exactly 1 for the head you built and 0 for the other score.
+# 3. Zero-ablation replaces a head's output with 0, mean-ablation with its average over a dataset. Why can
+#    zero-ablation overstate how much a head matters? (Hint: what does the next LayerNorm see?)
+#
+# Solutions: `lessons/solutions/15_looking_inside.py`.
+
