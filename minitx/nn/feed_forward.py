@@ -13,12 +13,14 @@ from minitx.checks import check_probability
 from minitx.hooks import HookPoints
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": F.gelu_tanh}  # (gelu.1) exact, (dec.5) GPT-2's approximation
+ACTIVATIONS["relu"] = torch.relu  # the original Transformer's max(0, x) (its gradient is a 0/1 mask: torch's)
 
 
 class FeedForward(HookPoints, nn.Module):
     """Position-wise MLP, (block.6): fc_out(Drop(act(fc_in(x)))), C -> d_ff -> C.
 
-    `activation` "gelu" (exact erf, minitx's hand-written backward) or "gelu_tanh" (GPT-2's, dec.5).
+    `activation` "gelu" (exact erf, minitx's hand-written backward), "gelu_tanh" (GPT-2's, dec.5) or "relu"
+    (the original Transformer's).
     `dropout` sits after the activation (as in torch.nn.TransformerEncoderLayer); BERT and GPT-2 have none
     there, so their blocks build this with 0. The dropout after `fc_out` belongs to the block.
     Hook point "hidden" (B, N, d_ff): the activations after the nonlinearity, one per neuron.
