@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
                  "causal language modelling (GPT): --corpus shakespeare with a character vocabulary, or --text"),
     "generate": (None, "minitx.recipes.lm.generate:generate_main",
                  "stream text from a train-lm run: generate RUN \"prompt\""),
+    "train-seq2seq": ("minitx.recipes.seq2seq.recipe:Seq2SeqConfig", "minitx.recipes.seq2seq.recipe:run_seq2seq",
+                      "the original Transformer (encoder-decoder): the built-in dates task or --task text"),
+    "translate": (None, "minitx.recipes.seq2seq.translate:translate_main",
+                  "translate with a train-seq2seq run: translate RUN \"text\" [--num-beams 4]"),
 }
 
 
