@@ -36,7 +36,7 @@ from minitx.config import FlatConfig, option
 from minitx.functional import IGNORE_INDEX, label_smoothed_cross_entropy
 from minitx.models.inputs import check_ids, check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend
-from minitx.nn.feed_forward import ACTIVATIONS, FeedForward
+from minitx.nn.feed_forward import FEED_FORWARD_ACTIVATIONS, FeedForward
 from minitx.nn.norms import LayerNorm
 from minitx.positional.absolute import sinusoidal_table
 
@@ -61,7 +61,7 @@ class TransformerConfig(FlatConfig):
     attention_dropout: float = option(0.0, "dropout on attention weights")
     activation_dropout: float = option(0.0, "dropout after the feed-forward's activation")
     activation: str = option("relu", "feed-forward activation: relu (the paper's), gelu or gelu_tanh",
-                             choices=tuple(ACTIVATIONS))
+                             choices=tuple(FEED_FORWARD_ACTIVATIONS))
     norm_first: bool = option(False, "pre-LN blocks (default: post-LN, as in the paper)")
     layer_norm_eps: float = option(1e-5, "LayerNorm epsilon")
     scale_embedding: bool = option(True, "multiply embeddings by sqrt(d_model) (tf.1)")
@@ -87,8 +87,8 @@ class TransformerConfig(FlatConfig):
         if self.share_embeddings and self.tgt_vocab_size not in (0, self.vocab_size):
             raise ValueError(f"tgt_vocab_size: shared embeddings need one vocabulary; got {self.tgt_vocab_size} "
                              f"with vocab_size={self.vocab_size} (set share_embeddings=False)")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
+        if self.activation not in FEED_FORWARD_ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {tuple(FEED_FORWARD_ACTIVATIONS)}, got {self.activation!r}")
         if self.position_layout not in POSITION_LAYOUTS:
             raise ValueError(f"position_layout: expected one of {POSITION_LAYOUTS}, got {self.position_layout!r}")
         check_probability("activation_dropout", self.activation_dropout)
