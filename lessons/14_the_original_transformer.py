@@ -97,8 +97,8 @@ torch_ = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), batch["labe
 assert torch.allclose(ours, torch_, atol=1e-6)
 print(f"label-smoothed loss at init: {ours.item():.3f} (log V = {math.log(vocab.vocab_size):.3f})")
 
-steps = 60 if FAST else 800
-run_config = Seq2SeqConfig(out_dir="", max_steps=steps, warmup_steps=20 if FAST else 100,
+steps = 60 if FAST else 1500
+run_config = Seq2SeqConfig(out_dir="", max_steps=steps, warmup_steps=20 if FAST else 150,
                            n_train=2000 if FAST else 20000, n_eval=16 if FAST else 300, d_model=32 if FAST else 64,
                            d_ff=64 if FAST else 256, batch_size=32 if FAST else 64, progress=False, threads=1)
 result = run_seq2seq(run_config)

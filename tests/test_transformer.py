@@ -180,3 +180,16 @@ def test_bad_config_and_inputs_are_named():
         minitx.generate(model, src, 40, temperature=0)
     with pytest.raises(ValueError, match="temperature"):
         minitx.generate(model, src, 4, num_beams=2)
+
+
+def test_generation_runs_the_encoder_once_for_greedy_and_beam_search():
+    """(tf.7): one encoder pass per generate call; the decoder's cross-attention projects the source once too."""
+    model = tiny()
+    src, mask, _ = batch()
+    encoder_calls, cross_calls = [], []
+    model.encoder[0].register_forward_hook(lambda *a: encoder_calls.append(1))
+    model.decoder[0].cross_attention.k_proj.register_forward_hook(lambda *a: cross_calls.append(1))
+    for beams in (1, 3):
+        encoder_calls.clear(), cross_calls.clear()
+        out = minitx.generate(model, src, 6, temperature=0, attention_mask=mask, num_beams=beams)
+        assert len(encoder_calls) == 1 and len(cross_calls) == 1 and out.shape[1] > 2
