@@ -151,8 +151,9 @@ class MultiHeadAttention(HookPoints, nn.Module):
         generates, so its keys and values are projected once, on the first call, and read back afterwards."""
         q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", h=self.n_heads)  # (B, N, C) -> (B, H, N, D)
         if cache.length == 0:
-            k = rearrange(self.k_proj(context), "b m (h d) -> b h m d", h=self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
-            v = rearrange(self.v_proj(context), "b m (h d) -> b h m d", h=self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
+            split = "b m (h d) -> b h m d"  # (B, M, Hkv D) -> (B, Hkv, M, D)
+            k = rearrange(self.k_proj(context), split, h=self.n_kv_heads)
+            v = rearrange(self.v_proj(context), split, h=self.n_kv_heads)
             cache.append(self.hook("k", k), self.hook("v", v))
         if cache.keys.shape[0] != x.shape[0] or cache.length != context.shape[1]:
             raise ValueError(f"cache: expected the keys of this context {tuple(context.shape[:2])}, "

@@ -54,7 +54,8 @@ def generate_encoder_decoder(model: nn.Module, source: torch.Tensor, max_new_tok
     encoder_output = model.encode(source, attention_mask)  # (tf.2): once
     if num_beams > 1:
         # every hypothesis of row b reads row b's source: expand once, then the cache follows the beams
-        expand = lambda t: None if t is None else t.repeat_interleave(num_beams, dim=0)  # (B, ...) -> (B K, ...)
+        def expand(t):
+            return None if t is None else t.repeat_interleave(num_beams, dim=0)  # (B, ...) -> (B K, ...)
         step = _step_fn(model, expand(source), expand(encoder_output), expand(attention_mask), use_cache)
         return beam_search(step, start, num_beams, 1 + max_new_tokens, config.eos_token_id, config.pad_token_id,
                            length_penalty, early_stopping)

@@ -73,7 +73,8 @@ def config_from_hf_marian(hf_config: Any, attention_backend: str = "math") -> Tr
         max_position=_get(hf_config, "max_position_embeddings"), d_model=_get(hf_config, "d_model"),
         n_encoder_layers=_get(hf_config, "encoder_layers"), n_decoder_layers=_get(hf_config, "decoder_layers"),
         n_heads=_get(hf_config, "encoder_attention_heads"), d_ff=_get(hf_config, "encoder_ffn_dim"),
-        dropout=float(_get(hf_config, "dropout", 0.1)), attention_dropout=float(_get(hf_config, "attention_dropout", 0.0)),
+        dropout=float(_get(hf_config, "dropout", 0.1)),
+        attention_dropout=float(_get(hf_config, "attention_dropout", 0.0)),
         activation_dropout=float(_get(hf_config, "activation_dropout", 0.0)), activation=_ACTIVATIONS[act],
         norm_first=False, layer_norm_eps=1e-5, scale_embedding=bool(_get(hf_config, "scale_embedding", False)),
         position_layout="halves", attention_backend=attention_backend,
@@ -122,8 +123,9 @@ def _hf_state(model: Transformer) -> dict[str, torch.Tensor]:
     decoder_embed = ours.pop("tgt_token.weight", None)
     encoder_embed = ours.pop("token.weight")
     decoder_embed = encoder_embed if decoder_embed is None else decoder_embed
-    state = {"model.encoder.embed_tokens.weight": encoder_embed, "model.decoder.embed_tokens.weight": decoder_embed.clone(),
-             "lm_head.weight": decoder_embed.clone(), "final_logits_bias": torch.zeros(1, c.target_vocab_size)}
+    state = {"model.encoder.embed_tokens.weight": encoder_embed,
+             "model.decoder.embed_tokens.weight": decoder_embed.clone(), "lm_head.weight": decoder_embed.clone(),
+             "final_logits_bias": torch.zeros(1, c.target_vocab_size)}
     if c.share_embeddings:
         state["model.shared.weight"] = encoder_embed.clone()
     for side, n in (("encoder", c.n_encoder_layers), ("decoder", c.n_decoder_layers)):
