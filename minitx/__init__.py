@@ -7,8 +7,8 @@ Triton until a name is asked for); every other name lives in the module that def
     positional      absolute (sinusoidal, learned), rope, alibi
     attention       checks, masks, backends (the registry), front_door (`attention`), varlen, cache, multi_head
     nn              norms, feed_forward, block (the one Block)
-    models          inputs, bert, gpt
-    generation      sampling, generate (the loop only; the KV cache lives in the model)
+    models          inputs, bert, gpt, transformer (the encoder-decoder)
+    generation      sampling, beam, encoder_decoder, generate (the loop only; the KV cache lives in the model)
     tokenizers      wordpiece (+ trainer, pretokenize), bpe, char, files
     data            synthetic, text_files, text, mlm, corpora
     training        config, guards, distributed, optim, checkpoint, compile, loop
@@ -36,6 +36,8 @@ _API = {
     "BertForSequenceClassification": "minitx.models.bert",
     "GPTConfig": "minitx.models.gpt",
     "GPT": "minitx.models.gpt",
+    "TransformerConfig": "minitx.models.transformer",
+    "Transformer": "minitx.models.transformer",
     "generate": "minitx.generation.generate",
     "KVCache": "minitx.attention.cache",
     "MultiHeadAttention": "minitx.attention.multi_head",

@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str | None, str, str]] = {
               "check your own implementation (ADAPTERS.py) against minitx's reference math"),
     "explain": (None, "minitx.recipes.explain:explain_main",
                 "figures of a run's attention, rollout and logit lens on a text: explain RUN \"text\""),
+    "train-seq2seq": ("minitx.recipes.seq2seq.recipe:Seq2SeqConfig", "minitx.recipes.seq2seq.recipe:run_seq2seq",
+                      "the original Transformer (encoder-decoder): the built-in dates task or --task text"),
+    "translate": (None, "minitx.recipes.seq2seq.translate:translate_main",
+                  "translate with a train-seq2seq run: translate RUN \"text\" [--num-beams 4]"),
 }
 
 

@@ -8,7 +8,7 @@ import minitx
 
 API = ["AdamW", "BertConfig", "BertForMaskedLM", "BertForSequenceClassification", "BertModel", "Block",
        "ByteBPETokenizer", "CharTokenizer", "FeedForward", "GPT", "GPTConfig", "KVCache", "LayerNorm", "LoRALinear",
-       "MultiHeadAttention", "TrainConfig", "WordPieceTokenizer", "apply_lora", "available_backends",
+       "MultiHeadAttention", "TrainConfig", "Transformer", "TransformerConfig", "WordPieceTokenizer", "apply_lora", "available_backends",
        "generate", "hook_names", "merge_lora", "register_backend", "train", "using_hooks"]
 
 
@@ -30,6 +30,8 @@ def test_interop_offers_the_four_converters():
     from minitx.interop.gpt2 import from_hf_gpt2, to_hf_gpt2
     assert (minitx.interop.from_hf_bert, minitx.interop.to_hf_bert) == (from_hf_bert, to_hf_bert)
     assert (minitx.interop.from_hf_gpt2, minitx.interop.to_hf_gpt2) == (from_hf_gpt2, to_hf_gpt2)
+    from minitx.interop.marian import from_hf_marian, to_hf_marian
+    assert (minitx.interop.from_hf_marian, minitx.interop.to_hf_marian) == (from_hf_marian, to_hf_marian)
 
 
 def test_an_unknown_name_is_an_attribute_error():

@@ -28,6 +28,7 @@ LAYERS = [
     ("minitx.recipes.pretrain",),
     ("minitx.recipes.lm",),
     ("minitx.recipes.finetune",),
+    ("minitx.recipes.seq2seq",),
     ("minitx.recipes",),  # recipes/export.py sits on the three recipes above
     ("minitx.bench",),
     ("minitx.cli", "minitx.__main__"),

@@ -42,6 +42,11 @@ class LayerKV:
         self.keys, self.values = k, v
         return k, v
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` (B',) of the batch, in that order: beam search's reshuffle of its hypotheses."""
+        if self.keys is not None:
+            self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
+
 
 class KVCache:
     """A model's cache: one `LayerKV` per block; `cache[i]` is block i's."""
@@ -60,6 +65,11 @@ class KVCache:
     def length(self) -> int:
         """Tokens cached so far (the same in every layer)."""
         return self.layers[0].length
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` in every layer (beam search follows its surviving hypotheses)."""
+        for layer in self.layers:
+            layer.reorder(index)
 
 
 def bottom_right_causal_mask(n: int, m: int, device=None) -> torch.Tensor:

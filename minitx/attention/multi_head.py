@@ -95,15 +95,22 @@ class MultiHeadAttention(HookPoints, nn.Module):
         positions (N,) or (B, N): where the new tokens sit, for RoPE (default: after the cached ones).
         cache: this layer's `LayerKV`; the new keys/values are appended and the queries attend to all of them,
         causally aligned bottom-right (dec.9). key_padding_mask then covers every key, cached and new.
+        With a `context` (cross-attention), the cache holds the context's keys/values instead: projected on
+        the first call, reused on every later one (the encoder's output is fixed while a decoder generates).
         cu_seqlens (n_seq + 1,): x is (1, T, C) holding sequences packed without padding, each attending within
         itself (`varlen_attention`; self-attention, no masks, no cache, no weights).
         """
         context = x if context is None else context
         self._check_inputs(x, context)
-        if cache is not None and (context is not x or cu_seqlens is not None):
-            raise ValueError("cache: a KV cache holds self-attention keys; got a context or cu_seqlens")
-        q, k, v = self._project(x, context, positions, 0 if cache is None else cache.length)
-        if cache is not None:
+        if cache is not None and cu_seqlens is not None:
+            raise ValueError("cache: packed sequences (cu_seqlens) take no KV cache")
+        if cache is not None and context is not x:
+            if is_causal:
+                raise ValueError("is_causal: cross-attention over a cached context is not causal")
+            q, k, v = self._project_cross(x, context, cache)
+        else:
+            q, k, v = self._project(x, context, positions, 0 if cache is None else cache.length)
+        if cache is not None and context is x:
             k, v = cache.append(k, v)  # (B, Hkv, past + N, D): (dec.6)
             if is_causal:  # (dec.9): N new queries over past + N keys
                 causal_align = "bottom_right"
@@ -138,6 +145,20 @@ class MultiHeadAttention(HookPoints, nn.Module):
                 positions = torch.arange(past, past + x.shape[1], device=x.device)
             q, k = self.rotary.rotate(q, positions), self.rotary.rotate(k, positions)
         return self.hook("q", q), self.hook("k", k), self.hook("v", v)
+
+    def _project_cross(self, x, context, cache: LayerKV):
+        """Cross-attention with a cache: the context (an encoder's output) does not change while a decoder
+        generates, so its keys and values are projected once, on the first call, and read back afterwards."""
+        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", h=self.n_heads)  # (B, N, C) -> (B, H, N, D)
+        if cache.length == 0:
+            split = "b m (h d) -> b h m d"  # (B, M, Hkv D) -> (B, Hkv, M, D)
+            k = rearrange(self.k_proj(context), split, h=self.n_kv_heads)
+            v = rearrange(self.v_proj(context), split, h=self.n_kv_heads)
+            cache.append(self.hook("k", k), self.hook("v", v))
+        if cache.keys.shape[0] != x.shape[0] or cache.length != context.shape[1]:
+            raise ValueError(f"cache: expected the keys of this context {tuple(context.shape[:2])}, "
+                             f"got cached keys of shape {tuple(cache.keys.shape)}")
+        return self.hook("q", q), cache.keys, cache.values
 
     def _packed(self, q, k, v, cross, return_weights, cu_seqlens, attn_mask, key_padding_mask, **options):
         if cross or attn_mask is not None or key_padding_mask is not None or return_weights or q.shape[0] != 1:

@@ -8,6 +8,7 @@ derivation. The equation label in a comment names what that line computes.
 One private module per derivation page, so each reads next to its page: `_softmax.py` (softmax.md),
 `_layer_norm.py` (layer_norm.md), `_gelu.py` (gelu.md), `_attention.py` (attention.md),
 `_cross_entropy.py` (cross_entropy.md, and `IGNORE_INDEX`, the label of positions without a loss);
+`_label_smoothing.py` (label_smoothing.md: the original Transformer's label-smoothed cross-entropy);
 `_checks.py` holds the
 argument checks and the un-broadcasting of gradients they share. Import from `minitx.functional`.
 
@@ -19,8 +20,9 @@ from minitx.functional._attention import causal_mask, scaled_dot_product_attenti
 from minitx.functional._cross_entropy import IGNORE_INDEX, cross_entropy
 from minitx.functional._checks import _sum_to_shape  # noqa: F401 (tested directly: tests/test_functional.py)
 from minitx.functional._gelu import gelu, gelu_tanh
+from minitx.functional._label_smoothing import label_smoothed_cross_entropy
 from minitx.functional._layer_norm import layer_norm
 from minitx.functional._softmax import softmax
 
 __all__ = ["softmax", "layer_norm", "gelu", "gelu_tanh", "causal_mask", "scaled_dot_product_attention",
-           "cross_entropy", "IGNORE_INDEX"]
+           "cross_entropy", "IGNORE_INDEX", "label_smoothed_cross_entropy"]

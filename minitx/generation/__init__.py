@@ -1,2 +1,2 @@
-"""Generation: the sampling loop (generate, iter_generate) and how the next token is chosen (sampling).
-The KV cache lives in the model (`minitx.attention.cache`)."""
+"""Generation: the sampling loop (generate, iter_generate), how the next token is chosen (sampling), beam search
+(beam) and the encoder-decoder loop (encoder_decoder). The KV cache lives in the model (`minitx.attention.cache`)."""

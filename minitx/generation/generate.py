@@ -1,4 +1,5 @@
-"""Text generation from a causal LM, with and without a KV cache (docs/math/decoder.md, (dec.6)-(dec.9)).
+"""Text generation from a causal LM or an encoder-decoder, with and without a KV cache (docs/math/decoder.md,
+(dec.6)-(dec.9)); greedy, sampling and beam search (`minitx.generation.beam`, docs/beam_search.md).
 
 This is the sampling loop only: the model computes the logits, and with `use_cache` it keeps the keys and
 values of every token so far in the `KVCache` it is handed (`minitx.attention.cache`), so each step feeds it
@@ -13,6 +14,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from minitx.generation.beam import beam_search, check_beam_options
+from minitx.generation.encoder_decoder import generate_encoder_decoder, is_encoder_decoder
 from minitx.generation.sampling import sample_next
 
 
@@ -65,9 +68,69 @@ def iter_generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temp
 
 def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             use_cache: bool = True) -> torch.Tensor:
-    """`ids` (B, N) followed by `max_new_tokens` generated tokens: (B, N + max_new_tokens).
+             use_cache: bool = True, *, attention_mask: torch.Tensor | None = None, num_beams: int = 1,
+             length_penalty: float = 1.0, early_stopping: bool | str = False) -> torch.Tensor:
+    """A causal LM: `ids` (B, N) followed by `max_new_tokens` generated tokens, (B, N + max_new_tokens).
+    An encoder-decoder (minitx.Transformer): `ids` is the source (B, S), `attention_mask` (B, S) its padding
+    (1 = real); returns the decoder's ids (B, 1 + G): the start token, then G <= max_new_tokens tokens,
+    stopping once every sequence has produced EOS and padding the ones that ended first (as Hugging Face).
 
-    temperature 0 is greedy decoding; `seed` makes sampling repeatable (a private torch.Generator)."""
+    temperature 0 is greedy decoding; `seed` makes sampling repeatable (a private torch.Generator).
+    num_beams > 1 is beam search (with temperature 0): `length_penalty` and `early_stopping` (True, False,
+    "never") as Hugging Face defines them, docs/beam_search.md. A causal LM's beams run to max_new_tokens
+    (it has no EOS) within its max_position."""
+    check_beam_options(num_beams, length_penalty, early_stopping)
+    if num_beams > 1 and temperature != 0:
+        raise ValueError(f"temperature: beam search here is deterministic; pass temperature=0 with "
+                         f"num_beams={num_beams}, got {temperature!r}")
+    if is_encoder_decoder(model):
+        _check_args_seq2seq(model, ids, max_new_tokens, temperature, top_k, top_p)
+        was_training = model.training
+        model.eval()
+        generator = None if seed is None else torch.Generator(device=ids.device).manual_seed(seed)
+        try:
+            return generate_encoder_decoder(model, ids, max_new_tokens, temperature, top_k, top_p, generator,
+                                            use_cache, attention_mask, num_beams, length_penalty, early_stopping)
+        finally:
+            model.train(was_training)
+    if attention_mask is not None:
+        raise ValueError("attention_mask: expected None for a causal LM (the prompt has no padding here); "
+                         "it is the source's padding for an encoder-decoder")
+    if num_beams > 1:
+        return _beam_causal_lm(model, ids, max_new_tokens, num_beams, length_penalty, early_stopping, use_cache)
     new = list(iter_generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache))
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1) if new else ids.clone()
+
+
+def _check_args_seq2seq(model, ids, max_new_tokens, temperature, top_k, top_p) -> None:
+    if not (isinstance(model, nn.Module) and hasattr(model, "new_cache")):
+        raise TypeError(f"model: expected a minitx encoder-decoder (a Transformer), got {type(model).__name__}")
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] == 0 or ids.dtype != torch.long:
+        got = (tuple(ids.shape), ids.dtype) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"ids: expected a non-empty (B, S) long tensor of source ids, got {got}")
+    _check_args(model, ids, max_new_tokens, temperature, top_k, top_p)
+
+
+@torch.no_grad()
+def _beam_causal_lm(model, ids, max_new_tokens, num_beams, length_penalty, early_stopping, use_cache):
+    _check_args(model, ids, max_new_tokens, 0, None, None)
+    if ids.shape[1] + max_new_tokens > model.config.max_position:
+        raise ValueError(f"max_new_tokens: beam search keeps the whole sequence in the context; "
+                         f"{ids.shape[1]} + {max_new_tokens} exceed max_position={model.config.max_position}")
+    if max_new_tokens == 0:
+        return ids.clone()
+    cache = model.new_cache() if use_cache else None
+
+    def step(sequences, reorder):
+        if cache is None:
+            return model(sequences).logits[:, -1]
+        if reorder is not None:
+            cache.reorder(reorder)
+        return model(sequences[:, cache.length:], cache=cache).logits[:, -1]
+    was_training = model.training
+    model.eval()
+    try:
+        return beam_search(step, ids, num_beams, ids.shape[1] + max_new_tokens, None, 0, length_penalty,
+                           early_stopping)
+    finally:
+        model.train(was_training)

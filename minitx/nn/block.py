@@ -80,13 +80,15 @@ class Block(HookPoints, nn.Module):
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, is_causal: bool = False,
                 return_weights: bool = False, *, rows: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                cache: LayerKV | None = None, attn_mask: torch.Tensor | None = None):
+                cache: LayerKV | None = None, attn_mask: torch.Tensor | None = None,
+                cross_cache: LayerKV | None = None):
         """x (B, N, C) -> (B, N, C) [, self-attention weights (B, H, N, M)].
 
         key_padding_mask (B, M) bool, True = real key (cached and new, with a cache); is_causal: the causal
         mask (dec.2), bottom-right aligned over a cache (dec.9); attn_mask: any further mask, as in
         `attention`. context (B, S, C) and context_padding_mask (B, S): what cross-attention reads.
         positions, cache: passed to self-attention (RoPE positions, this layer's `LayerKV`).
+        cross_cache: cross-attention's `LayerKV`: the context's keys/values, projected once and then reused.
         rows (B, R) int64: compute the block's output only at these positions of each sequence, (B, R, C);
         every position is still a key and a value (mlm.8). Each output row depends on the other positions
         only through attention's keys and values, so these rows equal the full output's rows exactly."""
@@ -107,7 +109,8 @@ class Block(HookPoints, nn.Module):
             a, weights = self._attend(self.attention, self.attention_norm(x), **attend)
             x = x + self.hook("attn_out", a)  # (block.3)
             if cross is not None:
-                c, _ = self._attend(cross, self.cross_attention_norm(x), context, key_padding_mask=context_padding_mask)
+                c, _ = self._attend(cross, self.cross_attention_norm(x), context, key_padding_mask=context_padding_mask,
+                                   cache=cross_cache)
                 x = x + self.hook("cross_attn_out", c)  # (block.3), reading the context
             x = self.hook("resid_mid", x)
             x = x + self.hook("ffn_out", self.dropout(self.feed_forward(self.ffn_norm(x))))  # (block.4)
@@ -115,7 +118,7 @@ class Block(HookPoints, nn.Module):
             a, weights = self._attend(self.attention, x, **attend)
             x = self.attention_norm(x + self.hook("attn_out", a))  # (block.1)
             if cross is not None:
-                c, _ = self._attend(cross, x, context, key_padding_mask=context_padding_mask)
+                c, _ = self._attend(cross, x, context, key_padding_mask=context_padding_mask, cache=cross_cache)
                 x = self.cross_attention_norm(x + self.hook("cross_attn_out", c))  # (block.1), reading the context
             x = self.hook("resid_mid", x)
             x = self.ffn_norm(x + self.hook("ffn_out", self.dropout(self.feed_forward(x))))  # (block.2)

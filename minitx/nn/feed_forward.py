@@ -13,12 +13,16 @@ from minitx.checks import check_probability
 from minitx.hooks import HookPoints
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": F.gelu_tanh}  # (gelu.1) exact, (dec.5) GPT-2's approximation
+# every activation FeedForward takes: the GELUs and the original Transformer's max(0, x) (its gradient is a 0/1
+# mask, torch's own); GPT's config offers ACTIVATIONS only
+FEED_FORWARD_ACTIVATIONS = {**ACTIVATIONS, "relu": torch.relu}
 
 
 class FeedForward(HookPoints, nn.Module):
     """Position-wise MLP, (block.6): fc_out(Drop(act(fc_in(x)))), C -> d_ff -> C.
 
-    `activation` "gelu" (exact erf, minitx's hand-written backward) or "gelu_tanh" (GPT-2's, dec.5).
+    `activation` "gelu" (exact erf, minitx's hand-written backward), "gelu_tanh" (GPT-2's, dec.5) or "relu"
+    (the original Transformer's).
     `dropout` sits after the activation (as in torch.nn.TransformerEncoderLayer); BERT and GPT-2 have none
     there, so their blocks build this with 0. The dropout after `fc_out` belongs to the block.
     Hook point "hidden" (B, N, d_ff): the activations after the nonlinearity, one per neuron.
@@ -29,10 +33,10 @@ class FeedForward(HookPoints, nn.Module):
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "gelu", bias: bool = True):
         super().__init__()
         check_probability("dropout", dropout)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        if activation not in FEED_FORWARD_ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {tuple(FEED_FORWARD_ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
-        self._act = ACTIVATIONS[activation]
+        self._act = FEED_FORWARD_ACTIVATIONS[activation]
         self.fc_in = nn.Linear(d_model, d_ff, bias=bias)
         self.fc_out = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)

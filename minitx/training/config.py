@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from minitx.training import distributed as D, guards
 
-SCHEDULES = ("linear", "cosine", "constant")
+SCHEDULES = ("linear", "cosine", "constant", "noam")  # noam: the original Transformer's (tf.8)
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Fields that may change between a run and its resumption: they steer logging and I/O, not the math; and
 # max_steps, so a finished run can be extended (the schedule is then the new max_steps' schedule).
@@ -36,7 +36,8 @@ class TrainConfig:
     eps: float = option(1e-8, "AdamW ε added to the root second moment (opt.1)")
     warmup_steps: int = option(0, "steps of linear warmup from 0 to lr (opt.5)")
     max_steps: int = option(1000, "optimizer steps in the whole run")
-    schedule: str = option("linear", "decay after warmup (opt.6, opt.7)", choices=SCHEDULES)
+    schedule: str = option("linear", "decay after warmup (opt.6, opt.7; noam: lr sqrt(warmup / step), tf.8)",
+                           choices=SCHEDULES)
     min_lr_ratio: float = option(0.0, "final lr as a fraction of lr, for linear and cosine decay")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (opt.8); 0 turns clipping off")
     grad_accum_steps: int = option(1, "micro-batches per optimizer step; gradients are averaged over them (opt.9)")

@@ -22,7 +22,8 @@ __all__ = ["AdamW", "lr_at", "parameter_groups"]
 
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning rate of optimizer step `step` (1-based): warmup (opt.5), then linear (opt.6) or cosine (opt.7)
-    decay from `lr` to `min_lr_ratio * lr` at `max_steps`. Pure: the schedule's whole state is the step."""
+    decay from `lr` to `min_lr_ratio * lr` at `max_steps`, or the original Transformer's lr sqrt(W / step)
+    (tf.8). Pure: the schedule's whole state is the step."""
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"step: expected an int >= 0, got {step!r}")
     peak, warmup, total = config.lr, config.warmup_steps, config.max_steps
@@ -30,6 +31,8 @@ def lr_at(step: int, config: TrainConfig) -> float:
         return peak * step / warmup
     if config.schedule == "constant":
         return peak
+    if config.schedule == "noam":  # (tf.8): Vaswani et al.'s inverse square root, peaking at lr after warmup
+        return peak * math.sqrt(max(warmup, 1) / max(step, 1))
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     r = config.min_lr_ratio
     if config.schedule == "linear":
