@@ -145,3 +145,17 @@ weights, produced, keys = cross_attention_maps(trained, result.vocab, test[0][0]
 assert torch.allclose(weights.sum(-1), torch.ones(len(produced)), atol=1e-5)  # each row is a distribution
 cross_attention_figure(trained, result.vocab, [s for s, _ in test[:3]], output_dir() / "14_cross_attention.png")
 print("saved", output_dir() / "14_cross_attention.png")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Label smoothing puts a floor under the loss. With smoothing $\varepsilon$ over $V$ classes, which logits
+#    minimise (ls.1), and what is the smallest loss? Check your answer with `label_smoothed_cross_entropy`.
+# 2. Beam search by hand (beam.1)-(beam.6): a toy "model" over {BOS, A, B, EOS} whose next-token probabilities
+#    depend only on the last token — after BOS: A 0.6, B 0.4; after A: A 0.4, B 0.3, EOS 0.3; after B: EOS 0.9,
+#    A 0.05, B 0.05. What do greedy decoding and a beam of 2 return (no length penalty)? Check with
+#    `minitx.generation.beam.beam_search`.
+# 3. A decoder of $L$ layers generates $G$ tokens from a source of $S$ tokens. How many source rows does
+#    cross-attention project to keys and values without the cross-attention cache, and how many with it (tf.7)?
+#
+# Solutions: `lessons/solutions/14_the_original_transformer.py`.
