@@ -93,8 +93,9 @@ class WordPieceTokenizer:
         """Learn a vocabulary (minitx.tokenizers.wordpiece_trainer): the specials, every character seen, then merges of
         the most frequent adjacent pair (criterion="likelihood": the old WordPiece score) seen at least
         `min_frequency` times, until `vocab_size` tokens or no pair is left."""
-        if isinstance(texts, (str, bytes)):
-            raise TypeError(f"texts: expected an iterable of strings (lines), got a single {type(texts).__name__}")
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+            what = "a single " if isinstance(texts, (str, bytes)) else ""
+            raise TypeError(f"texts: expected an iterable of strings (lines), got {what}{type(texts).__name__}")
         if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
             raise ValueError(f"vocab_size: expected an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
         if not isinstance(min_frequency, int) or min_frequency < 1:
@@ -103,6 +104,8 @@ class WordPieceTokenizer:
             raise ValueError(f"criterion: expected one of {CRITERIA}, got {criterion!r}")
         word_counts: Counter = Counter()
         for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"texts: expected str items (lines), got {type(t).__name__}")
             word_counts.update(w for w in pre_tokenize(t, lowercase) if len(w) <= max_input_chars_per_word)
         tokens = learn_vocabulary(word_counts, vocab_size - len(SPECIAL_TOKENS), min_frequency, criterion)
         return cls(list(SPECIAL_TOKENS) + [t for t in tokens if t not in SPECIAL_TOKENS], lowercase,

@@ -121,6 +121,24 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+# ----------------------------------------------------------------------------------------------- loss_fn
+def check_loss(result: Any) -> tuple[torch.Tensor, Any]:
+    """What `loss_fn` returned, checked before backward: (loss, metrics) with a scalar float loss that requires
+    grad. Without grad, nothing trainable reached the loss (everything frozen, a detached output, a merged LoRA)."""
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise TypeError(f"loss_fn: expected it to return (loss, metrics), got {type(result).__name__}")
+    loss, metrics = result
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss_fn: expected the loss as a scalar Tensor, got {type(loss).__name__}")
+    if loss.numel() != 1 or not loss.is_floating_point():
+        raise ValueError(f"loss_fn: expected the loss as a floating-point scalar, got shape {tuple(loss.shape)} "
+                         f"dtype {loss.dtype} (reduce it, e.g. .mean())")
+    if torch.is_grad_enabled() and not loss.requires_grad:
+        raise ValueError("loss_fn: expected a loss that requires grad, got one without a graph: no trainable "
+                         "parameter reached it (all frozen, a detached output, or a merged LoRA layer)")
+    return loss.reshape(()), metrics
+
+
 # ----------------------------------------------------------------------------------------------- finite state
 def first_non_finite(model: nn.Module, optimizer: Any = None) -> str | None:
     """The name of the first parameter or optimizer-state tensor holding inf/NaN, or None if all are finite."""
