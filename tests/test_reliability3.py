@@ -147,3 +147,179 @@ def test_row12_bpe_from_state_refuses_non_string_tokens_and_merges():
         ByteBPETokenizer.from_state({**state, "tokens": [1] + state["tokens"][1:]})
     with pytest.raises(TypeError, match="merges: expected each merge as a str 'a b', got list"):
         ByteBPETokenizer.from_state({**state, "merges": [[1, 2, 3]]})
+
+
+# ----------------------------------------------------------------- rows 8, 16-19: Hugging Face directories
+from minitx.interop.hf_dirs import load_hf_encoder, load_hf_pretrained, read_hf_state, save_hf_pretrained  # noqa: E402
+from minitx.models.bert import BertConfig, BertForMaskedLM  # noqa: E402
+from minitx.training.checkpoint import CheckpointError, check_state_dict  # noqa: E402
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture
+def hf_dir(tmp_path) -> Path:
+    """A BERT directory as `save_pretrained` writes it (written by minitx's export: no transformers needed)."""
+    torch.manual_seed(0)
+    tokenizer = WordPieceTokenizer(SPECIALS + ["the", "dog", "is", "happy", "."])
+    model = BertForMaskedLM(BertConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=16, max_position=16))
+    save_hf_pretrained(model, tokenizer, tmp_path / "hf")
+    return tmp_path / "hf"
+
+
+def _edit_config(path: Path, **changes) -> None:
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _edit_tensors(path: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(path / "model.safetensors"))
+    edit(state)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(intermediate_size=32), "intermediate_size"), (dict(vocab_size=11), "vocab_size 11"),
+    (dict(max_position_embeddings=17), "max_position_embeddings 17"),
+    (dict(vocab_size=10**9), "vocab_size 1000000000"), (dict(hidden_size=2**20, num_attention_heads=2), "1048576"),
+    (dict(num_hidden_layers=10**6), "1000000 layers"), (dict(intermediate_size=10**9), "1000000000"),
+])
+def test_row16_row17_config_json_disagreeing_with_its_tensors_is_refused_before_building(hf_dir, changes, words):
+    _edit_config(hf_dir, **changes)
+    for load in (load_hf_pretrained, load_hf_encoder):
+        with pytest.raises(ValueError, match="hf_model|path: ") as info:
+            load(hf_dir)
+        assert words in str(info.value)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda s: s.update({"bert.embeddings.word_embeddings.weight": s["bert.embeddings.word_embeddings.weight"].T}),
+     "word_embeddings"),
+    (lambda s: s.update({"bert.embeddings.LayerNorm.weight": torch.ones(7)}), "LayerNorm"),
+    (lambda s: s.update({"bert.embeddings.LayerNorm.weight": torch.ones(8, dtype=torch.int64)}), "torch.int64"),
+    (lambda s: s.update({"cls.predictions.bias": torch.ones(10, dtype=torch.bool)}), "torch.bool"),
+])
+def test_row16_row8_tensors_transposed_cut_or_integer_are_refused_by_name(hf_dir, edit, words):
+    _edit_tensors(hf_dir, edit)
+    with pytest.raises(ValueError, match="hf_model|path: ") as info:
+        load_hf_pretrained(hf_dir)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random", "huge_header"])
+def test_row18_a_damaged_safetensors_file_is_named(hf_dir, damage):
+    file = hf_dir / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "random": os.urandom(4096),
+                      "huge_header": (10**15).to_bytes(8, "little") + data[8:]}[damage])
+    with pytest.raises(ValueError, match="model.safetensors' is not a readable safetensors file"):
+        read_hf_state(hf_dir)
+
+
+def test_row16_row18_cli_finetune_from_a_broken_directory_is_one_line(hf_dir, tmp_path):
+    _edit_config(hf_dir, intermediate_size=32)
+    one_error_line(minitx_cli("finetune", "--from", str(hf_dir), "--out-dir", str(tmp_path / "run"),
+                              "--max-steps", "1"), "intermediate_size")
+    (hf_dir / "model.safetensors").write_bytes(b"")
+    one_error_line(minitx_cli("finetune", "--from", str(hf_dir), "--out-dir", str(tmp_path / "run"),
+                              "--max-steps", "1"), "model.safetensors")
+
+
+def test_row19_a_shard_index_with_int_file_names_names_the_index(hf_dir):
+    (hf_dir / "model.safetensors").rename(hf_dir / "model-00001-of-00001.safetensors")
+    (hf_dir / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"bert.embeddings.word_embeddings.weight": 3}}))
+    with pytest.raises(ValueError, match="model.safetensors.index.json.*weight_map.*expected a file name"):
+        read_hf_state(hf_dir)
+
+
+@pytest.mark.parametrize("bad", [torch.ones(8, dtype=torch.int64), torch.ones(8, dtype=torch.bool), 0.5])
+def test_row8_a_minitx_checkpoint_with_integer_tensors_for_weights_is_refused(bad):
+    model = BertForMaskedLM(BertConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=16, max_position=16))
+    state = model.state_dict()
+    state["bert.embeddings.norm.weight"] = bad
+    with pytest.raises(CheckpointError, match="bert.embeddings.norm.weight|got float"):
+        check_state_dict(model, state, "ckpt")
+
+
+# --------------------------------------------------------------------------- rows 8, 20-23: PEFT directories
+from minitx.interop.peft_dirs import load_peft_adapter, save_peft_adapter  # noqa: E402
+
+
+@pytest.fixture
+def peft_dir(tmp_path) -> Path:
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=16, max_position=16))
+    apply_lora(model, ["q_proj", "v_proj"], r=2, alpha=4)
+    save_peft_adapter(model, tmp_path / "peft")
+    return tmp_path / "peft"
+
+
+def _fresh_base():
+    torch.manual_seed(1)
+    return BertForMaskedLM(BertConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=16, max_position=16))
+
+
+def _edit_adapter_config(path: Path, drop=(), **changes) -> None:
+    config = json.loads((path / "adapter_config.json").read_text())
+    config = {k: v for k, v in {**config, **changes}.items() if k not in drop}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("drop, changes, words", [
+    (("r",), {}, "adapter_config.r: expected an int >= 1, got None"),
+    (("lora_alpha",), {}, "adapter_config.lora_alpha"), ((), dict(r="eight"), "adapter_config.r"),
+    ((), dict(r=None), "adapter_config.r"), ((), dict(lora_alpha="4"), "adapter_config.lora_alpha"),
+    ((), dict(use_rslora="false"), "adapter_config.use_rslora: expected true or false, got 'false'"),
+    ((), dict(lora_dropout=2), "adapter_config.lora_dropout"),
+])
+def test_row20_row21_adapter_config_values_of_the_wrong_type_are_refused(peft_dir, drop, changes, words):
+    _edit_adapter_config(peft_dir, drop, **changes)
+    with pytest.raises(ValueError) as info:
+        load_peft_adapter(_fresh_base(), peft_dir)
+    assert words in str(info.value)
+
+
+def _same_model(a, b) -> bool:
+    return [type(m) for m in a.modules()] == [type(m) for m in b.modules()] and all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("edit, words", [
+    ("rank", "shape"),          # config r=4, rank-2 tensors
+    ("int", "torch.int64"),     # an integer lora_A
+])
+def test_row22_row8_a_refused_adapter_leaves_the_model_unwrapped(peft_dir, edit, words):
+    from safetensors.torch import load_file, save_file
+    if edit == "rank":
+        _edit_adapter_config(peft_dir, r=4)
+    else:
+        state = load_file(str(peft_dir / "adapter_model.safetensors"))
+        key = next(k for k in sorted(state) if k.endswith("lora_A.weight"))
+        state[key] = state[key].to(torch.int64)
+        save_file(state, str(peft_dir / "adapter_model.safetensors"))
+    model, untouched = _fresh_base(), _fresh_base()
+    with pytest.raises(ValueError, match=words):
+        load_peft_adapter(model, peft_dir)
+    assert _same_model(model, untouched)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("payload", ["pickle", "list", "garbage"])
+def test_row23_adapter_model_bin_that_is_not_a_state_dict_is_named(peft_dir, payload):
+    import pickle
+    (peft_dir / "adapter_model.safetensors").unlink()
+    bin_file = peft_dir / "adapter_model.bin"
+    if payload == "pickle":
+        class Boom:
+            def __reduce__(self):
+                return (os.system, ("touch " + str(peft_dir / "pwned"),))
+        bin_file.write_bytes(pickle.dumps(Boom(), protocol=2))
+    elif payload == "list":
+        torch.save([torch.ones(2)], bin_file)
+    else:
+        bin_file.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="adapter_model.bin"):
+        load_peft_adapter(_fresh_base(), peft_dir)
+    assert not (peft_dir / "pwned").exists()
