@@ -323,3 +323,117 @@ def test_row23_adapter_model_bin_that_is_not_a_state_dict_is_named(peft_dir, pay
     with pytest.raises(ValueError, match="adapter_model.bin"):
         load_peft_adapter(_fresh_base(), peft_dir)
     assert not (peft_dir / "pwned").exists()
+
+
+# ------------------------------------------------------------------------------ rows 9-11: generate
+from minitx.generation.generate import generate  # noqa: E402
+from minitx.generation.sampling import sample_next  # noqa: E402
+from minitx.models.gpt import GPT, GPTConfig  # noqa: E402
+
+
+def _gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=11, max_position=8, d_model=8, n_layers=1, n_heads=2))
+
+
+@pytest.mark.parametrize("temperature", [math.nan, math.inf, -1.0])
+def test_row9_temperature_nan_or_inf_is_refused_by_name(temperature):
+    with pytest.raises(ValueError, match="temperature: expected a finite number >= 0"):
+        generate(_gpt(), torch.tensor([[1, 2]]), 3, temperature=temperature)
+
+
+def test_row9_a_tiny_temperature_samples_the_greedy_token():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, -1.0, 2.5]])
+    assert torch.equal(sample_next(logits, temperature=1e-300), logits.argmax(-1))
+    model, ids = _gpt(), torch.tensor([[1, 2, 3]])
+    assert torch.equal(generate(model, ids, 5, temperature=1e-300, seed=0), generate(model, ids, 5, temperature=0))
+
+
+@pytest.mark.parametrize("ids", [[[1, 11]], [[-1, 2]]])
+def test_row10_ids_outside_the_vocabulary_are_refused(ids):
+    with pytest.raises(ValueError, match=r"ids: expected token ids in \[0, 11\)"):
+        generate(_gpt(), torch.tensor(ids), 2)
+
+
+def test_row11_a_seed_beyond_64_bits_names_the_seed():
+    with pytest.raises(ValueError, match="seed: expected"):
+        generate(_gpt(), torch.tensor([[1, 2]]), 2, seed=2**70)
+
+
+# ----------------------------------------------------------------- rows 9, 11, 13-15: the train-lm / generate CLI
+LM_TINY = ["--max-steps", "2", "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--block-size", "16",
+           "--batch-size", "4", "--eval-batches", "1", "--sample-tokens", "0", "--warmup-steps", "1",
+           "--log-every", "1", "--eval-every", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory) -> Path:
+    from minitx.recipes.lm.recipe import LMConfig, run_lm
+    out = tmp_path_factory.mktemp("lm") / "run"
+    text = tmp_path_factory.mktemp("lmtext") / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    run_lm(LMConfig(corpus="text", text=[str(text)], max_steps=2, d_model=16, n_layers=1, n_heads=2, block_size=16,
+                    batch_size=4, eval_batches=1, sample_tokens=0, warmup_steps=1, progress=False, out_dir=str(out)))
+    return out
+
+
+@pytest.mark.parametrize("flags, words", [(["--temperature", "nan"], "temperature"),
+                                          (["--seed", str(2**70)], "seed")])
+def test_row9_row11_generate_cli_names_the_flag(lm_run, flags, words):
+    result = minitx_cli("generate", str(lm_run), "the", "--max-new-tokens", "3", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and words in result.stderr, result.stderr
+
+
+def test_row13_an_absurd_bpe_vocabulary_is_refused_up_front():
+    from minitx.recipes.lm.recipe import LMConfig
+    with pytest.raises(ValueError, match="vocab_size: .*--vocab-size 1,000,000"):
+        LMConfig(tokenizer="bpe", vocab_size=1_000_000)
+    LMConfig(tokenizer="bpe", vocab_size=50_257)  # GPT-2's size is fine
+
+
+@pytest.mark.parametrize("case", ["without_corpus", "binary", "dev_null", "directory", "empty"])
+def test_row14_row15_train_lm_text_files_are_checked(tmp_path, case):
+    from minitx.recipes.lm.recipe import LMConfig, run_lm
+    good = tmp_path / "ok.txt"
+    good.write_text("some text " * 50)
+    path = {"without_corpus": good, "binary": tmp_path / "b.bin", "dev_null": Path(os.devnull),
+            "directory": tmp_path, "empty": tmp_path / "empty.txt"}[case]
+    (tmp_path / "b.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "empty.txt").write_text("")
+    words = {"without_corpus": "--corpus text", "binary": "not UTF-8", "dev_null": "device",
+             "directory": "a directory", "empty": "hold no text"}[case]
+    corpus = "shakespeare" if case == "without_corpus" else "text"
+    with pytest.raises(ValueError, match="text: ") as info:
+        run_lm(LMConfig(corpus=corpus, text=[str(path)], out_dir="", max_steps=1, warmup_steps=0, progress=False))
+    assert words in str(info.value) and str(path) in str(info.value)
+
+
+def test_row14_cli_text_without_corpus_is_one_line(tmp_path):
+    (tmp_path / "ok.txt").write_text("some text " * 50)
+    one_error_line(minitx_cli("train-lm", "--text", str(tmp_path / "ok.txt"), "--out-dir", str(tmp_path / "run")),
+                   "--corpus text")
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------- newcomer: train-lm's thread policy, summary, eval progress
+def test_newcomer_train_lm_uses_one_thread_like_every_command():
+    from minitx.recipes.finetune.config import FinetuneConfig
+    from minitx.recipes.lm.recipe import LMConfig
+    from minitx.recipes.pretrain.config import PretrainConfig
+    assert LMConfig().threads == PretrainConfig().threads == FinetuneConfig().threads == 1
+
+
+def test_newcomer_train_lm_ends_with_a_summary_table_and_eval_progress(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    flags = [f for f in LM_TINY if f != "--no-progress"]
+    result = minitx_cli("train-lm", "--corpus", "text", "--text", str(text), "--out-dir", str(tmp_path / "run"),
+                        *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "causal LM summary" in out and "val loss, whole split" in out
+    assert not any(line.lstrip().startswith("{") for line in out.splitlines())  # no raw JSON line any more
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert f"{summary['val_loss_full_split']:.4f}" in out
+    progress = [line for line in out.splitlines() if line.startswith("whole-split eval:")]
+    assert len(progress) >= 2 and progress[-1].split()[2].split("/")[0] == progress[-1].split()[2].split("/")[1]
