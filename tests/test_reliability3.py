@@ -437,3 +437,103 @@ def test_newcomer_train_lm_ends_with_a_summary_table_and_eval_progress(tmp_path)
     assert f"{summary['val_loss_full_split']:.4f}" in out
     progress = [line for line in out.splitlines() if line.startswith("whole-split eval:")]
     assert len(progress) >= 2 and progress[-1].split()[2].split("/")[0] == progress[-1].split()[2].split("/")[1]
+
+
+# -------------------------------------------------------------------------- row 24: one writer per run directory
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+from minitx.training.guards import LOCK_FILE, run_lock  # noqa: E402
+
+PRETRAIN_TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32", "--batch-size", "8",
+                 "--max-length", "40", "--train-sentences", "200", "--eval-sentences", "20", "--warmup-steps", "1",
+                 "--eval-every", "0", "--log-every", "1", "--no-progress"]
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_row24_a_second_writer_is_refused_while_the_first_runs(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "minitx", "pretrain", "--out-dir", str(out), "--max-steps",
+                              "100000", *PRETRAIN_TINY], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "metrics.jsonl").exists():  # the first run holds the lock and is training
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() else ""
+            time.sleep(0.2)
+        assert (out / LOCK_FILE).read_text().strip() == str(first.pid)
+        for extra in (["--overwrite"], ["--resume"]):
+            line = one_error_line(minitx_cli("pretrain", "--out-dir", str(out), "--max-steps", "2", *extra,
+                                             *PRETRAIN_TINY), "being written by another minitx run", str(first.pid))
+            assert "--out-dir" in line
+    finally:
+        first.terminate()  # SIGTERM: the first run saves its step and stops
+        first.wait(timeout=60)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # one writer: no interleaved, duplicated steps
+    assert not (out / LOCK_FILE).exists()  # released on the way out, even interrupted
+
+
+def test_row24_a_dead_owners_lock_is_taken_over_with_a_warning(tmp_path):
+    (tmp_path / LOCK_FILE).write_text(f"{_dead_pid()}\n")
+    with pytest.warns(UserWarning, match="took over the lock of pid"):
+        with run_lock(tmp_path) as lock:
+            assert lock.read_text().strip() == str(os.getpid())
+    assert not (tmp_path / LOCK_FILE).exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a free directory: no warning
+        with run_lock(tmp_path / "new"):
+            with pytest.raises(ValueError, match="being written by another minitx run"):
+                with run_lock(tmp_path / "new"):  # the same directory twice, even from one process
+                    pass
+
+
+# ----------------------------------------------------------------------- row 25: BertForMaskedLM .logits shape
+def test_row25_mlm_logits_keep_their_shape_with_labels_unless_sparse_is_asked_for():
+    from minitx.recipes.pretrain.config import PretrainConfig, model_config
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30, d_model=8, n_layers=2, n_heads=2, d_ff=16, max_position=12, dropout=0.0,
+                        attention_dropout=0.0)
+    model = BertForMaskedLM(config).eval()
+    ids = torch.randint(5, 30, (3, 10))
+    labels = torch.full_like(ids, -100)
+    labels[0, 1], labels[2, 7] = 9, 12
+    plain, with_labels = model(ids), model(ids, labels=labels)
+    assert with_labels.logits.shape == (3, 10, 30) and with_labels.sparse_logits is None
+    torch.testing.assert_close(with_labels.logits, plain.logits)
+    per_position = (with_labels.logits.argmax(-1) == ids).float()  # code that scores every position still works
+    assert per_position.shape == (3, 10)
+    model.config.sparse_prediction = True  # the explicit opt-in the recipes make
+    sparse = model(ids, labels=labels)
+    assert sparse.logits is None and sparse.sparse_logits.shape == (2, 30)
+    torch.testing.assert_close(sparse.sparse_logits, plain.logits[labels != -100], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(sparse.loss, with_labels.loss, atol=1e-6, rtol=1e-6)
+    tokenizer = WordPieceTokenizer(SPECIALS + ["a", "b"])
+    assert model_config(PretrainConfig(out_dir=""), tokenizer).sparse_prediction  # pretraining keeps its speed
+
+
+# -------------------------------------------------------------------------------- newcomer: the demo's rules
+def test_newcomer_the_demo_is_exportable_refuses_a_second_run_and_says_fast_is_not_meaningful(tmp_path, capsys):
+    from minitx.recipes.finetune.demo import demo_main
+    from minitx.cli import main
+    out = tmp_path / "demo"
+    assert demo_main(["--fast", "--out-dir", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "not meaningful" in printed and "not a meaningful accuracy" in printed
+    assert main(["export", "--peft", str(out / "finetune"), str(tmp_path / "peft")]) == 0
+    assert main(["export", str(out / "finetune"), str(tmp_path / "hf")]) == 0
+    adapter = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA" and "bert.pooler.dense" in adapter["modules_to_save"]
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [
+        "BertForSequenceClassification"]
+    before = (out / "pretrain" / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["demo", "--fast", "--out-dir", str(out), "--no-progress"]) == 2  # the run-directory rule
+    err = capsys.readouterr().err
+    assert "already holds a demo run" in err and "--overwrite" in err
+    assert (out / "pretrain" / "checkpoint.pt").read_bytes() == before  # nothing was replaced
