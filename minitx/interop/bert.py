@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from minitx.models.bert import BertConfig, BertForMaskedLM
+from minitx.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, Pooler
 
 _EMBEDDINGS = {
     "bert.embeddings.word_embeddings.weight": "bert.embeddings.token.weight",
@@ -198,6 +198,30 @@ def check_state_shapes(config: BertConfig, state: dict[str, torch.Tensor], where
             raise ValueError(f"{where}: tensor {hf_names.get(name, name)} has shape {tuple(tensor.shape)}, but config.json's sizes "
                              f"(vocab_size {config.vocab_size}, hidden_size {config.d_model}, intermediate_size "
                              f"{config.d_ff}, max_position_embeddings {config.max_position}) say {want}")
+
+
+IDENTITY_POOLER_EPS = 1e-4  # (bert.6): relative error eps^2 h^2 / 3: float32's rounding (6e-8) for |h| < 4.2
+
+
+@torch.no_grad()
+def add_identity_pooler(model: BertForSequenceClassification,
+                        eps: float = IDENTITY_POOLER_EPS) -> BertForSequenceClassification:
+    """(bert.6): a classifier of the raw [CLS] vector (use_pooler=False) rewritten, in place, as one that reads
+    a pooler, for formats whose classifier always has one (Hugging Face's BertForSequenceClassification):
+    W_p = eps I, b_p = 0, W_c' = W_c / eps, so W_c' tanh(eps h) = W_c h (1 - eps^2 h^2 / 3 + ...) + b_c.
+    The new pooler's parameters require grad when the classifier's do (a PEFT export saves them)."""
+    if not isinstance(model, BertForSequenceClassification):
+        raise TypeError(f"model: expected a BertForSequenceClassification, got {type(model).__name__}")
+    if model.pooler is not None:
+        raise ValueError("model: already classifies from a pooler (use_pooler=True)")
+    weight = model.classifier.weight
+    pooler = Pooler(model.config.d_model).to(device=weight.device, dtype=weight.dtype)
+    pooler.dense.weight.copy_(torch.eye(model.config.d_model) * eps)
+    pooler.dense.bias.zero_()
+    pooler.requires_grad_(weight.requires_grad)
+    weight.div_(eps)
+    model.pooler = pooler
+    return model
 
 
 def from_hf_bert(hf_model: Any, attention_backend: str = "math") -> BertForMaskedLM:

@@ -10,13 +10,14 @@ written by hand. Configs minitx cannot represent are refused naming the option (
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from minitx.interop.bert import (check_state_shapes, config_from_hf, hf_config_dict, hf_state_from_minitx, hf_to_minitx_names,
+from minitx.interop.bert import (add_identity_pooler, check_state_shapes, config_from_hf, hf_config_dict, hf_state_from_minitx, hf_to_minitx_names,
                                  minitx_state_from_hf)
 from minitx.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
@@ -216,11 +217,10 @@ def save_hf_tokenizer(tokenizer: WordPieceTokenizer, path: str | Path, model_max
 
 
 def _classifier_state(model: BertForSequenceClassification) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """HF BertForSequenceClassification tensors and config fields of a minitx classifier (pooler required)."""
-    if model.pooler is None:
-        raise ValueError("model.use_pooler: Hugging Face's BertForSequenceClassification always classifies "
-                         "from the pooler tanh(W h_CLS) (bert.4); a classifier trained with use_pooler=False "
-                         "(the raw [CLS] vector) has no equivalent. Fine-tune with --use-pooler to export")
+    """HF BertForSequenceClassification tensors and config fields of a minitx classifier (one without the pooler
+    gets the identity pooler of (bert.6))."""
+    if model.pooler is None:  # HF always pools (bert.4): the raw [CLS] vector goes through an identity pooler
+        model = add_identity_pooler(copy.deepcopy(model))  # (bert.6)
     from minitx.peft.adapters import AdapterLinear
     if any(isinstance(m, AdapterLinear) for m in model.modules()):
         raise ValueError("model: bottleneck adapters (method='adapter') have no Hugging Face BERT equivalent")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from minitx.interop.bert import hf_to_minitx_names
+from minitx.interop.bert import add_identity_pooler, hf_to_minitx_names
 from minitx.interop.hf_dirs import is_hf_checkpoint_dir, load_weight_file
 from minitx.models.bert import BertForMaskedLM, BertForSequenceClassification
 from minitx.peft.lora import LoRALinear, apply_lora
@@ -243,13 +243,13 @@ def export_lora_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Path]
     payload = read_checkpoint(ckpt)
     extra, run = payload.get("extra_state") or {}, payload.get("config") or {}
     info = extra["classifier"]
-    if not info["use_pooler"]:
-        raise ValueError("model.use_pooler: Hugging Face's BertForSequenceClassification always classifies from "
-                         "the pooler (bert.4); fine-tune with --use-pooler to export the adapter")
-    model = BertForSequenceClassification(BertConfig.from_dict(extra["model_config"]), info["num_labels"], True)
+    use_pooler = info["use_pooler"]
+    model = BertForSequenceClassification(BertConfig.from_dict(extra["model_config"]), info["num_labels"], use_pooler)
     apply_lora(model, run["lora_targets"], run["lora_r"], run["lora_alpha"], run["lora_dropout"],
-               trainable_modules=("classifier", "pooler"))
+               trainable_modules=("classifier", "pooler") if use_pooler else ("classifier",))
     load_lora_state_dict(model, load_file(str(adapter)))
+    if not use_pooler:  # Hugging Face always pools (bert.4): an identity pooler joins modules_to_save (bert.6)
+        add_identity_pooler(model)
     base = run.get("from_checkpoint")
     base = str(Path(base).resolve()) if base and is_hf_checkpoint_dir(base) else None
     return save_peft_adapter(model, out_dir, base)

@@ -41,14 +41,13 @@ def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, seed: int = 
     """Pretrain (out_dir/pretrain) then LoRA fine-tune (out_dir/finetune); return both summaries and timings.
 
     The run-directory rule of every command: a demo already in `out_dir` is refused unless `overwrite`, before
-    anything runs, and one process at a time writes it (guards.run_lock). The classifier reads BERT's pooler
-    (use_pooler), so `minitx export` and `minitx export --peft` take the demo's fine-tuning run."""
+    anything runs, and one process at a time writes it (guards.run_lock)."""
     out, began = Path(out_dir), time.perf_counter()
     pretrain_config = PretrainConfig(out_dir=str(out / "pretrain"), seed=seed, progress=progress,
                                      overwrite=overwrite, **(FAST_PRETRAIN if fast else {}))
     # built once the pretraining run exists (it checks from_checkpoint), with the same rule for its directory
     finetune_config = functools.partial(FinetuneConfig, from_checkpoint=str(out / "pretrain"), method="lora",
-                                        seed=seed, use_pooler=True, out_dir=str(out / "finetune"), progress=progress,
+                                        seed=seed, out_dir=str(out / "finetune"), progress=progress,
                                         overwrite=overwrite, **(FAST_FINETUNE if fast else {}))
     with run_lock(out):
         for stage in ("pretrain", "finetune"):
