@@ -77,3 +77,11 @@ def test_every_readme_command_runs_in_order_after_the_quickstart(tmp_path, monke
         ran.append(argv[0])
     assert ran[0] == "demo" and len(ran) >= 10
     assert (tmp_path / "runs" / "demo" / "finetune" / "checkpoint.pt").is_file()
+
+
+def test_the_quickstart_gives_the_cpu_wheel_index_and_its_size():
+    """A plain `pip install torch==2.13.0` is a multi-GB CUDA build on Linux: the README says how PyTorch's own
+    install page gets the CPU build, and how large it is (issue 19)."""
+    quickstart = README.read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in quickstart
+    assert re.search(r"\d+ MB download", quickstart) and "where that is the CPU build" not in quickstart

@@ -311,6 +311,13 @@ def test_row22_row8_a_refused_adapter_leaves_the_model_unwrapped(peft_dir, edit,
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
 
 
+def test_row18_a_truncated_adapter_safetensors_file_is_named(peft_dir):
+    file = peft_dir / "adapter_model.safetensors"
+    file.write_bytes(file.read_bytes()[:100])
+    with pytest.raises(ValueError, match="adapter_model.safetensors' is not a readable safetensors file"):
+        load_peft_adapter(_fresh_base(), peft_dir)
+
+
 @pytest.mark.parametrize("payload", ["pickle", "list", "garbage"])
 def test_row23_adapter_model_bin_that_is_not_a_state_dict_is_named(peft_dir, payload):
     import pickle
