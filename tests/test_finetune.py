@@ -177,7 +177,8 @@ def test_best_weights_raise_after_patience_and_restore_the_best():
 
 def test_early_stopping_ends_the_run_and_keeps_the_best_validation_weights(pretrained, tmp_path):
     config = FinetuneConfig(from_checkpoint=str(pretrained), method="full", patience=1, lr=3e-2,
-                            out_dir=str(tmp_path / "run"), **{**TINY, "max_steps": 60, "eval_every": 2, "warmup_steps": 20})
+                            out_dir=str(tmp_path / "run"),
+                            **{**TINY, "max_steps": 60, "eval_every": 2, "warmup_steps": 20})
     result = run_finetuning(config)
     s = result.summary
     assert s["stopped_early"] and s["steps_run"] < config.max_steps

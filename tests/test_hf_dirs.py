@@ -239,8 +239,8 @@ def test_export_of_a_pretraining_run(tmp_path):
     from minitx.recipes.pretrain.config import PretrainConfig
     from minitx.recipes.pretrain.recipe import run_pretraining
     run = run_pretraining(PretrainConfig(out_dir=str(tmp_path / "run"), max_steps=2, warmup_steps=1,
-                                         train_sentences=200, eval_sentences=20, d_model=16, n_heads=2, d_ff=32, vocab_size=120,
-                                         eval_every=0, batch_size=8, progress=False))
+                                         train_sentences=200, eval_sentences=20, d_model=16, n_heads=2, d_ff=32,
+                                         vocab_size=120, eval_every=0, batch_size=8, progress=False))
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
     hf = transformers.BertForMaskedLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     b = batch(run.tokenizer, ["these dogs near the old river are happy ."])

@@ -195,7 +195,8 @@ def check_state_shapes(config: BertConfig, state: dict[str, torch.Tensor], where
     for name, tensor in state.items():
         want = expected.get(name)
         if want is not None and tuple(tensor.shape) != want:
-            raise ValueError(f"{where}: tensor {hf_names.get(name, name)} has shape {tuple(tensor.shape)}, but config.json's sizes "
+            raise ValueError(f"{where}: tensor {hf_names.get(name, name)} has shape {tuple(tensor.shape)}, but "
+                             f"config.json's sizes "
                              f"(vocab_size {config.vocab_size}, hidden_size {config.d_model}, intermediate_size "
                              f"{config.d_ff}, max_position_embeddings {config.max_position}) say {want}")
 

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
-from minitx.interop.bert import (add_identity_pooler, check_state_shapes, config_from_hf, hf_config_dict, hf_state_from_minitx, hf_to_minitx_names,
-                                 minitx_state_from_hf)
+from minitx.interop.bert import (add_identity_pooler, check_state_shapes, config_from_hf, hf_config_dict,
+                                 hf_state_from_minitx, hf_to_minitx_names, minitx_state_from_hf)
 from minitx.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
@@ -182,7 +182,7 @@ def load_hf_pretrained(path: str | Path, attention_backend: str = "math") -> tup
     config.attention_backend = attention_backend
     ours, _ = minitx_state_from_hf(read_hf_state(path), config.n_layers, allowed_extra=("bert.pooler.",
                                                                                         "cls.seq_relationship."))
-    check_state_shapes(config, ours, f"path: {str(path)!r}")  # before the model is built: config.json's sizes are untrusted
+    check_state_shapes(config, ours, f"path: {str(path)!r}")  # before building: config.json's sizes are untrusted
     tokenizer = read_hf_tokenizer(path)
     _check_vocab(config, tokenizer, path)
     model = BertForMaskedLM(config)
