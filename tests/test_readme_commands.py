@@ -8,7 +8,6 @@ import re
 import shlex
 from pathlib import Path
 
-
 from minitx.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
