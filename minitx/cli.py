@@ -195,8 +195,11 @@ def _run(argv: list[str]) -> int:
     args = sub_parser.parse_args(rest)
     config = config_from_args(config_cls, args)
     if all(hasattr(config, f) for f in ("out_dir", "resume", "overwrite")):
-        from minitx.training.guards import check_out_dir
-        check_out_dir(config)
+        from minitx.training.guards import check_out_dir, run_lock
+        with run_lock(config.out_dir):  # one writer per run directory, from the check to the last file
+            check_out_dir(config)
+            func(config)
+        return 0
     func(config)
     return 0
 

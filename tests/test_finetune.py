@@ -19,8 +19,8 @@ from minitx.recipes.finetune.recipe import BestWeights, evaluate, run_finetuning
 from minitx.recipes.pretrain.config import PretrainConfig
 from minitx.recipes.pretrain.recipe import run_pretraining
 
-TINY = dict(max_steps=8, eval_every=4, n_train_labels=32, n_validation=24, n_test=40, batch_size=8,
-            progress=False)
+TINY = dict(max_steps=8, warmup_steps=2, eval_every=4, n_train_labels=32, n_validation=24, n_test=40,
+            batch_size=8, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,8 @@ def test_best_weights_raise_after_patience_and_restore_the_best():
 
 def test_early_stopping_ends_the_run_and_keeps_the_best_validation_weights(pretrained, tmp_path):
     config = FinetuneConfig(from_checkpoint=str(pretrained), method="full", patience=1, lr=3e-2,
-                            out_dir=str(tmp_path / "run"), **{**TINY, "max_steps": 60, "eval_every": 2})
+                            out_dir=str(tmp_path / "run"),
+                            **{**TINY, "max_steps": 60, "eval_every": 2, "warmup_steps": 20})
     result = run_finetuning(config)
     s = result.summary
     assert s["stopped_early"] and s["steps_run"] < config.max_steps

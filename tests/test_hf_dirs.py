@@ -180,7 +180,7 @@ def test_configs_minitx_cannot_represent_are_refused_by_name(hf_dir):
     with pytest.raises(ValueError, match="hf_config.is_decoder"):
         load_hf_pretrained(path)
     with pytest.raises(ValueError, match="hf_config.is_decoder"):
-        run_finetuning(FinetuneConfig(from_checkpoint=str(path), out_dir="", max_steps=1))
+        run_finetuning(FinetuneConfig(from_checkpoint=str(path), out_dir="", max_steps=1, warmup_steps=0))
     (path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
     with pytest.raises(ValueError, match="hf_config.tie_word_embeddings"):
         load_hf_pretrained(path)
@@ -216,21 +216,31 @@ def test_round_trip_hf_in_finetune_export_reload_in_transformers(hf_dir, tmp_pat
                            hf.bert.encoder.layer[0].attention.self.query.weight)  # it did train (LoRA merged)
 
 
-def test_export_refuses_a_classifier_without_the_pooler(hf_dir, tmp_path, capsys):
+def test_a_classifier_without_the_pooler_exports_through_an_identity_pooler(hf_dir, tmp_path):
+    """(bert.6): a raw-[CLS] classifier (use_pooler=False, the finetune default and the demo's) exports as HF's
+    pooled BertForSequenceClassification with W_p = eps I and W_c / eps: the same logits (issue 19)."""
     path, _ = hf_dir
-    assert main(finetune_args(path, tmp_path / "run", "--method", "bitfit")) == 0
-    capsys.readouterr()
-    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 2  # a user error: one line, exit 2
-    err = capsys.readouterr().err
-    assert err.startswith("minitx: error:") and "use_pooler" in err and "Traceback" not in err
+    assert main(finetune_args(path, tmp_path / "run", "--method", "lora")) == 0
+    ours, tokenizer, info = load_finetuned(tmp_path / "run")
+    assert not info["use_pooler"] and ours.pooler is None
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
+    back = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "out",
+                                                                       attn_implementation="eager").eval()
+    b = batch(tokenizer)
+    with torch.no_grad():
+        expected = ours(b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits
+        got = back(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                   token_type_ids=b["token_type_ids"]).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert ours.pooler is None  # exporting left the run's model as it was
 
 
 def test_export_of_a_pretraining_run(tmp_path):
     from minitx.recipes.pretrain.config import PretrainConfig
     from minitx.recipes.pretrain.recipe import run_pretraining
-    run = run_pretraining(PretrainConfig(out_dir=str(tmp_path / "run"), max_steps=2, train_sentences=200,
-                                         eval_sentences=20, d_model=16, n_heads=2, d_ff=32, vocab_size=120,
-                                         eval_every=0, batch_size=8, progress=False))
+    run = run_pretraining(PretrainConfig(out_dir=str(tmp_path / "run"), max_steps=2, warmup_steps=1,
+                                         train_sentences=200, eval_sentences=20, d_model=16, n_heads=2, d_ff=32,
+                                         vocab_size=120, eval_every=0, batch_size=8, progress=False))
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
     hf = transformers.BertForMaskedLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     b = batch(run.tokenizer, ["these dogs near the old river are happy ."])

@@ -11,7 +11,7 @@ from minitx.models.bert import BertConfig, BertForMaskedLM, labelled_logits
 
 def _pair(seed=0, **extra):
     config = BertConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=12, dropout=0.0,
-                        attention_dropout=0.0, **extra)
+                        attention_dropout=0.0, sparse_prediction=True, **extra)
     torch.manual_seed(seed)
     sparse = BertForMaskedLM(config)
     full = BertForMaskedLM(dataclasses.replace(config, sparse_prediction=False))
@@ -53,11 +53,12 @@ def test_sparse_logits_are_the_full_logits_at_the_labelled_positions():
     ids, mask, labels = _batch()
     out, ref = sparse(ids, mask, labels=labels), full(ids, mask, labels=labels)
     selected = labels != IGNORE_INDEX
-    assert out.logits.shape == (int(selected.sum()), 40) and ref.logits.shape == (3, 12, 40)
+    assert out.sparse_logits.shape == (int(selected.sum()), 40) and ref.logits.shape == (3, 12, 40)
+    assert out.logits is None and ref.sparse_logits is None  # (K, V) rows never pass for (B, N, V) logits
     assert torch.equal(out.prediction_mask, selected) and ref.prediction_mask is None
-    torch.testing.assert_close(out.logits, ref.logits[selected], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out.sparse_logits, ref.logits[selected], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(labelled_logits(out, labels), labelled_logits(ref, labels), atol=1e-6, rtol=1e-6)
-    assert out.labelled_logits(labels) is out.logits
+    assert out.labelled_logits(labels) is out.sparse_logits
 
 
 def test_without_labels_the_logits_are_full():
@@ -67,12 +68,11 @@ def test_without_labels_the_logits_are_full():
     assert out.logits.shape == (3, 12, 40) and out.loss is None and out.prediction_mask is None
 
 
-def test_sparse_prediction_is_on_by_default_and_survives_the_config_round_trip():
-    config = BertConfig()
-    assert config.sparse_prediction
-    assert BertConfig.from_dict(config.to_dict()) == config
-    old = {k: v for k, v in config.to_dict().items() if k != "sparse_prediction"}  # a checkpoint from before
-    assert BertConfig.from_dict(old).sparse_prediction
+def test_sparse_prediction_is_an_explicit_choice_that_survives_the_config_round_trip():
+    """Off by default (logits (B, N, V) with labels, as Hugging Face's; issue 19 row 25); pretraining sets it."""
+    assert not BertConfig().sparse_prediction
+    config = BertConfig(sparse_prediction=True)
+    assert BertConfig.from_dict(config.to_dict()) == config and BertConfig.from_dict(config.to_dict()).sparse_prediction
 
 
 # (mlm.8): the last block only at the labelled rows
@@ -84,7 +84,7 @@ def test_last_block_at_labelled_rows_gives_the_full_loss_and_gradients(norm_firs
     """(mlm.8) = (mlm.7) = (mlm.1): the three forms of the step agree on loss and every gradient."""
     torch.manual_seed(3)
     base = BertConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=12, dropout=0.0,
-                      attention_dropout=0.0, norm_first=norm_first, attention_backend=backend)
+                      attention_dropout=0.0, norm_first=norm_first, attention_backend=backend, sparse_prediction=True)
     rows = BertForMaskedLM(base)
     head_only = BertForMaskedLM(dataclasses.replace(base, sparse_last_block=False))
     full = BertForMaskedLM(dataclasses.replace(base, sparse_prediction=False))
@@ -98,7 +98,7 @@ def test_last_block_at_labelled_rows_gives_the_full_loss_and_gradients(norm_firs
     selected = labels != IGNORE_INDEX
     assert outs[0].hidden.shape == (int(selected.sum()), 16)  # only the rows the head reads
     torch.testing.assert_close(outs[0].hidden, outs[2].hidden[selected], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(outs[0].sparse_logits, outs[1].sparse_logits, atol=1e-6, rtol=1e-5)
     for other, out in ((head_only, outs[1]), (full, outs[2])):
         torch.testing.assert_close(outs[0].loss, out.loss, atol=1e-6, rtol=1e-6)
         _assert_same_grads(rows, other)
@@ -112,7 +112,7 @@ def test_last_block_rows_fall_back_where_they_do_not_apply():
     assert sparse(ids, mask, labels=nothing).hidden.shape == (3, 12, 16)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_position=12, dropout=0.0,
-                        attention_dropout=0.0)
+                        attention_dropout=0.0, sparse_prediction=True)
     nsp = BertForMaskedLM(config, next_sentence=True)
     out = nsp(ids, mask, labels=labels, next_sentence_label=torch.tensor([0, 1, 0]))
     assert out.hidden.shape == (3, 12, 16) and torch.isfinite(out.loss)

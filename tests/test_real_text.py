@@ -105,7 +105,8 @@ def test_held_out_split_is_whole_passages_spread_over_the_text(shakespeare_lines
 # ----------------------------------------------------------------------------------------------- the recipe
 def tiny(tmp_path, **kw):
     base = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, batch_size=4, max_length=24, vocab_size=300,
-                max_steps=2, eval_every=0, eval_sentences=8, log_every=1, out_dir=str(tmp_path / "run"),
+                max_steps=2, warmup_steps=1, eval_every=0, eval_sentences=8, log_every=1,
+                out_dir=str(tmp_path / "run"),
                 progress=False, tokenizer_lines=2000)
     base.update(kw)
     return PretrainConfig(**base)

@@ -51,6 +51,11 @@ def _check_masks(q, k, attn_mask, key_padding_mask) -> None:
         if len(shape) > 4 or any(s not in (1, t) for s, t in zip(shape, target)):
             raise ValueError(f"attn_mask: expected a shape broadcastable to (B, H, N, M) = {(b, h, n, m)}, "
                              f"got {shape}")
+        if attn_mask.is_floating_point() and bool((attn_mask.isnan() | attn_mask.isposinf()).any()):
+            # +inf would make a row's softmax inf / inf = NaN: a float mask adds 0 (allowed) down to -inf (blocked)
+            bad = "NaN" if bool(attn_mask.isnan().any()) else "+inf"
+            raise ValueError(f"attn_mask: expected float values below +inf (0 = allowed, -inf = blocked), "
+                             f"got {bad}")
     if key_padding_mask is not None:
         if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
             got = key_padding_mask.dtype if isinstance(key_padding_mask, torch.Tensor) else type(key_padding_mask)

@@ -22,6 +22,14 @@ from minitx.hooks import HookPoints
 from minitx.positional.rope import RotaryEmbedding
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this device type (torch < 2.4 has one query per device type)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 class MultiHeadAttention(HookPoints, nn.Module):
     """H attention heads side by side, equations (mha.1)-(mha.4).
 
@@ -79,8 +87,14 @@ class MultiHeadAttention(HookPoints, nn.Module):
                 raise ValueError(f"{name}: expected shape (B, L, {self.d_model}), got {tuple(t.shape)}")
         if context.shape[0] != x.shape[0]:
             raise ValueError(f"context: expected batch size {x.shape[0]} as x, got {context.shape[0]}")
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point tensor (embeddings, not token ids), got dtype {x.dtype}")
         if context.dtype != x.dtype:
             raise TypeError(f"context: expected dtype {x.dtype} as x, got {context.dtype}")
+        weight = next(self.q_proj.parameters())  # q_proj may be wrapped (LoRA): its first tensor is the base weight
+        if x.dtype != weight.dtype and not _autocast_on(x.device.type):
+            raise TypeError(f"x: expected dtype {weight.dtype} like the module's weights (or run under "
+                            f"torch.autocast), got {x.dtype}")
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 key_padding_mask: torch.Tensor | None = None, is_causal: bool = False, return_weights: bool = False,

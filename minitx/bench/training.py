@@ -80,7 +80,8 @@ class TrainingBenchConfig:
         """The minitx BertConfig; its own checks name a bad size (e.g. d_model not divisible by n_heads)."""
         return BertConfig(vocab_size=self.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
                           n_heads=self.n_heads, d_ff=self.d_ff or 4 * self.d_model, max_position=self.seq_len,
-                          dropout=self.dropout, attention_dropout=self.attention_dropout)
+                          dropout=self.dropout, attention_dropout=self.attention_dropout,
+                          sparse_prediction=True)  # minitx's default training step, as the pretrain recipe sets
 
     def validate(self) -> None:
         for name in ("seq_len", "batch_size", "repeats", "warmup"):

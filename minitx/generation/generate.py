@@ -9,6 +9,7 @@ cache=...)`, `new_cache()` and `config.max_position` (minitx's GPT and the famil
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -19,7 +20,7 @@ from minitx.generation.encoder_decoder import generate_encoder_decoder, is_encod
 from minitx.generation.sampling import sample_next
 
 
-def _check_args(model, ids, max_new_tokens, temperature, top_k, top_p) -> None:
+def _check_args(model, ids, max_new_tokens, temperature, top_k, top_p, seed) -> None:
     if not (isinstance(model, nn.Module) and hasattr(model, "new_cache")
             and hasattr(getattr(model, "config", None), "max_position")):
         raise TypeError(f"model: expected a minitx causal LM (a GPT: forward(ids, cache=...), new_cache(), "
@@ -29,12 +30,18 @@ def _check_args(model, ids, max_new_tokens, temperature, top_k, top_p) -> None:
         raise ValueError(f"ids: expected a non-empty (B, N) long tensor of token ids, got {got}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature: expected a number >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed: expected None or an int in [0, 2**63) (a torch.Generator seed), got {seed!r}")
+    vocab = getattr(model.config, "vocab_size", None)
+    if isinstance(vocab, int) and ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < vocab):
+        raise ValueError(f"ids: expected token ids in [0, {vocab}) (the model's vocab_size), got values from "
+                         f"{int(ids.min())} to {int(ids.max())}")
 
 
 @torch.no_grad()
@@ -43,7 +50,7 @@ def iter_generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temp
                   use_cache: bool = True) -> Iterator[torch.Tensor]:
     """Yield each new token (B,) as soon as it is chosen. The context is the last max_position tokens, as in
     nanoGPT; once the cache holds a full window it is rebuilt from the window (positions are absolute)."""
-    _check_args(model, ids, max_new_tokens, temperature, top_k, top_p)
+    _check_args(model, ids, max_new_tokens, temperature, top_k, top_p, seed)
     was_training = model.training
     model.eval()
     generator = None

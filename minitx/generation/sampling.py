@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+_TINY = torch.finfo(torch.float32).tiny
+
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -12,7 +14,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     probability reaches top_p (nucleus sampling)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    scaled = logits.float() / temperature
+    if not torch.isfinite(scaled).all() and torch.isfinite(logits).all():
+        # a tiny temperature overflows the division; shifted by the row's max first, the largest logit stays 0
+        # and the others fall to -inf or a large negative number: the draw tends to greedy, as it should
+        # (float32 flushes a temperature below its smallest normal number to 0: clamp it there)
+        scaled = (logits.float() - logits.float().amax(dim=-1, keepdim=True)) / max(temperature, _TINY)
+    logits = scaled
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

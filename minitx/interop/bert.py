@@ -7,11 +7,12 @@ story: each HF tensor has exactly one minitx home, and both directions refuse an
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 
-from minitx.models.bert import BertConfig, BertForMaskedLM
+from minitx.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, Pooler
 
 _EMBEDDINGS = {
     "bert.embeddings.word_embeddings.weight": "bert.embeddings.token.weight",
@@ -143,6 +144,10 @@ def minitx_state_from_hf(hf_state: dict[str, torch.Tensor], n_layers: int, mlm_h
     other tensor missing or left over is a ValueError naming it.
     """
     hf_state = normalize_hf_state(hf_state)
+    held = {int(m.group(1)) for k in hf_state for m in [re.match(r"bert\.encoder\.layer\.(\d+)\.", k)] if m}
+    if len(held) != n_layers:  # checked first: the name map of an untrusted n_layers (10**6) is itself large
+        raise ValueError(f"hf_model: the config says {n_layers} layers (num_hidden_layers), the weights hold "
+                         f"{len(held)}")
     if mlm_head:
         _check_tied(hf_state)
     names = {k: v for k, v in hf_to_minitx_names(n_layers).items() if mlm_head or k.startswith("bert.")}
@@ -153,7 +158,71 @@ def minitx_state_from_hf(hf_state: dict[str, torch.Tensor], n_layers: int, mlm_h
     if missing or left:
         raise ValueError(f"hf_model: not a BertForMaskedLM state dict as expected; missing {missing[:5]}, "
                          f"unexpected {sorted(left)[:5]}")
+    not_float = sorted(k for k in set(names) | set(extra) if k in hf_state and not hf_state[k].is_floating_point())
+    if not_float:  # loading would cast them into float weights without a word
+        raise ValueError(f"hf_model: tensor {not_float[0]} has dtype {hf_state[not_float[0]].dtype}; expected "
+                         f"floating-point weights ({len(not_float)} such tensor(s))")
     return {names[k]: v.detach().clone() for k, v in hf_state.items() if k in names}, extra
+
+
+def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Every minitx BertForMaskedLM tensor's shape under `config` (plus the pooler's), computed from the sizes
+    alone: nothing is allocated, so an untrusted config.json can be checked before a model is built."""
+    c, f = config.d_model, config.d_ff
+    shapes = {"bert.embeddings.token.weight": (config.vocab_size, c),
+              "bert.embeddings.position.weight": (config.max_position, c),
+              "bert.embeddings.segment.weight": (config.type_vocab_size, c),
+              "bert.embeddings.norm.weight": (c,), "bert.embeddings.norm.bias": (c,),
+              "mlm_head.dense.weight": (c, c), "mlm_head.dense.bias": (c,), "mlm_head.norm.weight": (c,),
+              "mlm_head.norm.bias": (c,), "mlm_head.bias": (config.vocab_size,),
+              "pooler.dense.weight": (c, c), "pooler.dense.bias": (c,)}
+    layer = {"attention.q_proj": (c, c), "attention.k_proj": (c, c), "attention.v_proj": (c, c),
+             "attention.out_proj": (c, c), "attention_norm": (c,), "feed_forward.fc_in": (f, c),
+             "feed_forward.fc_out": (c, f), "ffn_norm": (c,)}
+    for i in range(config.n_layers):
+        for name, shape in layer.items():
+            shapes[f"bert.blocks.{i}.{name}.weight"] = shape
+            shapes[f"bert.blocks.{i}.{name}.bias"] = shape[:1]
+    return shapes
+
+
+def check_state_shapes(config: BertConfig, state: dict[str, torch.Tensor], where: Any = "hf_model") -> None:
+    """Refuse, naming the tensor and the config field, a state whose tensors disagree with `config` (a
+    config.json that does not describe its weights, or transposed / truncated tensors)."""
+    expected = expected_shapes(config)
+    hf_names = {ours: hf for hf, ours in hf_to_minitx_names(config.n_layers).items()}
+    hf_names.update({f"pooler.dense.{k}": f"bert.pooler.dense.{k}" for k in ("weight", "bias")})
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is not None and tuple(tensor.shape) != want:
+            raise ValueError(f"{where}: tensor {hf_names.get(name, name)} has shape {tuple(tensor.shape)}, but "
+                             f"config.json's sizes "
+                             f"(vocab_size {config.vocab_size}, hidden_size {config.d_model}, intermediate_size "
+                             f"{config.d_ff}, max_position_embeddings {config.max_position}) say {want}")
+
+
+IDENTITY_POOLER_EPS = 1e-4  # (bert.6): relative error eps^2 h^2 / 3: float32's rounding (6e-8) for |h| < 4.2
+
+
+@torch.no_grad()
+def add_identity_pooler(model: BertForSequenceClassification,
+                        eps: float = IDENTITY_POOLER_EPS) -> BertForSequenceClassification:
+    """(bert.6): a classifier of the raw [CLS] vector (use_pooler=False) rewritten, in place, as one that reads
+    a pooler, for formats whose classifier always has one (Hugging Face's BertForSequenceClassification):
+    W_p = eps I, b_p = 0, W_c' = W_c / eps, so W_c' tanh(eps h) = W_c h (1 - eps^2 h^2 / 3 + ...) + b_c.
+    The new pooler's parameters require grad when the classifier's do (a PEFT export saves them)."""
+    if not isinstance(model, BertForSequenceClassification):
+        raise TypeError(f"model: expected a BertForSequenceClassification, got {type(model).__name__}")
+    if model.pooler is not None:
+        raise ValueError("model: already classifies from a pooler (use_pooler=True)")
+    weight = model.classifier.weight
+    pooler = Pooler(model.config.d_model).to(device=weight.device, dtype=weight.dtype)
+    pooler.dense.weight.copy_(torch.eye(model.config.d_model) * eps)
+    pooler.dense.bias.zero_()
+    pooler.requires_grad_(weight.requires_grad)
+    weight.div_(eps)
+    model.pooler = pooler
+    return model
 
 
 def from_hf_bert(hf_model: Any, attention_backend: str = "math") -> BertForMaskedLM:

@@ -10,14 +10,15 @@ written by hand. Configs minitx cannot represent are refused naming the option (
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from minitx.interop.bert import (config_from_hf, hf_config_dict, hf_state_from_minitx, hf_to_minitx_names,
-                                 minitx_state_from_hf)
+from minitx.interop.bert import (add_identity_pooler, check_state_shapes, config_from_hf, hf_config_dict,
+                                 hf_state_from_minitx, hf_to_minitx_names, minitx_state_from_hf)
 from minitx.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from minitx.tokenizers.wordpiece import WordPieceTokenizer
 
@@ -52,16 +53,27 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
     return _read_json(file)
 
 
-def _load_weight_file(file: Path) -> dict[str, torch.Tensor]:
+def load_weight_file(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one weights file (safetensors, or a weights-only pickle: never executes code); a damaged,
+    truncated or foreign file is a ValueError naming it."""
+    if not file.is_file():
+        raise ValueError(f"path: expected a weights file, got {str(file)!r} (no such file)")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(file))
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)  # never unpickles code
-    except Exception as err:
-        raise ValueError(f"path: {str(file)!r} is not a weights-only PyTorch state dict ({err})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"path: {str(file)!r}: expected a dict of tensors")
+        try:  # the header is checked against the file's length before anything is allocated
+            state = load_file(str(file))
+        except Exception as err:  # noqa: BLE001 (SafetensorError and friends: a damaged or foreign file)
+            raise ValueError(f"path: {str(file)!r} is not a readable safetensors file "
+                             f"({type(err).__name__}: {err})") from None
+    else:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)  # never unpickles code
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"path: {str(file)!r} is not a weights-only PyTorch state dict "
+                             f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"path: {str(file)!r}: expected a dict of named tensors, got {type(state).__name__}")
     return state
 
 
@@ -77,6 +89,10 @@ def read_hf_state(path: str | Path) -> dict[str, torch.Tensor]:
             weight_map = _read_json(index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise ValueError(f"path: {str(index)!r}: expected a 'weight_map' object")
+            bad = next(((k, f) for k, f in weight_map.items() if not isinstance(f, str) or not f), None)
+            if bad is not None:
+                raise ValueError(f"path: {str(index)!r}: weight_map[{bad[0]!r}]: expected a file name (str), "
+                                 f"got {bad[1]!r}")
             files = [path / Path(f).name for f in sorted(set(weight_map.values()))]  # no escaping the directory
             break
     else:
@@ -84,7 +100,7 @@ def read_hf_state(path: str | Path) -> dict[str, torch.Tensor]:
                          f"or a sharded *.index.json)")
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        state.update(_load_weight_file(file))
+        state.update(load_weight_file(file))
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
@@ -153,6 +169,7 @@ def load_hf_encoder(path: str | Path) -> tuple[BertConfig, dict[str, torch.Tenso
     ours, extra = minitx_state_from_hf(read_hf_state(path), config.n_layers, mlm_head=False,
                                        allowed_extra=("bert.pooler.", "classifier."))
     pooler = {POOLER[k]: v for k, v in extra.items() if k in POOLER}
+    check_state_shapes(config, {**ours, **pooler}, f"path: {str(path)!r}")
     tokenizer = read_hf_tokenizer(path)
     _check_vocab(config, tokenizer, path)
     return config, ours, pooler, tokenizer
@@ -165,6 +182,7 @@ def load_hf_pretrained(path: str | Path, attention_backend: str = "math") -> tup
     config.attention_backend = attention_backend
     ours, _ = minitx_state_from_hf(read_hf_state(path), config.n_layers, allowed_extra=("bert.pooler.",
                                                                                         "cls.seq_relationship."))
+    check_state_shapes(config, ours, f"path: {str(path)!r}")  # before building: config.json's sizes are untrusted
     tokenizer = read_hf_tokenizer(path)
     _check_vocab(config, tokenizer, path)
     model = BertForMaskedLM(config)
@@ -199,11 +217,10 @@ def save_hf_tokenizer(tokenizer: WordPieceTokenizer, path: str | Path, model_max
 
 
 def _classifier_state(model: BertForSequenceClassification) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """HF BertForSequenceClassification tensors and config fields of a minitx classifier (pooler required)."""
-    if model.pooler is None:
-        raise ValueError("model.use_pooler: Hugging Face's BertForSequenceClassification always classifies "
-                         "from the pooler tanh(W h_CLS) (bert.4); a classifier trained with use_pooler=False "
-                         "(the raw [CLS] vector) has no equivalent. Fine-tune with --use-pooler to export")
+    """HF BertForSequenceClassification tensors and config fields of a minitx classifier (one without the pooler
+    gets the identity pooler of (bert.6))."""
+    if model.pooler is None:  # HF always pools (bert.4): the raw [CLS] vector goes through an identity pooler
+        model = add_identity_pooler(copy.deepcopy(model))  # (bert.6)
     from minitx.peft.adapters import AdapterLinear
     if any(isinstance(m, AdapterLinear) for m in model.modules()):
         raise ValueError("model: bottleneck adapters (method='adapter') have no Hugging Face BERT equivalent")

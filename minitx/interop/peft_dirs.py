@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from minitx.interop.bert import hf_to_minitx_names
+from minitx.interop.bert import add_identity_pooler, hf_to_minitx_names
+from minitx.interop.hf_dirs import is_hf_checkpoint_dir, load_weight_file
 from minitx.models.bert import BertForMaskedLM, BertForSequenceClassification
 from minitx.peft.lora import LoRALinear, apply_lora
 
@@ -138,14 +139,28 @@ def read_peft_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch
             name.endswith("_config") and name not in _INIT_ONLY)
         if variant and value:
             raise ValueError(f"adapter_config.{name}: a LoRA variant minitx's LoRA does not implement, got {value!r}")
-    if (path / "adapter_model.safetensors").is_file():
-        from safetensors.torch import load_file
-        state = load_file(str(path / "adapter_model.safetensors"))
-    elif (path / "adapter_model.bin").is_file():
-        state = torch.load(path / "adapter_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(f"path: {str(path)!r} has no adapter_model.safetensors (or adapter_model.bin)")
-    return config, state
+    _check_lora_numbers(config)
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (path / name).is_file():
+            return config, load_weight_file(path / name)  # never unpickles code; a damaged file is named
+    raise ValueError(f"path: {str(path)!r} has no adapter_model.safetensors (or adapter_model.bin)")
+
+
+def _check_lora_numbers(config: dict[str, Any]) -> None:
+    """r, lora_alpha, lora_dropout and use_rslora as PEFT writes them (JSON numbers and booleans): a string
+    "false" would otherwise read as True."""
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"adapter_config.r: expected an int >= 1, got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
+        raise ValueError(f"adapter_config.lora_alpha: expected a number > 0, got {alpha!r}")
+    dropout = config.get("lora_dropout")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0 <= dropout < 1):
+        raise ValueError(f"adapter_config.lora_dropout: expected a number in [0, 1) or null, got {dropout!r}")
+    rslora = config.get("use_rslora", False)
+    if not isinstance(rslora, bool):
+        raise ValueError(f"adapter_config.use_rslora: expected true or false, got {rslora!r}")
 
 
 def _split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
@@ -181,33 +196,43 @@ def load_peft_adapter(model: nn.Module, path: str | Path) -> list[str]:
     if not loras or broken:
         raise ValueError(f"adapter_model: expected lora_A and lora_B for each adapted module, "
                          f"got {broken[:3] or 'none'}")
+    r = config["r"]
+    own = dict(model.named_parameters())
+    # Every tensor is checked before anything is wrapped, so a refused adapter leaves the model as it was.
+    for module, ab in loras.items():
+        base = model.get_submodule(to_ours[module])
+        if not isinstance(base, nn.Linear):
+            raise ValueError(f"adapter_model: {module} is not a Linear layer in this model (already adapted?)")
+        _check_tensor(ab["lora_A"], (r, base.in_features), f"{module}.lora_A")
+        _check_tensor(ab["lora_B"], (base.out_features, r), f"{module}.lora_B")
+    for key, value in whole.items():
+        _check_tensor(value, tuple(own[params[key]].shape), key)
     targets = ["re:" + re.escape(to_ours[m]) for m in sorted(loras)]
     kept = sorted({params[k].rsplit(".", 1)[0] for k in whole})
-    names = apply_lora(model, targets, int(config["r"]), float(config["lora_alpha"]),
-                       float(config.get("lora_dropout") or 0.0), bool(config.get("use_rslora", False)),
-                       trainable_modules=["re:" + re.escape(k) for k in kept])
+    names = apply_lora(model, targets, r, float(config["lora_alpha"]), float(config.get("lora_dropout") or 0.0),
+                       config.get("use_rslora", False), trainable_modules=["re:" + re.escape(k) for k in kept])
     for module, ab in loras.items():
         lora = model.get_submodule(to_ours[module])
         for kind in ("lora_A", "lora_B"):
-            _copy(getattr(lora, kind), ab[kind], f"{module}.{kind}")
+            getattr(lora, kind).copy_(ab[kind])
     own = dict(model.named_parameters())
     for key, value in whole.items():
-        _copy(own[params[key]], value, key)
+        own[params[key]].copy_(value)
     return names
 
 
-def _copy(param: torch.Tensor, value: torch.Tensor, name: str) -> None:
-    if tuple(param.shape) != tuple(value.shape):
+def _check_tensor(value: torch.Tensor, shape: tuple[int, ...], name: str) -> None:
+    if not value.is_floating_point():
+        raise ValueError(f"adapter_model: {name} has dtype {value.dtype}; expected floating-point weights")
+    if tuple(value.shape) != shape:
         raise ValueError(f"adapter_model: {name} has shape {tuple(value.shape)}, the model expects "
-                         f"{tuple(param.shape)} (another base model or rank?)")
-    param.copy_(value)
+                         f"{shape} (another base model or rank?)")
 
 
 def export_lora_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """A `minitx finetune --method lora` run's adapter (lora_adapter.safetensors) as a PEFT adapter directory."""
     from safetensors.torch import load_file
     from minitx.training.checkpoint import read_checkpoint
-    from minitx.interop.hf_dirs import is_hf_checkpoint_dir
     from minitx.models.bert import BertConfig
     from minitx.peft.lora import load_lora_state_dict
     run_dir = Path(run_dir)
@@ -218,13 +243,13 @@ def export_lora_run(run_dir: str | Path, out_dir: str | Path) -> dict[str, Path]
     payload = read_checkpoint(ckpt)
     extra, run = payload.get("extra_state") or {}, payload.get("config") or {}
     info = extra["classifier"]
-    if not info["use_pooler"]:
-        raise ValueError("model.use_pooler: Hugging Face's BertForSequenceClassification always classifies from "
-                         "the pooler (bert.4); fine-tune with --use-pooler to export the adapter")
-    model = BertForSequenceClassification(BertConfig.from_dict(extra["model_config"]), info["num_labels"], True)
+    use_pooler = info["use_pooler"]
+    model = BertForSequenceClassification(BertConfig.from_dict(extra["model_config"]), info["num_labels"], use_pooler)
     apply_lora(model, run["lora_targets"], run["lora_r"], run["lora_alpha"], run["lora_dropout"],
-               trainable_modules=("classifier", "pooler"))
+               trainable_modules=("classifier", "pooler") if use_pooler else ("classifier",))
     load_lora_state_dict(model, load_file(str(adapter)))
+    if not use_pooler:  # Hugging Face always pools (bert.4): an identity pooler joins modules_to_save (bert.6)
+        add_identity_pooler(model)
     base = run.get("from_checkpoint")
     base = str(Path(base).resolve()) if base and is_hf_checkpoint_dir(base) else None
     return save_peft_adapter(model, out_dir, base)

@@ -45,7 +45,8 @@ class BertConfig(FlatConfig):
     pad_token_id: int = 0
     initializer_range: float = 0.02
     sparse_prediction: bool = option(
-        True, "with labels, run the MLM head only at labelled positions (logits (K, V)); full logits without labels")
+        False, "with labels, run the MLM head only at labelled positions (mlm.7): the output's sparse_logits (K, V) "
+        "then stand in for logits (None); off, logits are (B, N, V) as in Hugging Face. Pretraining turns it on")
     sparse_last_block: bool = option(
         True, "with labels and sparse_prediction, the last block computes its outputs only at labelled positions "
         "(mlm.8); all positions stay keys and values")
@@ -164,14 +165,17 @@ class MLMHead(nn.Module):
 
 
 class MaskedLMOutput(NamedTuple):
-    """`logits` is (B, N, V), or (K, V) at the K labelled positions (row-major order, `prediction_mask`
-    True there) when labels were given and `config.sparse_prediction` is on (mlm.7)."""
+    """`logits` is (B, N, V), with or without labels, as in Hugging Face. Only when labels were given and
+    `config.sparse_prediction` is on (an explicit choice: pretraining makes it) does the head run at the K
+    labelled positions alone (mlm.7): `sparse_logits` (K, V) holds those rows (row-major order,
+    `prediction_mask` True there) and `logits` is None, so no code reads a (K, V) tensor as (B, N, V)."""
 
-    logits: torch.Tensor
+    logits: Optional[torch.Tensor]
     loss: Optional[torch.Tensor]
     hidden: torch.Tensor     # (B, N, C), or (K, C) at the labelled positions when the last block ran there (mlm.8)
     next_sentence_logits: Optional[torch.Tensor] = None
-    prediction_mask: Optional[torch.Tensor] = None   # (B, N) bool: the rows of a sparse `logits`; None if full
+    prediction_mask: Optional[torch.Tensor] = None   # (B, N) bool: the rows of `sparse_logits`; None if full
+    sparse_logits: Optional[torch.Tensor] = None     # (K, V) with sparse_prediction and labels; else None
 
     def labelled_logits(self, labels: torch.Tensor) -> torch.Tensor:
         """(K, V): the logits at the positions whose label is not -100, from a sparse or a full `logits`."""
@@ -179,10 +183,10 @@ class MaskedLMOutput(NamedTuple):
 
 
 def labelled_logits(output, labels: torch.Tensor) -> torch.Tensor:
-    """(K, V) logits at the positions whose label is not -100, whether `output.logits` is already sparse
-    (`output.prediction_mask` set) or full (B, N, V); any object with `.logits` will do."""
-    if getattr(output, "prediction_mask", None) is not None:
-        return output.logits
+    """(K, V) logits at the positions whose label is not -100: `output.sparse_logits` when the head ran there
+    alone (mlm.7), else the full (B, N, V) `logits` at those rows; any object with `.logits` will do."""
+    if getattr(output, "sparse_logits", None) is not None:
+        return output.sparse_logits
     return output.logits[labels != IGNORE_INDEX]  # (B, N, V) -> (K, V)
 
 
@@ -240,6 +244,9 @@ class BertForMaskedLM(nn.Module):
         else:
             hidden = self.bert(input_ids, attention_mask, token_type_ids)  # (B, N, C)
         logits, loss, prediction_mask = self._mlm_logits_and_loss(hidden, input_ids, labels)
+        sparse_logits = None
+        if prediction_mask is not None:  # (K, V) rows under their own name: `logits` never changes shape
+            logits, sparse_logits = None, logits
         nsp_logits = None
         if self.next_sentence_head is not None:
             nsp_logits = self.next_sentence_head(self.pooler(hidden))  # (B, 2)
@@ -248,7 +255,7 @@ class BertForMaskedLM(nn.Module):
                 loss = nsp_loss if loss is None else loss + nsp_loss
         elif next_sentence_label is not None:
             raise ValueError("next_sentence_label: this model has no next-sentence head (next_sentence=False)")
-        return MaskedLMOutput(logits, loss, hidden, nsp_logits, prediction_mask)
+        return MaskedLMOutput(logits, loss, hidden, nsp_logits, prediction_mask, sparse_logits)
 
     def _labelled_rows(self, input_ids, labels):
         """For (mlm.8): (order (B, R), valid (B, R)) -- each sequence's labelled positions first, in order, padded

@@ -131,6 +131,10 @@ class LoRALinear(WrappedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
+            if self.training and torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad):
+                # the merged forward never reads A and B: training it would give them no gradient
+                raise RuntimeError("LoRALinear: this layer is merged (W holds W + s B A), so lora_A and lora_B "
+                                   "would get no gradient; call unmerge() before training (or eval() to infer)")
             return self.base(x)  # W already holds W + s B A (lora.6)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected last dim {self.in_features}, got shape {tuple(x.shape)}")
@@ -233,6 +237,11 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     if unexpected:
         raise ValueError(f"state: unexpected key(s) {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
     for name, param in own.items():
+        value = state[name]
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state: key {name!r}: expected a Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"state: key {name!r}: expected a floating-point tensor (a weight), got {value.dtype}")
         if tuple(state[name].shape) != tuple(param.shape):
             raise ValueError(f"state: key {name!r} has shape {tuple(state[name].shape)}, "
                              f"the model expects {tuple(param.shape)}")

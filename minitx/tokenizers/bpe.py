@@ -62,6 +62,8 @@ def _to_str(token: bytes) -> str:
 
 
 def _to_bytes(token: str, where: str) -> bytes:
+    if not isinstance(token, str):
+        raise TypeError(f"{where}: expected each token as a str, got {type(token).__name__} {token!r}")
     try:
         return bytes(_CHAR_BYTE[c] for c in token)
     except KeyError as err:
@@ -177,6 +179,8 @@ class ByteBPETokenizer(JsonStateFile):
 
 
 def _split_merge(line: str, where: str) -> tuple[bytes, bytes]:
+    if not isinstance(line, str):
+        raise TypeError(f"{where}: expected each merge as a str 'a b', got {type(line).__name__} {line!r}")
     parts = line.split(" ")
     if len(parts) != 2 or not all(parts):
         raise ValueError(f"{where}: expected a merge 'a b', got {line!r}")

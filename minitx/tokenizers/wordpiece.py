@@ -95,8 +95,9 @@ class WordPieceTokenizer:
         the most frequent adjacent pair (criterion="likelihood": the old WordPiece score) seen at least
         `min_frequency` times, until `vocab_size` tokens or no pair is left. progress: None reports only a long
         training (a tqdm bar on a terminal, plain lines on stderr otherwise), True always, False never."""
-        if isinstance(texts, (str, bytes)):
-            raise TypeError(f"texts: expected an iterable of strings (lines), got a single {type(texts).__name__}")
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+            what = "a single " if isinstance(texts, (str, bytes)) else ""
+            raise TypeError(f"texts: expected an iterable of strings (lines), got {what}{type(texts).__name__}")
         if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
             raise ValueError(f"vocab_size: expected an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
         if not isinstance(min_frequency, int) or min_frequency < 1:
@@ -108,7 +109,7 @@ class WordPieceTokenizer:
         while chunk := list(islice(lines, 4096)):
             for t in chunk:
                 if not isinstance(t, str):
-                    raise TypeError(f"texts: expected str items, got {type(t).__name__}")
+                    raise TypeError(f"texts: expected str items (lines), got {type(t).__name__}")
             # Lines joined by a newline give the same words as one by one (a newline is white space, and neither
             # NFC, lowercasing nor accent stripping looks across it), in one pass per chunk instead of per line.
             word_counts.update(w for w in pre_tokenize("\n".join(chunk), lowercase)

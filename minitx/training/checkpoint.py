@@ -235,11 +235,20 @@ def require_keys(mapping: Any, keys: dict[str, type | tuple[type, ...]], what: s
 def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Any = "") -> None:
     """Refuse a state dict that belongs to another model: missing or unexpected keys, or any shape mismatch."""
     own = model.state_dict()
+    not_tensors = sorted(k for k in state if not isinstance(state[k], torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"checkpoint {path}: expected tensors, got {type(state[not_tensors[0]]).__name__} "
+                              f"for {_preview(not_tensors)}")
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    # load_state_dict would cast an int or bool tensor into a float weight without a word: refuse it by name
+    kinds = [f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}" for k in own
+             if k in state and _kind(state[k]) != _kind(own[k])]
     problems = []
+    if kinds:
+        problems.append(f"dtype mismatch (integer or bool where floats belong, or the reverse) {_preview(kinds)}")
     if missing:
         problems.append(f"missing keys {_preview(missing)}")
     if unexpected:
@@ -248,6 +257,10 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
         problems.append(f"shape mismatch {_preview(shapes)}")
     if problems:
         raise CheckpointError(f"checkpoint {path} does not fit this model: " + "; ".join(problems))
+
+
+def _kind(t: torch.Tensor) -> str:
+    return "bool" if t.dtype == torch.bool else "float" if t.is_floating_point() or t.is_complex() else "int"
 
 
 def check_config(saved: Mapping[str, Any] | None, current: Mapping[str, Any], ignore: set[str],

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from minitx.training import distributed as D, guards
 
 SCHEDULES = ("linear", "cosine", "constant", "noam")  # noam: the original Transformer's (tf.8)
+MAX_STEP_SCALAR = 1e30  # float32 holds up to 3.4e38; beyond 1e30 a step's scalars overflow it within a few steps
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Fields that may change between a run and its resumption: they steer logging and I/O, not the math; and
 # max_steps, so a finished run can be extended (the schedule is then the new max_steps' schedule).
@@ -72,6 +73,14 @@ class TrainConfig:
             "precision": self.precision in PRECISIONS, "log_every": self.log_every >= 1,
             "eval_every": self.eval_every >= 0, "checkpoint_every": self.checkpoint_every >= 0,
         }
+        # AdamW's scalars run in float32 (opt.1): the first step's size lr / (1 - beta1) and the decay factor
+        # lr * weight_decay must fit, or the update dies in a cast deep in the optimizer.
+        if checks["lr"] and checks["betas"] and checks["weight_decay"] and \
+                max(self.lr / (1 - self.betas[0]), self.lr * self.weight_decay) > MAX_STEP_SCALAR:
+            raise ValueError(f"lr: got {self.lr!r}, too large: lr / (1 - beta1) and lr * weight_decay must stay "
+                             f"below {MAX_STEP_SCALAR:g} (float32 step sizes)")
+        if checks["eps"] and self.eps > MAX_STEP_SCALAR:
+            raise ValueError(f"eps: got {self.eps!r}, expected at most {MAX_STEP_SCALAR:g} (float32)")
         for name, ok in checks.items():
             if not ok:
                 help_text = next(f.metadata["help"] for f in dataclasses.fields(self) if f.name == name)

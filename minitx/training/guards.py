@@ -6,9 +6,11 @@ Kept apart from `minitx.training.loop` so the loop itself reads as the loop. Gui
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import types
@@ -98,6 +100,81 @@ def check_out_dir(config: Any) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+LOCK_FILE = "run.lock"  # the pid of the one process writing the run directory
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | os.PathLike | None):
+    """Hold `out_dir`/run.lock (this process's pid) while the body writes the run directory: a second writer is
+    refused naming the owner's pid; the lock of a process that died (SIGKILL, a crash) is taken over with a
+    warning. The directory is created if needed. Under torchrun only rank 0 takes it (every rank runs this).
+    Yields the lock file's path (None without an out_dir)."""
+    if not out_dir or os.environ.get("RANK", "0").strip() not in ("", "0"):
+        yield None
+        return
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir: expected a directory, got {str(out)!r} (a file)")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_FILE
+    _take_lock(lock)
+    try:
+        yield lock
+    finally:
+        if _lock_owner(lock) == os.getpid():
+            lock.unlink(missing_ok=True)
+
+
+def _take_lock(lock: Path) -> None:
+    mine = lock.with_name(f"{LOCK_FILE}.{os.getpid()}")
+    mine.write_text(f"{os.getpid()}\n")
+    try:
+        for _ in range(3):
+            try:
+                os.link(mine, lock)  # atomic: fails if the lock exists, and never shows a half-written pid
+                return
+            except FileExistsError:
+                pass
+            owner = _lock_owner(lock)
+            if owner is not None and (owner == os.getpid() or process_running(owner)):
+                raise ValueError(f"out_dir: {str(lock.parent)!r} is being written by another minitx run (pid "
+                                 f"{owner}, lock file {lock.name}); wait for it to finish, or pass another --out-dir")
+            stale = lock.with_name(f"{LOCK_FILE}.stale.{os.getpid()}")
+            try:
+                os.rename(lock, stale)  # one taker wins the stale lock; a loser's rename finds nothing
+            except FileNotFoundError:
+                continue
+            taken = _lock_owner(stale)
+            if taken is not None and taken != owner and process_running(taken):  # a fresh lock: give it back
+                os.replace(stale, lock)
+                continue
+            stale.unlink(missing_ok=True)
+            warnings.warn(f"out_dir: took over the lock of pid {owner}, which is no longer running (a run that "
+                          f"was killed); {lock.parent} is this run's now", stacklevel=4)
+        raise ValueError(f"out_dir: could not take the lock {lock} (another run keeps taking it)")
+    finally:
+        mine.unlink(missing_ok=True)
+
+
+def _lock_owner(lock: Path) -> int | None:
+    try:
+        text = lock.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 # ----------------------------------------------------------------------------------------------- metrics log
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of metrics.jsonl; a damaged line (a partial last line after a kill mid-write, or anything
@@ -119,6 +196,24 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
                       f"{' ...' if len(dropped) > 5 else ''}), e.g. a record cut short when the run was killed",
                       stacklevel=2)
     return records
+
+
+# ----------------------------------------------------------------------------------------------- loss_fn
+def check_loss(result: Any) -> tuple[torch.Tensor, Any]:
+    """What `loss_fn` returned, checked before backward: (loss, metrics) with a scalar float loss that requires
+    grad. Without grad, nothing trainable reached the loss (everything frozen, a detached output, a merged LoRA)."""
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise TypeError(f"loss_fn: expected it to return (loss, metrics), got {type(result).__name__}")
+    loss, metrics = result
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss_fn: expected the loss as a scalar Tensor, got {type(loss).__name__}")
+    if loss.numel() != 1 or not loss.is_floating_point():
+        raise ValueError(f"loss_fn: expected the loss as a floating-point scalar, got shape {tuple(loss.shape)} "
+                         f"dtype {loss.dtype} (reduce it, e.g. .mean())")
+    if torch.is_grad_enabled() and not loss.requires_grad:
+        raise ValueError("loss_fn: expected a loss that requires grad, got one without a graph: no trainable "
+                         "parameter reached it (all frozen, a detached output, or a merged LoRA layer)")
+    return loss.reshape(()), metrics
 
 
 # ----------------------------------------------------------------------------------------------- finite state

@@ -212,7 +212,7 @@ class _Run:
             sync = self.ddp is None or micro == accum - 1
             with nullcontext() if sync else self.ddp.no_sync():
                 with self._autocast():
-                    loss, metrics = self.loss_fn(self.forward_model, batch)
+                    loss, metrics = guards.check_loss(self.loss_fn(self.forward_model, batch))
                 self.scaler.scale(loss / accum).backward()  # 1/accum: the mean over micro-batches (opt.9)
             for k, v in {**D.to_floats(metrics), "loss": float(loss.detach())}.items():
                 sums[k] = sums.get(k, 0.0) + v / accum

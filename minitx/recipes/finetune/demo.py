@@ -4,13 +4,19 @@ blanks, LoRA fine-tune a sentiment classifier from 256 labels, and classify a fe
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
 
 from minitx.recipes.finetune.config import FinetuneConfig
 from minitx.recipes.finetune.inference import predict
 from minitx.recipes.finetune.recipe import run_finetuning
+from minitx.recipes.pretrain.config import PretrainConfig
+from minitx.recipes.pretrain.fill_mask import fill_mask, format_predictions
+from minitx.recipes.pretrain.recipe import run_pretraining
+from minitx.training.guards import check_out_dir, run_lock
 
 FILL_MASK_EXAMPLES = [  # agreement, a fixed phrase, a bracket, a pronoun (docs/data.md)
     "these dogs near the old river [MASK] happy .",
@@ -31,21 +37,39 @@ FAST_FINETUNE = dict(max_steps=30, eval_every=10, n_test=200, n_validation=100)
 
 
 def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, seed: int = 0,
-             progress: bool = True) -> dict[str, Any]:
-    """Pretrain (out_dir/pretrain) then LoRA fine-tune (out_dir/finetune); return both summaries and timings."""
-    from minitx.recipes.pretrain.config import PretrainConfig
-    from minitx.recipes.pretrain.fill_mask import fill_mask, format_predictions
-    from minitx.recipes.pretrain.recipe import run_pretraining
+             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Pretrain (out_dir/pretrain) then LoRA fine-tune (out_dir/finetune); return both summaries and timings.
+
+    The run-directory rule of every command: a demo already in `out_dir` is refused unless `overwrite`, before
+    anything runs, and one process at a time writes it (guards.run_lock)."""
     out, began = Path(out_dir), time.perf_counter()
-    pretrain = run_pretraining(PretrainConfig(out_dir=str(out / "pretrain"), seed=seed, progress=progress,
-                                              **(FAST_PRETRAIN if fast else {})))
+    pretrain_config = PretrainConfig(out_dir=str(out / "pretrain"), seed=seed, progress=progress,
+                                     overwrite=overwrite, **(FAST_PRETRAIN if fast else {}))
+    # built once the pretraining run exists (it checks from_checkpoint), with the same rule for its directory
+    finetune_config = functools.partial(FinetuneConfig, from_checkpoint=str(out / "pretrain"), method="lora",
+                                        seed=seed, out_dir=str(out / "finetune"), progress=progress,
+                                        overwrite=overwrite, **(FAST_FINETUNE if fast else {}))
+    with run_lock(out):
+        for stage in ("pretrain", "finetune"):
+            try:
+                check_out_dir(SimpleNamespace(out_dir=str(out / stage), resume=False, overwrite=overwrite))
+            except ValueError:
+                raise ValueError(f"out_dir: {str(out)!r} already holds a demo run; pass --overwrite to replace "
+                                 f"it, or another --out-dir") from None
+        return _demo_stages(out, fast, pretrain_config, finetune_config, began)
+
+
+def _demo_stages(out: Path, fast: bool, pretrain_config: PretrainConfig, finetune_config: Callable[[], FinetuneConfig],
+                 began: float) -> dict[str, Any]:
+    if fast:
+        print("minitx demo --fast: a tiny model and a few steps, to see every stage run; its numbers are not "
+              "meaningful (the demo itself: minitx demo)")
+    pretrain = run_pretraining(pretrain_config)
     print("\nThe pretrained model fills in blanks (it has never seen a label):")
     for text in FILL_MASK_EXAMPLES:
         print(format_predictions(text, fill_mask(pretrain.model, pretrain.tokenizer, text, top_k=3)))
     print("\nLoRA fine-tuning a sentiment classifier on the built-in task:")
-    finetune = run_finetuning(FinetuneConfig(from_checkpoint=str(out / "pretrain"), method="lora", seed=seed,
-                                             out_dir=str(out / "finetune"), progress=progress,
-                                             **(FAST_FINETUNE if fast else {})))
+    finetune = run_finetuning(finetune_config())
     probs = predict(finetune.model, finetune.tokenizer, [text for text, _ in CLASSIFY_EXAMPLES])
     print("\nClassifying new sentences:")
     names = ("negative", "positive")
@@ -54,7 +78,8 @@ def run_demo(out_dir: str | Path = "runs/demo", fast: bool = False, seed: int = 
     seconds = time.perf_counter() - began
     print(f"\ntest accuracy {finetune.summary['test_accuracy']:.2%} from "
           f"{finetune.summary['examples']['train']} labels, training "
-          f"{finetune.summary['trainable_share']:.2%} of the weights; demo took {seconds:.0f} s.")
+          f"{finetune.summary['trainable_share']:.2%} of the weights; demo took {seconds:.0f} s."
+          + (" (--fast: not a meaningful accuracy)" if fast else ""))
     print(try_advice(out / "finetune"))
     return {"pretrain": pretrain.summary, "finetune": finetune.summary, "wall_time_s": seconds}
 
@@ -74,9 +99,11 @@ def demo_main(argv: Sequence[str], prog: str = "minitx demo") -> int:
     """`minitx demo [--out-dir runs/demo] [--fast] [--seed 0]`."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default="runs/demo", help="where the two runs go (default: runs/demo)")
-    parser.add_argument("--fast", action="store_true", help="a tiny model and a few steps (seconds, not minutes)")
+    parser.add_argument("--fast", action="store_true", help="a tiny model and a few steps (seconds, not minutes; "
+                        "its numbers are not meaningful)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both runs (default: 0)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.add_argument("--overwrite", action="store_true", help="replace a demo run already in --out-dir")
     args = parser.parse_args(list(argv))
-    run_demo(args.out_dir, fast=args.fast, seed=args.seed, progress=args.progress)
+    run_demo(args.out_dir, fast=args.fast, seed=args.seed, progress=args.progress, overwrite=args.overwrite)
     return 0

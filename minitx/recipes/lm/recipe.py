@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from minitx.attention.backends import available_backends
 from minitx.config import option
@@ -39,6 +40,7 @@ __all__ = ["LMConfig", "LMResult", "run_lm", "shakespeare_text", "split_ids", "l
            "SHAKESPEARE_SHA256"]
 
 SHAKESPEARE_SHA256 = CORPORA["shakespeare"][1]
+MAX_BPE_VOCAB = 65_536  # refused up front beyond this (GPT-2's is 50,257): the trainer learns one merge at a time
 
 
 def shakespeare_text() -> str:
@@ -92,7 +94,8 @@ class LMConfig(TrainConfig):
     batch_size: int = option(16, "windows per micro-batch, per rank")
     eval_batches: int = option(20, "windows-batches per split in each evaluation (nanoGPT's eval_iters)")
     sample_tokens: int = option(500, "tokens of text generated at the end into sample.txt (0: none)")
-    threads: int = option(2, "torch CPU threads per process (0: torch's default)")
+    threads: int = option(1, "torch CPU threads per process (0: torch's default); one, as every command: a "
+                             "second thread buys little at this size and costs ~10x when the cores are shared")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,14 +108,28 @@ class LMConfig(TrainConfig):
                 raise ValueError(f"{name}: expected an int >= 0, got {getattr(self, name)!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a share in (0, 1), got {self.val_fraction}")
-        if self.tokenizer == "bpe" and self.vocab_size <= 256:
-            raise ValueError(f"vocab_size: a byte-level BPE needs more than 256 ids, got {self.vocab_size}")
+        if self.tokenizer == "bpe" and not 256 < self.vocab_size <= MAX_BPE_VOCAB:
+            raise ValueError(f"vocab_size: a byte-level BPE needs more than 256 ids and at most {MAX_BPE_VOCAB:,} "
+                             f"(GPT-2 has 50,257; each merge is learned one at a time), got --vocab-size "
+                             f"{self.vocab_size:,}")
         self.text = [self.text] if isinstance(self.text, str) else list(self.text)
         if self.corpus == "text" and not self.text:
             raise ValueError("text: --corpus text needs at least one file")
+        if self.text and self.corpus != "text":  # silently training on Shakespeare instead would be worse
+            raise ValueError(f"text: files given with --corpus {self.corpus}, which ignores them; pass --corpus "
+                             f"text to train on {', '.join(map(str, self.text[:3]))}")
         for path in self.text:
-            if not Path(path).is_file():
-                raise ValueError(f"text: expected existing UTF-8 text files, got {str(path)!r} (no such file)")
+            _check_text_file(path)
+
+
+def _check_text_file(path: str) -> None:
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"text: expected UTF-8 text files, got {str(path)!r} (a directory)")
+    if not p.exists():
+        raise ValueError(f"text: expected existing UTF-8 text files, got {str(path)!r} (no such file)")
+    if not p.is_file():
+        raise ValueError(f"text: expected regular UTF-8 text files, got {str(path)!r} (a device or pipe)")
 
 
 @dataclass
@@ -147,15 +164,25 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
 
 
 @torch.no_grad()
-def split_loss(model: GPT, data: torch.Tensor, block_size: int, batch_size: int = 16) -> float:
-    """Mean (dec.4) over consecutive non-overlapping windows covering all of `data` (every target once)."""
+def split_loss(model: GPT, data: torch.Tensor, block_size: int, batch_size: int = 16, progress: bool = False) -> float:
+    """Mean (dec.4) over consecutive non-overlapping windows covering all of `data` (every target once).
+    `progress`: a bar on a terminal, else a plain line at every tenth of the windows (it takes minutes)."""
     n = (len(data) - 1) // block_size
     x = data[:n * block_size].long().view(n, block_size)  # (windows, T)
     y = data[1:n * block_size + 1].long().view(n, block_size)
     total = 0.0
+    bar = tqdm(total=n, desc="whole-split eval", unit="window", disable=not (progress and sys.stderr.isatty()))
+    plain, next_line = progress and bar.disable, 0.1
     for i in range(0, n, batch_size):
         logits = model(x[i:i + batch_size]).logits
         total += float(next_token_loss(logits, y[i:i + batch_size])) * len(x[i:i + batch_size])
+        bar.update(len(x[i:i + batch_size]))
+        done = min(i + batch_size, n) / max(n, 1)
+        if plain and (done >= next_line or i + batch_size >= n):
+            print(f"whole-split eval: {min(i + batch_size, n):,}/{n:,} windows, loss so far "
+                  f"{total / min(i + batch_size, n):.4f}", flush=True)
+            next_line = math.floor(done * 10 + 1) / 10
+    bar.close()
     return total / max(n, 1)
 
 
@@ -193,7 +220,17 @@ def _build_tokenizer(config: LMConfig, text: str, cut: int, out: Path | None):
 def _load_text(config: LMConfig) -> str:
     if config.corpus == "shakespeare":
         return shakespeare_text()
-    return "".join(Path(p).read_text(encoding="utf-8") for p in config.text)
+    parts = []
+    for path in config.text:
+        try:
+            parts.append(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"text: expected UTF-8 text files, got {str(path)!r}, which is not UTF-8 (byte "
+                             f"{err.start}: {err.reason}; a binary file?)") from None
+    text = "".join(parts)
+    if not text:
+        raise ValueError(f"text: the files {', '.join(map(str, config.text[:3]))} hold no text")
+    return text
 
 
 def run_lm(config: LMConfig) -> LMResult:
@@ -228,15 +265,32 @@ def run_lm(config: LMConfig) -> LMResult:
     summary = _summary(config, result, model, tokenizer, train_s, len(train_ids), len(val_ids))
     if main:
         model.eval()
-        summary["val_loss_full_split"] = round(split_loss(model, val_ids, config.block_size), 4)
+        summary["val_loss_full_split"] = round(split_loss(model, val_ids, config.block_size,
+                                                          progress=config.progress), 4)
         if out is not None:
             plot_in_child(result.history, out / "loss_curve.png")
             if config.sample_tokens:
                 (out / "sample.txt").write_text(_sample(model, tokenizer, config) + "\n", encoding="utf-8")
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(json.dumps({k: summary[k] for k in ("steps", "wall_time_s", "parameters", "eval",
-                                                  "val_loss_full_split")}))
+        print(format_summary(summary, out))
     return LMResult(summary, model, tokenizer, result)
+
+
+def format_summary(summary: dict[str, Any], out: Path | None = None) -> str:
+    """The final table `minitx train-lm` prints (as `minitx pretrain` does); summary.json holds it all."""
+    ev, tr = summary["eval"], summary["train"]
+    rows = [("steps", f"{summary['steps']}"), ("wall time", f"{summary['wall_time_s']:.1f} s (training)"),
+            ("parameters", f"{summary['parameters']:,}"), ("vocabulary", f"{summary['vocab_size']:,} tokens"),
+            ("train loss", f"{tr.get('loss', float('nan')):.4f} (last step)")]
+    if ev:
+        rows += [("eval loss (val)", f"{ev['loss']:.4f}  (train {ev['train_loss']:.4f}; "
+                                     f"{summary['config']['eval_batches']} batches per split)")]
+    rows.append(("val loss, whole split", f"{summary['val_loss_full_split']:.4f}"))
+    if out is not None:
+        rows.append(("run directory", f"{out}  (checkpoint, metrics.jsonl, summary.json, loss_curve.png"
+                                      f"{', sample.txt' if summary['config']['sample_tokens'] else ''})"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(["causal LM summary", "-" * (width + 30)] + [f"{k:<{width}}  {v}" for k, v in rows])
 
 
 def _estimate_loss(config: LMConfig, train_ids: torch.Tensor, val_ids: torch.Tensor):

@@ -146,4 +146,5 @@ def model_config(config: PretrainConfig, tokenizer: WordPieceTokenizer) -> BertC
                       n_heads=config.n_heads, d_ff=config.d_ff, max_position=config.max_length,
                       dropout=config.dropout, attention_dropout=config.dropout, norm_first=config.norm_first,
                       initializer_range=config.init_std,
-                      attention_backend=config.attention_backend, pad_token_id=tokenizer.pad_id)
+                      attention_backend=config.attention_backend, pad_token_id=tokenizer.pad_id,
+                      sparse_prediction=True)  # the head at the labelled rows only (mlm.7): training's choice

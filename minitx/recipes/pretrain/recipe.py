@@ -57,7 +57,7 @@ def masked_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     accuracy = correct.sum() / selected.sum().clamp(min=1)
     # A batch with nothing selected (likely at a small mlm_probability and batch size) has a mean over zero
     # targets, NaN: it contributes zero loss and zero gradient instead.
-    loss = out.loss if bool(selected.any()) else out.logits.sum() * 0.0
+    loss = out.loss if bool(selected.any()) else labelled_logits(out, batch["labels"]).sum() * 0.0
     return loss, {"masked_accuracy": accuracy, "perplexity": torch.exp(loss.detach())}
 
 
