@@ -24,6 +24,9 @@ SMALL = {
                  "--batch-size", "4", "--eval-batches", "1", "--sample-tokens", "0", "--warmup-steps", "1",
                  "--eval-every", "0", "--no-progress"],
     "generate": ["--max-new-tokens", "5"],
+    "train-seq2seq": ["--max-steps", "2", "--n-train", "64", "--n-eval", "4", "--d-model", "16", "--n-heads", "2",
+                      "--d-ff", "32", "--n-encoder-layers", "1", "--n-decoder-layers", "1", "--warmup-steps", "1",
+                      "--batch-size", "8", "--eval-beams", "2"],
     "bench attention": ["--seq-lens", "16", "--head-dims", "8", "--masks", "full", "--dtypes", "fp32", "--impls",
                         "minitx:math", "--repeats", "1", "--warmup", "0", "--quiet", "--out", "bench.json"],
 }
@@ -64,6 +67,8 @@ def test_the_readme_lists_the_commands_a_newcomer_runs():
 
 def test_every_readme_command_runs_in_order_after_the_quickstart(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    # `minitx check my_adapters.py`: the reader's own functions; here the plain-PyTorch ones the kit's tests use
+    (tmp_path / "my_adapters.py").write_text((README.parent / "tests" / "conformance" / "plain_torch.py").read_text())
     ran = []
     for command in readme_commands(README.read_text()):
         if command.startswith(NOT_HERE):

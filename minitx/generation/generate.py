@@ -91,7 +91,7 @@ def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temperatu
         raise ValueError(f"temperature: beam search here is deterministic; pass temperature=0 with "
                          f"num_beams={num_beams}, got {temperature!r}")
     if is_encoder_decoder(model):
-        _check_args_seq2seq(model, ids, max_new_tokens, temperature, top_k, top_p)
+        _check_args_seq2seq(model, ids, max_new_tokens, temperature, top_k, top_p, seed)
         was_training = model.training
         model.eval()
         generator = None if seed is None else torch.Generator(device=ids.device).manual_seed(seed)
@@ -109,18 +109,18 @@ def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temperatu
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1) if new else ids.clone()
 
 
-def _check_args_seq2seq(model, ids, max_new_tokens, temperature, top_k, top_p) -> None:
+def _check_args_seq2seq(model, ids, max_new_tokens, temperature, top_k, top_p, seed) -> None:
     if not (isinstance(model, nn.Module) and hasattr(model, "new_cache")):
         raise TypeError(f"model: expected a minitx encoder-decoder (a Transformer), got {type(model).__name__}")
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] == 0 or ids.dtype != torch.long:
         got = (tuple(ids.shape), ids.dtype) if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ValueError(f"ids: expected a non-empty (B, S) long tensor of source ids, got {got}")
-    _check_args(model, ids, max_new_tokens, temperature, top_k, top_p)
+    _check_args(model, ids, max_new_tokens, temperature, top_k, top_p, seed)
 
 
 @torch.no_grad()
 def _beam_causal_lm(model, ids, max_new_tokens, num_beams, length_penalty, early_stopping, use_cache):
-    _check_args(model, ids, max_new_tokens, 0, None, None)
+    _check_args(model, ids, max_new_tokens, 0, None, None, None)
     if ids.shape[1] + max_new_tokens > model.config.max_position:
         raise ValueError(f"max_new_tokens: beam search keeps the whole sequence in the context; "
                          f"{ids.shape[1]} + {max_new_tokens} exceed max_position={model.config.max_position}")

@@ -72,7 +72,7 @@ class Seq2SeqConfig(TrainConfig):
     # Batches, evaluation
     batch_size: int = option(64, "pairs per micro-batch, per rank")
     eval_beams: int = option(4, "beams for the final beam-search evaluation (greedy is always run too)")
-    threads: int = option(2, "torch CPU threads per process (0: torch's default)")
+    threads: int = option(1, "torch CPU threads per process (0: torch's default); 1, as every command")
 
     def __post_init__(self) -> None:
         super().__post_init__()
