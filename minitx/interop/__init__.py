@@ -2,10 +2,11 @@
 
     bert.py       from_hf_bert, to_hf_bert: BertForMaskedLM <-> HF BERT, the name map both ways
     gpt2.py       from_hf_gpt2, to_hf_gpt2: GPT <-> HF GPT-2 (Conv1D weights transposed)
+    llama.py      from_hf_llama, to_hf_llama: Llama <-> HF Llama; load_hf_llama, save_hf_llama (directories)
     hf_dirs.py    save_pretrained-style directories (config.json, safetensors, vocab) read and written
     peft_dirs.py  PEFT LoRA adapter directories read and written
 
-The four converters are reachable here too: `minitx.interop.from_hf_bert(...)`.
+The converters are reachable here too: `minitx.interop.from_hf_bert(...)`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import importlib
 
 _CONVERTERS = {"from_hf_bert": "minitx.interop.bert", "to_hf_bert": "minitx.interop.bert",
-               "from_hf_gpt2": "minitx.interop.gpt2", "to_hf_gpt2": "minitx.interop.gpt2"}
+               "from_hf_gpt2": "minitx.interop.gpt2", "to_hf_gpt2": "minitx.interop.gpt2",
+               "from_hf_llama": "minitx.interop.llama", "to_hf_llama": "minitx.interop.llama"}
 __all__ = sorted(_CONVERTERS)
 
 
