@@ -93,7 +93,8 @@ class Block(HookPoints, nn.Module):
         every position is still a key and a value (mlm.8). Each output row depends on the other positions
         only through attention's keys and values, so these rows equal the full output's rows exactly."""
         if rows is not None:
-            if is_causal or window is not None or return_weights or cache is not None or self.cross_attention is not None:
+            if is_causal or window is not None or return_weights or cache is not None \
+                    or self.cross_attention is not None:
                 raise ValueError("rows: a block computed at some rows only is bidirectional, without cache, "
                                  "cross-attention or weights; pass is_causal=False, return_weights=False")
             return self._forward_rows(x, key_padding_mask, rows)

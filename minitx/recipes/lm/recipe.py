@@ -201,7 +201,8 @@ def _load_text(config: LMConfig) -> str:
 
 
 def run_lm(config: LMConfig) -> LMResult:
-    """Tokenize the corpus, train a GPT or a Llama (`arch`) as `config` says, and write the run directory (rank 0 only)."""
+    """Tokenize the corpus, train a GPT or a Llama (`arch`) as `config` says, and write the run directory (rank 0
+    only)."""
     began = begin_recipe(config, LMConfig)
     main, out = D.world_info().rank == 0, (Path(config.out_dir) if config.out_dir else None)
     text = _load_text(config)
