@@ -7,13 +7,13 @@ Triton until a name is asked for); every other name lives in the module that def
     positional      absolute (sinusoidal, learned), rope, alibi
     attention       checks, masks, backends (the registry), front_door (`attention`), varlen, cache, multi_head
     nn              norms, feed_forward, block (the one Block)
-    models          inputs, bert, gpt, transformer (the encoder-decoder)
+    models          inputs, bert, gpt, llama, transformer (the encoder-decoder)
     generation      sampling, beam, encoder_decoder, generate (the loop only; the KV cache lives in the model)
     tokenizers      wordpiece (+ trainer, pretokenize), bpe, char, files
     data            synthetic, text_files, text, mlm, corpora
     training        config, guards, distributed, optim, checkpoint, compile, loop
     peft            targets, lora, adapters, bitfit
-    interop         Hugging Face BERT / GPT-2 / checkpoint and PEFT directories, without `transformers`
+    interop         Hugging Face BERT / GPT-2 / Llama / MarianMT / checkpoint and PEFT directories, without `transformers`
     conformance     `minitx check`: a learner's own functions against the reference math
     recipes         pretrain, lm, finetune, export: what the `minitx` commands run
     kernels, bench  the Triton kernel (reached through the attention registry only) and its benchmarks
@@ -38,6 +38,8 @@ _API = {
     "GPT": "minitx.models.gpt",
     "TransformerConfig": "minitx.models.transformer",
     "Transformer": "minitx.models.transformer",
+    "LlamaConfig": "minitx.models.llama",
+    "Llama": "minitx.models.llama",
     "generate": "minitx.generation.generate",
     "KVCache": "minitx.attention.cache",
     "MultiHeadAttention": "minitx.attention.multi_head",

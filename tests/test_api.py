@@ -7,7 +7,7 @@ import sys
 import minitx
 
 API = ["AdamW", "BertConfig", "BertForMaskedLM", "BertForSequenceClassification", "BertModel", "Block",
-       "ByteBPETokenizer", "CharTokenizer", "FeedForward", "GPT", "GPTConfig", "KVCache", "LayerNorm", "LoRALinear",
+       "ByteBPETokenizer", "CharTokenizer", "FeedForward", "GPT", "GPTConfig", "KVCache", "LayerNorm", "Llama", "LlamaConfig", "LoRALinear",
        "MultiHeadAttention", "TrainConfig", "Transformer", "TransformerConfig", "WordPieceTokenizer", "apply_lora", "available_backends",
        "generate", "hook_names", "merge_lora", "register_backend", "train", "using_hooks"]
 
@@ -32,6 +32,8 @@ def test_interop_offers_the_four_converters():
     assert (minitx.interop.from_hf_gpt2, minitx.interop.to_hf_gpt2) == (from_hf_gpt2, to_hf_gpt2)
     from minitx.interop.marian import from_hf_marian, to_hf_marian
     assert (minitx.interop.from_hf_marian, minitx.interop.to_hf_marian) == (from_hf_marian, to_hf_marian)
+    from minitx.interop.llama import from_hf_llama, to_hf_llama
+    assert (minitx.interop.from_hf_llama, minitx.interop.to_hf_llama) == (from_hf_llama, to_hf_llama)
 
 
 def test_an_unknown_name_is_an_attribute_error():

@@ -1,12 +1,13 @@
-"""Pure math with hand-written backward passes: softmax, layer norm, GELU, scaled dot-product attention,
-cross-entropy.
+"""Pure math with hand-written backward passes: softmax, layer norm, RMS norm, GELU, SiLU/SwiGLU, scaled
+dot-product attention, cross-entropy.
 
 Every forward is written out with plain tensor ops and every backward is the formula derived in
 `docs/math/*.md`, inside a `torch.autograd.Function`, so the code can be read side by side with the
 derivation. The equation label in a comment names what that line computes.
 
 One private module per derivation page, so each reads next to its page: `_softmax.py` (softmax.md),
-`_layer_norm.py` (layer_norm.md), `_gelu.py` (gelu.md), `_attention.py` (attention.md),
+`_layer_norm.py` (layer_norm.md), `_rms_norm.py` (rms_norm.md), `_gelu.py` (gelu.md),
+`_swiglu.py` (swiglu.md: silu and swiglu), `_attention.py` (attention.md),
 `_cross_entropy.py` (cross_entropy.md, and `IGNORE_INDEX`, the label of positions without a loss);
 `_label_smoothing.py` (label_smoothing.md: the original Transformer's label-smoothed cross-entropy);
 `_checks.py` holds the
@@ -22,7 +23,9 @@ from minitx.functional._checks import _sum_to_shape  # noqa: F401 (tested direct
 from minitx.functional._gelu import gelu, gelu_tanh
 from minitx.functional._label_smoothing import label_smoothed_cross_entropy
 from minitx.functional._layer_norm import layer_norm
+from minitx.functional._rms_norm import rms_norm
 from minitx.functional._softmax import softmax
+from minitx.functional._swiglu import silu, swiglu
 
 __all__ = ["softmax", "layer_norm", "gelu", "gelu_tanh", "causal_mask", "scaled_dot_product_attention",
-           "cross_entropy", "IGNORE_INDEX", "label_smoothed_cross_entropy"]
+           "cross_entropy", "IGNORE_INDEX", "label_smoothed_cross_entropy", "rms_norm", "silu", "swiglu"]

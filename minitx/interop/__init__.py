@@ -2,6 +2,7 @@
 
     bert.py       from_hf_bert, to_hf_bert: BertForMaskedLM <-> HF BERT, the name map both ways
     gpt2.py       from_hf_gpt2, to_hf_gpt2: GPT <-> HF GPT-2 (Conv1D weights transposed)
+    llama.py      from_hf_llama, to_hf_llama: Llama <-> HF Llama; load_hf_llama, save_hf_llama (directories)
     marian.py     from_hf_marian, to_hf_marian: Transformer <-> HF MarianMT, and its directories
     hf_dirs.py    save_pretrained-style directories (config.json, safetensors, vocab) read and written
     peft_dirs.py  PEFT LoRA adapter directories read and written
@@ -15,7 +16,8 @@ import importlib
 
 _CONVERTERS = {"from_hf_bert": "minitx.interop.bert", "to_hf_bert": "minitx.interop.bert",
                "from_hf_gpt2": "minitx.interop.gpt2", "to_hf_gpt2": "minitx.interop.gpt2",
-               "from_hf_marian": "minitx.interop.marian", "to_hf_marian": "minitx.interop.marian"}
+               "from_hf_marian": "minitx.interop.marian", "to_hf_marian": "minitx.interop.marian",
+               "from_hf_llama": "minitx.interop.llama", "to_hf_llama": "minitx.interop.llama"}
 __all__ = sorted(_CONVERTERS)
 
 

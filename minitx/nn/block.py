@@ -81,19 +81,21 @@ class Block(HookPoints, nn.Module):
                 return_weights: bool = False, *, rows: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                 cache: LayerKV | None = None, attn_mask: torch.Tensor | None = None,
-                cross_cache: LayerKV | None = None):
+                cross_cache: LayerKV | None = None, window: tuple[int, int] | None = None):
         """x (B, N, C) -> (B, N, C) [, self-attention weights (B, H, N, M)].
 
         key_padding_mask (B, M) bool, True = real key (cached and new, with a cache); is_causal: the causal
         mask (dec.2), bottom-right aligned over a cache (dec.9); attn_mask: any further mask, as in
         `attention`. context (B, S, C) and context_padding_mask (B, S): what cross-attention reads.
-        positions, cache: passed to self-attention (RoPE positions, this layer's `LayerKV`).
+        positions, cache, window: passed to self-attention (RoPE positions, this layer's `LayerKV`, a sliding
+        window (left, right) as in `attention`).
         cross_cache: cross-attention's `LayerKV`: the context's keys/values, projected once and then reused.
         rows (B, R) int64: compute the block's output only at these positions of each sequence, (B, R, C);
         every position is still a key and a value (mlm.8). Each output row depends on the other positions
         only through attention's keys and values, so these rows equal the full output's rows exactly."""
         if rows is not None:
-            if is_causal or return_weights or cache is not None or self.cross_attention is not None:
+            if is_causal or window is not None or return_weights or cache is not None \
+                    or self.cross_attention is not None:
                 raise ValueError("rows: a block computed at some rows only is bidirectional, without cache, "
                                  "cross-attention or weights; pass is_causal=False, return_weights=False")
             return self._forward_rows(x, key_padding_mask, rows)
@@ -102,7 +104,7 @@ class Block(HookPoints, nn.Module):
                              f"got context={'a tensor' if context is not None else None} with cross_attention="
                              f"{'set' if self.cross_attention is not None else None}")
         attend = dict(key_padding_mask=key_padding_mask, is_causal=is_causal, return_weights=return_weights,
-                      attn_mask=attn_mask, positions=positions, cache=cache)
+                      attn_mask=attn_mask, positions=positions, cache=cache, window=window)
         cross = self.cross_attention
         x = self.hook("resid_pre", x)
         if self.norm_first:

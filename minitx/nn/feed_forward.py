@@ -1,6 +1,7 @@
-"""Position-wise feed-forward networks: the MLP of (block.6), with the exact GELU or GPT-2's tanh one.
+"""Position-wise feed-forward networks: the MLP of (block.6), with the exact GELU or GPT-2's tanh one, and
+Llama's gated SwiGLU (swiglu.4).
 
-A family picks its feed-forward through the Block's `feed_forward` part; SwiGLU slots in here beside FeedForward.
+A family picks its feed-forward through the Block's `feed_forward` part.
 """
 
 from __future__ import annotations
@@ -47,3 +48,27 @@ class FeedForward(HookPoints, nn.Module):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
+
+
+class SwiGLU(HookPoints, nn.Module):
+    """Llama's feed-forward, (swiglu.4): down_proj(Drop(swiglu(gate_proj(x), up_proj(x)))), C -> d_ff -> C.
+
+    Three matrices, 3 C d_ff weights (a GELU MLP has 2 C d_ff: at d_ff = 8C/3 the two hold the same count).
+    Bias-free by default, as Llama; the names are Hugging Face's (`gate_proj`, `up_proj`, `down_proj`), so
+    LoRA targets and `minitx.interop.llama` use them as is. Hook point "hidden" (B, N, d_ff): the gated
+    activations, one per neuron, as FeedForward's.
+    """
+
+    hook_points = ("hidden",)
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        check_probability("dropout", dropout)
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.hook("hidden", F.swiglu(self.gate_proj(x), self.up_proj(x)))  # (B, N, C) -> (B, N, d_ff)
+        return self.down_proj(self.dropout(hidden))  # (B, N, d_ff) -> (B, N, C)

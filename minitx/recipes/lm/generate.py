@@ -11,6 +11,7 @@ import torch
 
 from minitx.generation.generate import iter_generate
 from minitx.models.gpt import GPT, GPTConfig
+from minitx.models.llama import Llama, LlamaConfig
 from minitx.tokenizers.char import CharTokenizer
 from minitx.training.checkpoint import check_state_dict, read_run_checkpoint
 
@@ -28,15 +29,22 @@ def tokenizer_from_state(state: dict) -> Any:
     raise ValueError(f"tokenizer: expected a state of type 'char' or 'bpe', got {kind!r}")
 
 
-def load_lm(path: str | Path) -> tuple[GPT, Any]:
-    """The GPT (eval mode) and tokenizer of a run directory or its checkpoint.pt; never executes code
-    (manifest-verified, weights_only load)."""
+ARCHS = {"gpt": (GPT, GPTConfig), "llama": (Llama, LlamaConfig)}
+
+
+def load_lm(path: str | Path) -> tuple[GPT | Llama, Any]:
+    """The GPT or Llama (`--arch`; eval mode) and tokenizer of a run directory or its checkpoint.pt; never executes
+    code (manifest-verified, weights_only load)."""
     path = Path(path)
     ckpt, payload = read_run_checkpoint(path, argument="run", kind="train-lm run directory")
     extra = payload.get("extra_state") or {}
     if "model_config" not in extra or "tokenizer" not in extra:
         raise ValueError(f"run: {str(path)!r} is not a train-lm checkpoint (no model_config and tokenizer)")
-    model = GPT(GPTConfig.from_dict(extra["model_config"]))
+    arch = extra.get("arch", "gpt")  # runs from before --arch are GPTs
+    if arch not in ARCHS:
+        raise ValueError(f"run: {str(path)!r} holds an unknown architecture {arch!r} (expected one of {sorted(ARCHS)})")
+    model_class, config_class = ARCHS[arch]
+    model = model_class(config_class.from_dict(extra["model_config"]))
     check_state_dict(model, payload["model"], ckpt)
     model.load_state_dict(payload["model"])
     return model.eval(), tokenizer_from_state(extra["tokenizer"])

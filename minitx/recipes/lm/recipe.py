@@ -30,6 +30,7 @@ from minitx.attention.backends import available_backends
 from minitx.config import option
 from minitx.data.corpora import CORPORA, corpus_file
 from minitx.models.gpt import GPT, GPTConfig, next_token_loss
+from minitx.models.llama import Llama, LlamaConfig
 from minitx.seeding import seed_for
 from minitx.tokenizers.char import CharTokenizer
 from minitx.training import distributed as D
@@ -59,7 +60,7 @@ def shakespeare_text() -> str:
 class LMConfig(TrainConfig):
     """Every knob of `minitx train-lm`, flat; the TrainConfig fields first. Defaults: the default run, nanoGPT's
     model (4 layers, 4 heads, width 128) with twice the context (128), 16 windows a step, 1,600 steps at lr 2e-3:
-    under 5 minutes on 2 CPU cores. nanoGPT's exact configuration: benchmarks/lm/nanogpt_config.sh."""
+    under 5 minutes on 2 CPU cores. nanoGPT's exact configuration: benchmarks/lm/nanomodel_cfg.sh."""
     lr: float = option(2e-3, "peak learning rate η, reached at the end of warmup (opt.5); 2x nanoGPT's, which a 4-layer model takes")
     weight_decay: float = option(0.1, "decoupled weight decay λ on matrices and embeddings (opt.2, opt.4)")
     betas: tuple[float, float] = option((0.9, 0.99), "AdamW β1 β2 (nanoGPT's β2 = 0.99 for small batches)")
@@ -80,14 +81,17 @@ class LMConfig(TrainConfig):
     vocab_size: int = option(512, "BPE vocabulary size (256 bytes + merges); ignored for char")
     val_fraction: float = option(0.1, "the last this share of the stream validates (nanoGPT: 0.1)")
     # Model
+    arch: str = option("gpt", "gpt (GPT-2: LayerNorm, GELU MLP, learned positions) or llama (RMSNorm, SwiGLU, "
+                       "RoPE, grouped-query attention, no biases; minitx.Llama)", choices=("gpt", "llama"))
+    n_kv_heads: int = option(0, "key/value heads (0: n_heads; fewer: grouped-query attention, 1: multi-query)")
     d_model: int = option(128, "model width C")
     n_layers: int = option(4, "decoder blocks")
     n_heads: int = option(4, "attention heads H")
-    d_ff: int = option(0, "feed-forward width (0: 4 * d_model)")
+    d_ff: int = option(0, "feed-forward width (0: 4 * d_model; llama: 8 * d_model / 3, a multiple of 8)")
     block_size: int = option(128, "context length in tokens (learned positions)")
     dropout: float = option(0.0, "dropout on embeddings, residual branches and attention weights")
-    activation: str = option("gelu", "gelu (exact) or gelu_tanh (GPT-2's)", choices=("gelu", "gelu_tanh"))
-    bias: bool = option(True, "biases in linear layers and LayerNorms (nanoGPT's default: --no-bias)")
+    activation: str = option("gelu", "gelu (exact) or gelu_tanh (GPT-2's); gpt only", choices=("gelu", "gelu_tanh"))
+    bias: bool = option(True, "biases in linear layers and LayerNorms (nanoGPT's default: --no-bias); gpt only")
     attention_backend: str = option("sdpa", "attention backend (any registered one); sdpa is the fastest correct one "
                                 "on a CPU", choices=available_backends)
     # Batches, evaluation, sample
@@ -135,7 +139,7 @@ def _check_text_file(path: str) -> None:
 @dataclass
 class LMResult:
     summary: dict[str, Any]
-    model: GPT
+    model: GPT | Llama
     tokenizer: Any
     train: TrainResult
 
@@ -234,7 +238,8 @@ def _load_text(config: LMConfig) -> str:
 
 
 def run_lm(config: LMConfig) -> LMResult:
-    """Tokenize the corpus, train a GPT as `config` says, and write the run directory (rank 0 only)."""
+    """Tokenize the corpus, train a GPT or a Llama (`arch`) as `config` says, and write the run directory (rank 0
+    only)."""
     began = begin_recipe(config, LMConfig)
     main, out = D.world_info().rank == 0, (Path(config.out_dir) if config.out_dir else None)
     text = _load_text(config)
@@ -243,22 +248,19 @@ def run_lm(config: LMConfig) -> LMResult:
     ids = compact_ids(tokenizer.encode(text), tokenizer.vocab_size)
     del text  # only the ids are needed from here on
     train_ids, val_ids = split_ids(ids, config.val_fraction)
-    gpt_config = GPTConfig(vocab_size=tokenizer.vocab_size, max_position=config.block_size, d_model=config.d_model,
-                           n_layers=config.n_layers, n_heads=config.n_heads, d_ff=config.d_ff,
-                           dropout=config.dropout, attention_dropout=config.dropout, activation=config.activation,
-                           attention_backend=config.attention_backend, bias=config.bias)
+    model_cfg = model_config(config, tokenizer.vocab_size)
     torch.manual_seed(config.seed)
-    model = GPT(gpt_config)
+    model = GPT(model_cfg) if config.arch == "gpt" else Llama(model_cfg)
     if main and out is not None:
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out / "tokenizer.json")
-        (out / "model_config.json").write_text(json.dumps(gpt_config.to_dict(), indent=2) + "\n")
+        (out / "model_config.json").write_text(json.dumps(model_cfg.to_dict(), indent=2) + "\n")
 
     def batch_fn(step: int, micro: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
         return lm_batch(train_ids, config.batch_size, config.block_size, seed_for(config.seed, step, micro, rank))
 
     eval_fn = _estimate_loss(config, train_ids, val_ids)
-    extra = {"model_config": gpt_config.to_dict(), "tokenizer": tokenizer.state()}
+    extra = {"model_config": model_cfg.to_dict(), "tokenizer": tokenizer.state(), "arch": config.arch}
     result = train(model, batch_fn, causal_lm_loss, config, eval_fn=eval_fn if config.eval_batches else None,
                    extra_state=extra)
     train_s = time.perf_counter() - began
@@ -291,6 +293,17 @@ def format_summary(summary: dict[str, Any], out: Path | None = None) -> str:
                                       f"{', sample.txt' if summary['config']['sample_tokens'] else ''})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(["causal LM summary", "-" * (width + 30)] + [f"{k:<{width}}  {v}" for k, v in rows])
+
+
+def model_config(config: LMConfig, vocab_size: int) -> GPTConfig | LlamaConfig:
+    """The model config `--arch` asks for, with the run's sizes; gpt-only fields (activation, bias) stay out of
+    a Llama, which has no biases and a SwiGLU feed-forward."""
+    shared = dict(vocab_size=vocab_size, max_position=config.block_size, d_model=config.d_model,
+                  n_layers=config.n_layers, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads, d_ff=config.d_ff,
+                  dropout=config.dropout, attention_dropout=config.dropout, attention_backend=config.attention_backend)
+    if config.arch == "llama":
+        return LlamaConfig(**shared)
+    return GPTConfig(**shared, activation=config.activation, bias=config.bias)
 
 
 def _estimate_loss(config: LMConfig, train_ids: torch.Tensor, val_ids: torch.Tensor):
