@@ -83,8 +83,8 @@ def _rms_norm_run(fn, c):
     check_function("rms_norm", fn, R.rms_norm, [x, w], c.dtype, differentiable=(0, 1), kwargs={"eps": c.eps},
                    value=("rmsnorm.1", "x / sqrt(mean(x^2, last dim) + eps) * weight: no mean subtracted, eps "
                                        "inside the root, the mean (not the sum) of squares"),
-                   grads={0: ("rmsnorm.1", "keep the path through the root mean square (do not detach it)"),
-                          1: ("rmsnorm.1", "d weight = sum over rows of g * x / rms")}, seed=c.seed)
+                   grads={0: ("rmsnorm.3", "keep the path through the root mean square (do not detach it)"),
+                          1: ("rmsnorm.4", "d weight = sum over rows of g * x / rms")}, seed=c.seed)
 
 
 RMS_NORM = Adapter("rms_norm", "rms_norm", "rms_norm(x, weight, eps=1e-6)", 2, ("eps",),
@@ -116,7 +116,7 @@ GELU = Adapter("gelu", "gelu", "gelu(x)", 1, (), _pointwise_cases,
                           ("gelu.2", "d/dx = Phi(x) + x * phi(x)")))
 SILU = Adapter("silu", "silu", "silu(x)", 1, (), _pointwise_cases, (case(shape=(64,), scale=3.0, dtype=F32, seed=9),),
                _pointwise("silu", R.silu, ("silu.1", "silu(x) = x * sigmoid(x)"),
-                          ("silu.1", "d/dx = sigmoid(x) * (1 + x * (1 - sigmoid(x)))")))
+                          ("silu.2", "d/dx = sigmoid(x) * (1 + x * (1 - sigmoid(x)))")))
 
 
 def _swiglu_cases(st):
@@ -132,7 +132,7 @@ def _swiglu_run(fn, c):
     check_function("swiglu", fn, R.swiglu, [x, wg, wu, wd], c.dtype, differentiable=(0, 1, 2, 3), kwargs={},
                    value=("swiglu.1", "(silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T: SiLU on the gate only, "
                                       "weights in nn.Linear's (out, in) layout"),
-                   grads={i: ("swiglu.1", "let autograd see every product (no detach)") for i in range(4)},
+                   grads={i: ("swiglu.2-swiglu.3", "let autograd see every product (no detach)") for i in range(4)},
                    seed=c.seed)
 
 

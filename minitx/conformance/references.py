@@ -4,8 +4,8 @@ Each reference takes the learner's argument order (the adapter contract) and ret
 so a check can call it at float64 (the truth) and at the learner's precision (the error PyTorch-grade code
 makes there). Gradients come from minitx's hand-written backwards (`torch.autograd.Function`s).
 
-RMSNorm, SiLU and SwiGLU come from ONE table, `_LLAMA_FUNCTIONAL`: minitx.functional's version when it has one
-(rmsnorm.1, silu.1, swiglu.1 in docs/math), else plain PyTorch. Nothing else names them.
+RMSNorm, SiLU and SwiGLU are minitx.functional's, with their hand-written backwards (rmsnorm.1-5, silu.1-2,
+swiglu.1-3 in docs/math).
 """
 
 from __future__ import annotations
@@ -25,18 +25,6 @@ from minitx.positional.rope import RotaryEmbedding
 from minitx.training.config import TrainConfig
 from minitx.training.optim import AdamW, lr_at
 
-# name in minitx.functional -> the plain-PyTorch stand-in used while minitx does not define it.
-_LLAMA_FUNCTIONAL = {
-    "rms_norm": lambda x, weight, eps=1e-6: torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps),
-    "silu": torch.nn.functional.silu,
-    "swiglu": lambda gate, up: torch.nn.functional.silu(gate) * up,
-}
-
-
-def llama_functional(name: str):
-    """minitx.functional.<name> if minitx defines it, else the table's PyTorch stand-in."""
-    return getattr(mF, name, None) or _LLAMA_FUNCTIONAL[name]
-
 
 def softmax(x, dim=-1):
     return mF.softmax(x, dim=dim)
@@ -47,7 +35,7 @@ def layer_norm(x, weight, bias, eps=1e-5):
 
 
 def rms_norm(x, weight, eps=1e-6):
-    return llama_functional("rms_norm")(x, weight, eps=eps)
+    return mF.rms_norm(x, weight, eps=eps)
 
 
 def gelu(x):
@@ -55,12 +43,12 @@ def gelu(x):
 
 
 def silu(x):
-    return llama_functional("silu")(x)
+    return mF.silu(x)
 
 
 def swiglu(x, w_gate, w_up, w_down):
     """(silu(x w_gate^T) * (x w_up^T)) w_down^T."""
-    hidden = llama_functional("swiglu")(x @ w_gate.T, x @ w_up.T)  # (..., C) -> (..., F)
+    hidden = mF.swiglu(x @ w_gate.T, x @ w_up.T)  # (..., C) -> (..., F)
     return hidden @ w_down.T                                          # (..., F) -> (..., C)
 
 
