@@ -227,3 +227,16 @@ fig.savefig(output_dir() / "13_gpt_vs_llama.png", dpi=110)
 # With a few steps the differences are within noise; the benchmark's three seeds are what separate a real
 # difference from luck. What the lesson shows for certain: each part is a few lines, each equals the
 # library's, and the assembled model decodes identically with and without its (smaller) cache.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. RMSNorm is LayerNorm without the centring (rmsnorm.1). Show that on rows whose mean is already zero the
+#    two agree (same weight, no bias, same eps), and that on rows with a mean they do not.
+# 2. Why $d_\text{ff} = 8C/3$? Count the parameters of a SwiGLU feed-forward (swiglu.4) and of GPT-2's
+#    GELU MLP with $d_\text{ff} = 4C$ (no biases), and check both counts with the library's modules.
+# 3. With $H = 8$ query heads of width $D = 64$ and $H_{kv} = 2$, how much smaller is the KV cache than with
+#    multi-head attention, and what does the key projection's weight shape become?
+#
+# Solutions: `lessons/solutions/13_from_gpt2_to_llama.py`.
+

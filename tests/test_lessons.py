@@ -11,7 +11,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
 SOLUTIONS = sorted((ROOT / "lessons" / "solutions").glob("[0-9][0-9]_*.py"))
-OTHER_HELPERS = {"13", "14", "15", "17"}  # lessons written alongside (#21, #22, #24, #23): their own solutions
 AS_NOTEBOOKS = ["01_attention_from_scratch", "02_multi_head_attention", "03_positional_encodings"]  # fast ones
 
 
@@ -37,7 +36,7 @@ def test_every_lesson_has_exercises_and_their_solutions_run(tmp_path):
         assert "## Exercises" in text, f"{lesson.name} has no exercises"
         assert f"lessons/solutions/{lesson.name}" in text, f"{lesson.name} does not point at its solutions"
     with_solutions = {p.name for p in SOLUTIONS}
-    missing = [p.name for p in LESSONS if p.name not in with_solutions and p.stem[:2] not in OTHER_HELPERS]
+    missing = [p.name for p in LESSONS if p.name not in with_solutions]
     assert not missing, f"lessons without a solutions file: {missing}"
     runner = "import runpy, sys\nfor path in sys.argv[1:]:\n    print(path, flush=True)\n    runpy.run_path(path)\n"
     env = dict(os.environ, MINITX_FAST="1", MINITX_OUTPUT_DIR=str(tmp_path), MPLBACKEND="Agg",
