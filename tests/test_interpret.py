@@ -17,6 +17,7 @@ from minitx.interpret.probes import fit_probe
 from minitx.interpret.scores import induction_scores, previous_token_scores, repeat_losses, repeated_tokens
 from minitx.models.bert import BertConfig, BertForMaskedLM
 from minitx.models.gpt import GPT, GPTConfig
+from minitx.models.llama import Llama, LlamaConfig
 
 V = 23
 
@@ -30,6 +31,12 @@ def bert(norm_first=False):
     torch.manual_seed(0)
     return BertForMaskedLM(BertConfig(vocab_size=V, d_model=16, n_layers=2, n_heads=4, d_ff=32, max_position=16,
                                       norm_first=norm_first)).eval()
+
+
+def llama():
+    torch.manual_seed(0)
+    return Llama(LlamaConfig(vocab_size=V, max_position=16, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2,
+                             tie_embeddings=False)).eval()
 
 
 def ids(batch=2, n=7, seed=1):
@@ -282,11 +289,11 @@ def test_rollout_is_the_product_of_mixed_head_averages():
         attention_rollout(patterns, 1.5)
 
 
-@pytest.mark.parametrize("family", ["gpt", "bert", "bert_pre_ln"])
+@pytest.mark.parametrize("family", ["gpt", "bert", "bert_pre_ln", "llama"])
 def test_logit_lens_ends_at_the_model_logits(family):
     """(interp.7): the readout of the last block's output is the model's own logits; the first row reads the
     embeddings."""
-    model = {"gpt": gpt, "bert": bert, "bert_pre_ln": lambda: bert(norm_first=True)}[family]()
+    model = {"gpt": gpt, "bert": bert, "bert_pre_ln": lambda: bert(norm_first=True), "llama": llama}[family]()
     x = ids()
     with torch.no_grad():
         out, cache = run_with_cache(model, x)
@@ -402,3 +409,18 @@ def test_cache_type_is_a_mapping_with_stacks():
     assert cache.stack("resid_post").shape == (2, 2, 7, 16)
     with pytest.raises(ValueError, match="stack"):
         cache.stack("resid_post", stack="decoder.blocks")
+
+
+def test_direct_logit_attribution_through_rms_norm_sums_to_the_logit():
+    """(interp.8)-(interp.10) through a Llama's RMSNorm (no centring, no shift) and its untied head."""
+    model, x, target = llama(), ids(), ids(seed=5)
+    with torch.no_grad():
+        model.final_norm.weight.normal_(1.0, 0.3)  # a gain that is not all ones, so its place in the sum counts
+        out, cache = run_with_cache(model, x)
+    dla = direct_logit_attribution(model, cache, target)
+    torch.testing.assert_close(dla.total(), out.logits.gather(-1, target[..., None])[..., 0], atol=1e-5, rtol=1e-5)
+    final = cache["blocks.1.resid_post"]
+    rms = (final.pow(2).mean(-1, keepdim=True) + model.config.rms_norm_eps).sqrt()
+    write = cache["blocks.0.attention.z"][:, 1] @ model.blocks[0].attention.out_proj.weight[:, 4:8].T  # (B, N, C)
+    expected = (write / rms * model.final_norm.weight * model.head.weight[target]).sum(-1)  # no centring
+    torch.testing.assert_close(dla.heads[0, 1], expected, atol=1e-5, rtol=1e-5)

@@ -2,8 +2,8 @@
 head (interp.8)-(interp.10).
 
 What a family must provide for these (the cache itself needs only Blocks):
-  - a decoder: `final_norm` (minitx LayerNorm, or an RMS norm with `weight`, `eps` and no centring, whose
-    class is named "RMSNorm") and `lm_head(hidden)`, a linear map without bias to the logits;
+  - a decoder: `final_norm` (minitx's LayerNorm or RMSNorm) and `lm_head(hidden)`, a linear map without bias to
+    the logits (GPT and Llama have both);
   - a masked LM: `bert.final_norm` (None for post-LN) and `mlm_head(hidden, decoder_weight)` (BertForMaskedLM).
 Direct logit attribution also needs pre-LN blocks (norm_first): with post-LN, a norm inside every block mixes
 the heads' writes and the stream is no sum of them.
@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from minitx.interpret.cache import ActivationCache
-from minitx.nn.norms import LayerNorm
+from minitx.nn.norms import LayerNorm, RMSNorm
 
 
 def readout(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -68,9 +68,9 @@ def _frozen_norm(norm: nn.Module, x: torch.Tensor):
         x = x.float()
         sigma = torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps)  # (B, N, 1)
         return (lambda c: c - c.mean(-1, keepdim=True)), norm.weight / sigma, norm.bias
-    if type(norm).__name__ == "RMSNorm":
+    if isinstance(norm, RMSNorm):
         sigma = torch.sqrt(x.float().pow(2).mean(-1, keepdim=True) + norm.eps)
-        return (lambda c: c), norm.weight / sigma, getattr(norm, "bias", None)
+        return (lambda c: c), norm.weight / sigma, None
     raise TypeError(f"final_norm: expected a LayerNorm or an RMSNorm, got {type(norm).__name__}")
 
 
