@@ -55,6 +55,13 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     """Mean cross-entropy (ce.1) over the rows whose target is not `ignore_index`: logits (R, V) or (..., V)
     with targets (R,) or (...,); half-precision logits are read in float32 and give a float32 loss (as torch's
     loss under autocast). Backward by hand, (ce.2)-(ce.3). No labelled row: nan, as torch's."""
+    flat_logits, flat_targets = checked_rows(logits, targets, ignore_index)
+    return _CrossEntropy.apply(flat_logits, flat_targets, int(ignore_index))
+
+
+def checked_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (..., V) and targets (...,) checked (float logits, int64 targets in [0, V) or ignore_index) and
+    flattened to rows: (R, V), (R,). The door of every cross-entropy here (ce.1, ls.1)."""
     _check_float_tensor(logits, "logits")
     if not isinstance(targets, torch.Tensor) or targets.dtype != torch.long:
         raise TypeError(f"targets: expected an int64 tensor, got "
@@ -67,4 +74,4 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     if bool(bad.any()):
         raise ValueError(f"targets: expected ids in [0, {logits.shape[-1]}) or {ignore_index}, got "
                          f"{int(flat_targets[bad][0])}")
-    return _CrossEntropy.apply(flat_logits, flat_targets, int(ignore_index))
+    return flat_logits, flat_targets

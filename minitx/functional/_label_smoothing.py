@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from minitx.functional._checks import _check_float_tensor
-from minitx.functional._cross_entropy import IGNORE_INDEX
+from minitx.functional._cross_entropy import IGNORE_INDEX, checked_rows
 from minitx.functional._softmax import _compute_dtype
 
 
@@ -59,18 +58,7 @@ def label_smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, sm
     """Mean label-smoothed cross-entropy (ls.1)-(ls.2) over the rows whose target is not `ignore_index`: what
     `torch.nn.functional.cross_entropy(logits, targets, label_smoothing=smoothing)` computes. logits (R, V) or
     (..., V), targets (R,) or (...,); smoothing 0 is plain cross-entropy (ce.1). Backward by hand, (ls.3)-(ls.4)."""
-    _check_float_tensor(logits, "logits")
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing <= 1:
         raise ValueError(f"smoothing: expected a number in [0, 1], got {smoothing!r}")
-    if not isinstance(targets, torch.Tensor) or targets.dtype != torch.long:
-        raise TypeError(f"targets: expected an int64 tensor, got "
-                        f"{targets.dtype if isinstance(targets, torch.Tensor) else type(targets).__name__}")
-    if logits.dim() < 1 or targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets: expected shape {tuple(logits.shape[:-1])} (logits without the last dim), "
-                         f"got {tuple(targets.shape)}")
-    flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # (..., V) -> (R, V)
-    bad = (flat_targets != ignore_index) & ((flat_targets < 0) | (flat_targets >= logits.shape[-1]))
-    if bool(bad.any()):
-        raise ValueError(f"targets: expected ids in [0, {logits.shape[-1]}) or {ignore_index}, got "
-                         f"{int(flat_targets[bad][0])}")
+    flat_logits, flat_targets = checked_rows(logits, targets, ignore_index)
     return _LabelSmoothedCrossEntropy.apply(flat_logits, flat_targets, float(smoothing), int(ignore_index))
