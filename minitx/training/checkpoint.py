@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from minitx.seeding import rng_state, set_rng_state
+from minitx.training.guards import process_running
 
 FORMAT_VERSION = 1
 
@@ -57,20 +58,10 @@ def _remove_stale_temporaries(path: Path) -> list[Path]:
     for name in (path.name, manifest_path(path).name):
         for tmp in path.parent.glob(f".{name}.tmp.*"):
             pid = tmp.name.rsplit(".", 1)[-1]
-            if pid.isdigit() and (int(pid) == os.getpid() or not _running(int(pid))):
+            if pid.isdigit() and (int(pid) == os.getpid() or not process_running(int(pid))):
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
     return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _first_non_finite(state: Any, prefix: str = "") -> str | None:
