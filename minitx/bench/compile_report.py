@@ -80,15 +80,11 @@ def _fake_args(spec: CompileSpec) -> dict:
                 win_left=256, win_right=0, seed=1234, p_drop=0.1)
     for names, strides in (("sqb sqh sqn", q_str), ("skb skh skm", kv_str), ("svb svh svm", kv_str),
                            ("sob soh son", q_str), ("sdb sdh sdn", q_str),
-                           ("sgb sgh sgm", q_str if spec.kernel == "dq" else kv_str),
-                           ("sgqb sgqh sgqn", q_str if spec.kernel == "atomic" else (0, 0, 0))):
+                           ("sgb sgh sgm", q_str if spec.kernel == "dq" else kv_str), ("sgqb sgqh sgqn", q_str)):
         args.update(zip(names.split(), strides))
-    if spec.kernel != "atomic":  # the deterministic dK/dV launch passes q for the dQ buffer it never reads
-        args["DQ_ACC"] = t
     args.update(slb=l_str[0], slh=l_str[1])
     flags = dict(HAS_MASK=False, HAS_LEFT=False, HAS_RIGHT=False, BOTTOM_RIGHT=False, HAS_ALIBI=False,
                  VARLEN=False, HAS_DROPOUT=False, USE_TMA=spec.kernel == "fwd" and spec.arch >= 90,
-                 ATOMIC_DQ=spec.kernel == "atomic",
                  DOT_PRECISION="ieee" if spec.dtype == "fp32" else "tf32", HEAD_DIM=d, BLOCK_D=block_d(d),
                  BLOCK_N=spec.block_n, BLOCK_M=spec.block_m)
     flags.update({k: val for k, val in v.items() if k in flags})

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from minitx.kernels.flash_bwd_kernels import _bwd_dkdv_kernel, _bwd_dq_kernel, _bwd_preprocess_kernel
+from minitx.kernels.flash_bwd_kernels import (_bwd_atomic_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel,
+                                              _bwd_preprocess_kernel)
 from minitx.kernels.flash_tuning import launch_tuned
 from minitx.kernels.flash_kernels import _fwd_kernel
 
@@ -26,8 +27,7 @@ FORCE_TMA = {"fwd": False}
 # name -> the row of the last tuned launch on a GPU (config, registers, spilled registers, Triton version), to
 # set beside the compile report's prediction (benchmarks/gpu_check.py).
 LAST_LAUNCH: dict = {}
-# "atomic" is the dK/dV kernel with ATOMIC_DQ set (the single-kernel backward, flash.24); tuned on its own.
-_KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel, "atomic": _bwd_dkdv_kernel}
+_KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel, "atomic": _bwd_atomic_kernel}
 
 
 def interpreting() -> bool:
@@ -148,16 +148,15 @@ class FlashAttentionFunction(torch.autograd.Function):
         scalars = (H // H_kv, p.max_n, p.max_m, p.scale, p.scale * math.log2(math.e), p.win_left, p.win_right,
                    p.seed, p.dropout_p)
         if p.deterministic or not _single_kernel_here(q):  # two kernels, each owning the rows it writes (flash.16)
-            _launch("dkdv", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, dummy, *extra, *strides,
-                    *_rows_strides(dk, p.varlen), 0, 0, 0, H_kv, *scalars, lengths=(p.max_n, p.max_m),
-                    ATOMIC_DQ=False, **flags)  # no dQ buffer: DQ_ACC and its strides are never read
+            _launch("dkdv", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, *extra, *strides,
+                    *_rows_strides(dk, p.varlen), H_kv, *scalars, lengths=(p.max_n, p.max_m), **flags)
             _launch("dq", p.max_n, p.n_seq * H, *tensors, dq, *extra, *strides,
                     *_rows_strides(dq, p.varlen), H, *scalars, lengths=(p.max_n, p.max_m), **flags)
         else:  # one kernel; dQ summed by atomic adds in fp32 (flash.24)
             dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
             _launch("atomic", p.max_m, p.n_seq * H_kv, *tensors, dk, dv, dq_acc, *extra, *strides,
                     *_rows_strides(dk, p.varlen), *_rows_strides(dq_acc, p.varlen), H_kv, *scalars,
-                    lengths=(p.max_n, p.max_m), reset=dq_acc.zero_, ATOMIC_DQ=True, **flags)
+                    lengths=(p.max_n, p.max_m), reset=dq_acc.zero_, **flags)
             dq = dq_acc.to(q.dtype)
         if ctx.sign < 0:  # the kernels saw -k (see _positive_scale): d/dk = -d/d(-k)
             dk = dk.neg_()

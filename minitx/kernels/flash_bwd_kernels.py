@@ -4,10 +4,12 @@ Read `docs/math/flash_attention.md` sections 8 and 10 alongside; the conventions
 `flash_kernels.py` (one allowed-key rule, masked | unmasked | masked loop ranges, exp2 units, GQA, packing).
 Two kernels each own the rows they write, so there are no atomics and two backward passes are bit-identical:
 dK/dV per key tile and key/value head (looping over the GROUP query heads that share it, flash.18), dQ per
-query tile. The optional single-kernel backward (`flash_attention(..., deterministic=False)`, flash.24) is the
-dK/dV kernel with ATOMIC_DQ set, FlashAttention-2's way: it also adds its share of dQ = scale dS K into an fp32
-buffer with atomic adds, so P and dS are computed once instead of twice (5 tile products per step instead of
-the two kernels' 7), at the price of determinism (the order of the adds, hence dQ's last bits, varies).
+query tile. The optional single-kernel backward (`flash_attention(..., deterministic=False)`, flash.24) runs
+the same dK/dV program (`_dkdv_program`) with ATOMIC_DQ set, FlashAttention-2's way: it also adds its share of
+dQ = scale dS K into an fp32 buffer with atomic adds, so P and dS are computed once instead of twice (5 tile
+products per step instead of the two kernels' 7), at the price of determinism (the order of the adds, hence
+dQ's last bits, varies). Each of the two dK/dV kernels keeps its own launch signature: extra, unread arguments
+changed ptxas' register allocation (Triton 3.6: 24 instead of 32 spilled bytes in one rejected config).
 """
 
 import triton
@@ -82,18 +84,19 @@ def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, lo, hi,
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES, CU_Q, CU_K,
-                     sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
-                     sgb, sgh, sgm, sgqb, sgqh, sgqn, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right,
-                     seed, p_drop,
-                     HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                     BOTTOM_RIGHT: tl.constexpr, HAS_ALIBI: tl.constexpr, VARLEN: tl.constexpr,
-                     HAS_DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _dkdv_program(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES, CU_Q, CU_K,
+                  sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
+                  sgb, sgh, sgm, sgqb, sgqh, sgqn, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right,
+                  seed, p_drop,
+                  HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                  BOTTOM_RIGHT: tl.constexpr, HAS_ALIBI: tl.constexpr, VARLEN: tl.constexpr,
+                  HAS_DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """dV = P^T dO (flash.14) and dK = scale dS^T Q (flash.16) for one tile of BLOCK_M keys of one key/value
-    head, summed over the GROUP query heads that read it (flash.18). Written once (strides sg*): no atomics.
-    ATOMIC_DQ (the optional single-kernel backward, flash.24): also dQ, added atomically into the fp32 DQ_ACC
-    (strides sgq*) for every query row the tile's keys are seen by; without it DQ_ACC and sgq* are not read."""
+    head, summed over the GROUP query heads that read it (flash.18), written once (strides sg*). ATOMIC_DQ (the
+    single-kernel backward, flash.24): also dQ, added atomically into the fp32 DQ_ACC (strides sgq*) for every
+    query row the tile's keys are seen by; without it DQ_ACC and sgq* are never read. The body of both
+    kernels below, each with its own launch signature (so the deterministic one compiles as it always did)."""
     b, kv_h, q0, k0, n_b, m_b = _sequence(tl.program_id(1), H_KV, N, M, CU_Q, CU_K, VARLEN)
     start_m = tl.multiple_of(tl.program_id(0) * BLOCK_M, BLOCK_M)
     if start_m >= m_b:
@@ -108,7 +111,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES, CU_Q
     dv = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     # the queries that may see this key tile: q in [j - off - win_right, j - off + win_left] (flash.12, 17)
     lo, a, b_, hi = _inner_ranges(start_m, m_b, n_b, -off, win_right, win_left, BLOCK_M, BLOCK_N,
-                                  HAS_RIGHT, HAS_LEFT)
+                               HAS_RIGHT, HAS_LEFT)
     for g in range(GROUP):
         h = kv_h * GROUP + g
         slope = 0.0
@@ -123,14 +126,47 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES, CU_Q
             start, end = _part(part, lo, a, b_, hi)
             if part != 0 or HAS_RIGHT:  # the lower query bound comes from the right window edge
                 dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, start, end, cols,
-                                     n_b, m_b, off, win_left, win_right, pad_row_ptr, slope, sqn, sdn, sgqn,
-                                     scale, qk_scale, seed, p_drop, b * H_KV * GROUP + h, N, M, part != 1,
-                                     HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI, HAS_DROPOUT, ATOMIC_DQ,
-                                     DOT_PRECISION, HEAD_DIM, BLOCK_N, BLOCK_D)
+                                  n_b, m_b, off, win_left, win_right, pad_row_ptr, slope, sqn, sdn, sgqn,
+                                  scale, qk_scale, seed, p_drop, b * H_KV * GROUP + h, N, M, part != 1,
+                                  HAS_MASK, HAS_LEFT, HAS_RIGHT, HAS_ALIBI, HAS_DROPOUT, ATOMIC_DQ,
+                                  DOT_PRECISION, HEAD_DIM, BLOCK_N, BLOCK_D)
     ok = (cols[:, None] < m_b) & (dims[None, :] < HEAD_DIM)
     offs = b * sgb + kv_h * sgh + (k0 + cols[:, None]) * sgm + dims[None, :]
     tl.store(DK + offs, (dk * scale).to(DK.dtype.element_ty), mask=ok)
     tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
+                     sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
+                     sgb, sgh, sgm, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right, seed, p_drop,
+                     HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                     BOTTOM_RIGHT: tl.constexpr, HAS_ALIBI: tl.constexpr, VARLEN: tl.constexpr,
+                     HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The deterministic dK/dV (flash.14, flash.16, flash.18): `_dkdv_program` without dQ. No atomics."""
+    _dkdv_program(Q, K, V, DO, LSE, DELTA, DK, DV, DK, MASK, SLOPES, CU_Q, CU_K,
+                  sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
+                  sgb, sgh, sgm, 0, 0, 0, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right, seed, p_drop,
+                  HAS_MASK, HAS_LEFT, HAS_RIGHT, BOTTOM_RIGHT, HAS_ALIBI, VARLEN, HAS_DROPOUT, False,
+                  DOT_PRECISION, HEAD_DIM, BLOCK_N, BLOCK_M, BLOCK_D)
+
+
+@triton.jit
+def _bwd_atomic_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES, CU_Q, CU_K,
+                       sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
+                       sgb, sgh, sgm, sgqb, sgqh, sgqn, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right,
+                       seed, p_drop,
+                       HAS_MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                       BOTTOM_RIGHT: tl.constexpr, HAS_ALIBI: tl.constexpr, VARLEN: tl.constexpr,
+                       HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The single-kernel backward (flash.24): `_dkdv_program` with dQ added atomically into DQ_ACC."""
+    _dkdv_program(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES, CU_Q, CU_K,
+                  sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
+                  sgb, sgh, sgm, sgqb, sgqh, sgqn, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right,
+                  seed, p_drop, HAS_MASK, HAS_LEFT, HAS_RIGHT, BOTTOM_RIGHT, HAS_ALIBI, VARLEN, HAS_DROPOUT, True,
+                  DOT_PRECISION, HEAD_DIM, BLOCK_N, BLOCK_M, BLOCK_D)
 
 
 @triton.jit
