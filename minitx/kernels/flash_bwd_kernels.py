@@ -8,8 +8,9 @@ query tile. The optional single-kernel backward (`flash_attention(..., determini
 the same dK/dV program (`_dkdv_program`) with ATOMIC_DQ set, FlashAttention-2's way: it also adds its share of
 dQ = scale dS K into an fp32 buffer with atomic adds, so P and dS are computed once instead of twice (5 tile
 products per step instead of the two kernels' 7), at the price of determinism (the order of the adds, hence
-dQ's last bits, varies). Each of the two dK/dV kernels keeps its own launch signature: extra, unread arguments
-changed ptxas' register allocation (Triton 3.6: 24 instead of 32 spilled bytes in one rejected config).
+dQ's last bits, varies). The two dK/dV kernels keep their own launch signatures and early exit and call
+`_dkdv_program` for the rest: one kernel with a switch and extra, unread arguments changed ptxas' register
+allocation of the deterministic one more (Triton 3.6: 24 instead of 32 spilled bytes in a rejected config).
 """
 
 import triton
@@ -84,7 +85,7 @@ def _dkdv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, lo, hi,
 
 
 @triton.jit
-def _dkdv_program(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES, CU_Q, CU_K,
+def _dkdv_program(b, kv_h, q0, k0, n_b, m_b, start_m, Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES,
                   sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
                   sgb, sgh, sgm, sgqb, sgqh, sgqn, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right,
                   seed, p_drop,
@@ -96,11 +97,7 @@ def _dkdv_program(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES, CU_Q, C
     head, summed over the GROUP query heads that read it (flash.18), written once (strides sg*). ATOMIC_DQ (the
     single-kernel backward, flash.24): also dQ, added atomically into the fp32 DQ_ACC (strides sgq*) for every
     query row the tile's keys are seen by; without it DQ_ACC and sgq* are never read. The body of both
-    kernels below, each with its own launch signature (so the deterministic one compiles as it always did)."""
-    b, kv_h, q0, k0, n_b, m_b = _sequence(tl.program_id(1), H_KV, N, M, CU_Q, CU_K, VARLEN)
-    start_m = tl.multiple_of(tl.program_id(0) * BLOCK_M, BLOCK_M)
-    if start_m >= m_b:
-        return
+    kernels below, for the key tile at start_m of sequence b (from `_sequence`), which has keys."""
     off = (m_b - n_b) * BOTTOM_RIGHT
     cols = start_m + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
@@ -145,7 +142,11 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, MASK, SLOPES, CU_Q, CU_K,
                      HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """The deterministic dK/dV (flash.14, flash.16, flash.18): `_dkdv_program` without dQ. No atomics."""
-    _dkdv_program(Q, K, V, DO, LSE, DELTA, DK, DV, DK, MASK, SLOPES, CU_Q, CU_K,
+    b, kv_h, q0, k0, n_b, m_b = _sequence(tl.program_id(1), H_KV, N, M, CU_Q, CU_K, VARLEN)
+    start_m = tl.multiple_of(tl.program_id(0) * BLOCK_M, BLOCK_M)
+    if start_m >= m_b:  # a key tile past this sequence's end (the grid covers the longest one)
+        return
+    _dkdv_program(b, kv_h, q0, k0, n_b, m_b, start_m, Q, K, V, DO, LSE, DELTA, DK, DV, DK, MASK, SLOPES,
                   sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
                   sgb, sgh, sgm, 0, 0, 0, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right, seed, p_drop,
                   HAS_MASK, HAS_LEFT, HAS_RIGHT, BOTTOM_RIGHT, HAS_ALIBI, VARLEN, HAS_DROPOUT, False,
@@ -162,7 +163,11 @@ def _bwd_atomic_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES, CU
                        HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, HEAD_DIM: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """The single-kernel backward (flash.24): `_dkdv_program` with dQ added atomically into DQ_ACC."""
-    _dkdv_program(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES, CU_Q, CU_K,
+    b, kv_h, q0, k0, n_b, m_b = _sequence(tl.program_id(1), H_KV, N, M, CU_Q, CU_K, VARLEN)
+    start_m = tl.multiple_of(tl.program_id(0) * BLOCK_M, BLOCK_M)
+    if start_m >= m_b:  # a key tile past this sequence's end (the grid covers the longest one)
+        return
+    _dkdv_program(b, kv_h, q0, k0, n_b, m_b, start_m, Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, MASK, SLOPES,
                   sqb, sqh, sqn, skb, skh, skm, svb, svh, svm, sdb, sdh, sdn, slb, slh,
                   sgb, sgh, sgm, sgqb, sgqh, sgqn, H_KV, GROUP, N, M, scale, qk_scale, win_left, win_right,
                   seed, p_drop, HAS_MASK, HAS_LEFT, HAS_RIGHT, BOTTOM_RIGHT, HAS_ALIBI, VARLEN, HAS_DROPOUT, True,
