@@ -13,8 +13,8 @@ Mode "first" (the first call): the environment; the `gpu`-marked tests (each wit
 XML and the full log); what the autotuner picked with registers and spills, row by row, next to the compile
 report's prediction; the bf16 attention sweep (fwd, bwd, fwd+bwd; causal and not; N 1k..16k) against SDPA's
 flash, cuDNN and efficient kernels, one head dim at a time (D 128 first: the floors are there), then
-FlexAttention, then the compile-report check under the image's Triton. Mode "second": the training comparison
-and the papers' full sweep.
+FlexAttention, then the compile-report check under the image's Triton. Mode "second": the training comparison,
+the papers' full sweep, and one packed variable-length point (`--varlen`) in the last 20 s.
 
 `--dry-run` runs every step on a CPU at tiny sizes (the Triton kernels under TRITON_INTERPRET=1) end to end;
 the test suite runs it, so this script cannot rot.
@@ -60,7 +60,8 @@ BUDGETS = {
     # gpu_tests: ~34 tests, each new dtype/flags/head-dim combination a cold compile of three kernels
     "first": {"environment": 20, "gpu_tests": 170, "autotune": 70, "sweep_d128": 100, "sweep_d64": 70,
               "flex": 40, "compile_check": 30},
-    "second": {"environment": 20, "training": 200, "full_sweep": 280},
+    # varlen: the last 20 s; one point (bf16, D 128, causal, N 4096), no tuning (the first accepted config)
+    "second": {"environment": 20, "training": 200, "full_sweep": 280, "varlen": 20},
 }
 
 
@@ -69,14 +70,19 @@ def _py(*args: str) -> list[str]:
 
 
 def _sweep_argv(work: Path, stem: str, dry: bool, head_dims: list[str], impls: list[str],
-                full: bool = False) -> list[str]:
+                full: bool = False, varlen: bool = False) -> list[str]:
     outs = ["--out", str(work / f"{stem}.json"), "--table", str(work / f"{stem}.md"),
             "--plot", str(work / f"{stem}.png")]
     if dry:
         impls = ["flex", "sdpa:math"] if "flex" in impls else impls  # flex is skipped on a CPU, with its reason
+        impls = ["minitx:flash", "sdpa:math"] if varlen else impls  # SDPA's fused kernels are CUDA-only
         return _py("benchmarks/attention.py", "--device", "cpu", "--dtypes", "fp32", "--head-dims", "16",
-                   "--seq-lens", "40", "--tokens", "40", "--model-dim", "32", "--repeats", "1", "--warmup",
-                   "0", "--threads", "1", "--impls", *impls, *outs)
+                   "--seq-lens", "40", "--tokens", "40" if not varlen else "80", "--model-dim", "32", "--repeats",
+                   "1", "--warmup", "0", "--threads", "1", "--impls", *impls, *(["--varlen"] if varlen else []),
+                   *outs)
+    if varlen:  # packed sequences of lengths 1..4096 vs SDPA on the padded batch (its flash kernel takes no mask)
+        return _py("benchmarks/attention.py", "--varlen", "--dtypes", "bf16", "--head-dims", *head_dims, "--causal",
+                   "--seq-lens", "4096", "--repeats", "10", "--warmup", "3", "--impls", *impls, *outs)
     if full:  # the FlashAttention papers' sweep: the GPU defaults of `minitx bench attention`
         return _py("benchmarks/attention.py", "--impls", *impls, *outs)
     return _py("benchmarks/attention.py", "--dtypes", "bf16", "--head-dims", *head_dims, "--seq-lens", *SEQ_LENS,
@@ -120,6 +126,9 @@ def plan(mode: str, work: Path, dry: bool) -> list[Step]:
         "full_sweep": Step("full_sweep", 0, "the FlashAttention papers' sweep (bf16 and fp16, N 512..16k)",
                            _sweep_argv(work, "attention_full", dry, [], [*SWEEP_IMPLS, "sdpa:math", "flex"],
                                        full=True), tune),
+        "varlen": Step("varlen", 0, "packed variable-length sequences (cu_seqlens) vs SDPA on the padded batch",
+                       _sweep_argv(work, "attention_varlen", dry, ["128"], SWEEP_IMPLS, varlen=True),
+                       {**tune, "MINITX_FLASH_MAX_CONFIGS": "1"}),
     }
     chosen = []
     for name, budget in BUDGETS[mode].items():

@@ -67,6 +67,18 @@ def test_key_loop_is_split_in_the_compiled_code(default_compiles):
     assert loops[("fwd", "features")] == 3
 
 
+def test_one_dkdv_kernel_body_adds_dq_atomically_only_when_asked(default_compiles):
+    """(flash.24) is the dK/dV kernel with ATOMIC_DQ set: its compiled code adds dQ with global atomics, and
+    the deterministic dK/dV kernel (ATOMIC_DQ off, flash.16) compiled from the same body has none."""
+    spec = CompileSpec("atomic", 90, 64, "causal", "bf16", *accepted("atomic", 90, 64)[0])
+    (atomic,) = compile_all([spec])
+    assert "error" not in atomic and atomic["fits"] and atomic["wgmma"] > 0, atomic
+    assert atomic["atomics"] > 0
+    dkdv = [r for r in default_compiles if r["kernel"] == "dkdv"]
+    assert dkdv and all(r["atomics"] == 0 for r in dkdv)
+    assert all(r["atomics"] == 0 for r in default_compiles)
+
+
 @pytest.mark.parametrize("version", sorted(ACCEPTED_BY_TRITON))
 def test_accepted_table_agrees_with_the_committed_report(version):
     """Per Triton version: the table the autotuner reads is the report's verdict; every config it keeps for

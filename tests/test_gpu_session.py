@@ -123,7 +123,7 @@ def test_a_terminated_test_run_still_writes_its_junit_xml(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_of_the_second_call(tmp_path):
-    """The second call's steps (training comparison, the papers' full sweep) run end to end too."""
+    """The second call's steps (training comparison, the papers' full sweep, the varlen point) run end to end."""
     out, work = tmp_path / "out", tmp_path / "work"
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--dry-run", "--mode", "second",
                            "--out", str(out), "--work", str(work)], capture_output=True, text=True, timeout=300)
@@ -134,6 +134,9 @@ def test_dry_run_of_the_second_call(tmp_path):
     flash = [r for r in training["results"] if r["impl"] == "minitx:flash"]
     # attention dropout is on (0.1): flash is skipped only because a CPU cannot time it, never for dropout
     assert training["config"]["attention_dropout"] > 0 and flash and "dropout" not in (flash[0]["reason"] or "")
+    varlen = json.loads((work / "attention_varlen.json").read_text())  # packed sequences, flash under the interpreter
+    assert varlen["config"]["varlen"] and {(r["impl"], r["status"]) for r in varlen["results"]} == {
+        ("minitx:flash", "ok"), ("sdpa:math", "ok")}
     assert sorted(p.name for p in out.iterdir()) == ["gpu_session_second.tar.gz", "summary_second.md"]
 
 

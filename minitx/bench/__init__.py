@@ -5,6 +5,7 @@ environment recorded next to every number.
 - `flops`: FLOP counts under the FlashAttention convention, arithmetic intensity and the roofline;
 - `impls`: the attention implementations by name (`minitx:<backend>`, `sdpa:<kernel>`);
 - `attention`: the sweep, its float64 correctness gate and its records;
+- `varlen`: the packed variable-length sweep (`--varlen`): cu_seqlens against SDPA on the padded batch;
 - `report`: environment, JSON, `results_table`, plots;
 - `training`, `training_gate`, `training_report`: an MLM training step of minitx against Hugging Face's
   `BertForMaskedLM` with the same weights -- the loss/gradient gate, interleaved timing, tokens/s and ratios;

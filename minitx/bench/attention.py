@@ -56,6 +56,7 @@ class AttentionBenchConfig:
     gqa: int = 1                # query heads per key/value head (grouped-query attention, flash.18)
     window: int | None = None   # sliding window: keys within `window` of the query (left only when causal)
     dropout: float = 0.0        # attention dropout p of the *timed* calls (the gate runs without it)
+    varlen: bool = False        # packed sequences of lengths drawn from 1..N (`minitx.bench.varlen`)
 
     def validate(self) -> None:
         for name in ("seq_lens", "head_dims"):
@@ -80,6 +81,8 @@ class AttentionBenchConfig:
                                  f"head dim {d}), got {self.gqa}")
         if isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.varlen, bool):
+            raise ValueError(f"varlen: expected a bool, got {self.varlen!r}")
         if self.window is not None and (isinstance(self.window, bool) or self.window < 0):
             raise ValueError(f"window: expected None or an integer >= 0, got {self.window!r}")
 
@@ -299,6 +302,8 @@ def run_sweep(config: AttentionBenchConfig, extra_impls: dict[str, Callable] | N
     matches no implementation raises ValueError before anything runs.
     """
     config.validate()
+    if config.varlen:
+        raise ValueError("varlen: run_sweep runs the dense sweep; minitx.bench.varlen.run_varlen_sweep the packed one")
     for name in config.impls:
         impls_mod.check_name(name)
     with torch_threads(config.threads):

@@ -21,6 +21,7 @@ from minitx.bench.training import PRECISIONS as TRAINING_PRECISIONS
 from minitx.bench.training import PRESETS as TRAINING_PRESETS
 from minitx.bench.training import TrainingBenchConfig, run_training_bench
 from minitx.bench.training_report import plot_training, training_document, training_table
+from minitx.bench.varlen import run_varlen_sweep
 
 class UsageError(ValueError):
     """A bad flag, an impl name that matches nothing, a broken --custom spec: one line, exit 2."""
@@ -54,6 +55,10 @@ def _attention_parser(sub) -> argparse.ArgumentParser:
                                               "causal); FLOPs count the attended pairs")
     p.add_argument("--dropout", type=float, default=0.0, help="attention dropout p of the timed calls (the "
                                                                  "correctness gate runs without it)")
+    p.add_argument("--varlen", action="store_true",
+                   help="packed variable-length sequences: B = tokens // N lengths drawn from 1..N; minitx impls run "
+                        "them packed (cu_seqlens), SDPA on the padded batch with a key-padding mask; FLOPs count "
+                        "the real attended pairs")
     p.add_argument("--tokens", type=int, help="tokens per batch B*N (B = tokens // N, at least 1)")
     p.add_argument("--model-dim", type=int, help="model width H*D (H = model_dim // D)")
     p.add_argument("--repeats", type=int, help="timed repeats per pass (median and IQR over these)")
@@ -96,7 +101,7 @@ def config_from_args(args: argparse.Namespace) -> AttentionBenchConfig:
         impls = [n for n in DEFAULT_IMPLS if runnable_here(n, device)]
     return AttentionBenchConfig(**_flags_or(defaults, args), masks=args.masks or list(MASKS), impls=list(impls),
                                 device=args.device, seed=args.seed, threads=threads, cpu_clock=clock or "wall",
-                                gqa=args.gqa, window=args.window, dropout=args.dropout)
+                                gqa=args.gqa, window=args.window, dropout=args.dropout, varlen=args.varlen)
 
 
 def attention_main(args: argparse.Namespace) -> int:
@@ -118,8 +123,9 @@ def attention_main(args: argparse.Namespace) -> int:
     def save_partial(records):  # a run killed mid-way still leaves every finished record on disk
         if args.out:
             write_json({**results_document(records, settings, config.device, env=env), "complete": False}, args.out)
-    records = run_sweep(config, extra_impls=custom, on_record=save_partial,
-                        progress=None if args.quiet else lambda line: print(line, flush=True))
+    sweep = run_varlen_sweep if config.varlen else run_sweep
+    records = sweep(config, extra_impls=custom, on_record=save_partial,
+                    progress=None if args.quiet else lambda line: print(line, flush=True))
     document = results_document(records, settings, config.device, env=env)
     _write_outputs(document, results_table(document), plot_tflops, args)
     if args.plot:  # beside the TFLOP/s plot: peak memory against N, where it was measured (CUDA)

@@ -11,6 +11,7 @@ ints equal to 1 as constants). From each compile:
     the architecture's per-block limit;
   - the tensor-core instructions in the PTX: `mma.sync` (Ampere), `wgmma.mma_async` (Hopper), `tcgen05.mma`
     (Blackwell); TMA: `cp.async.bulk.tensor`; 16-byte vector loads (`ld.global.v4`, `cp.async ... 16`);
+    global atomics (`atom.global`, `red.global`: only the single-kernel backward's dQ, flash.24);
   - the structure: the number of loops (`scf.for`) in the Triton GPU IR, i.e. how the key loop was split.
 
 Triton's interpreter (TRITON_INTERPRET=1, set by the test suite) replaces `@triton.jit` functions, so the
@@ -154,6 +155,7 @@ def compile_one(spec: CompileSpec) -> dict:
         mma_sync=len(re.findall(r"\bmma\.sync", ptx)), wgmma=len(re.findall(r"\bwgmma\.mma_async", ptx)),
         tcgen05=len(re.findall(r"\btcgen05\.mma", ptx)), tma=len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
         vector_loads=len(re.findall(r"ld\.global(?:\.\w+)*\.v4|cp\.async\.c[ag]\.shared\.global[^;]*, 16", ptx)),
+        atomics=len(re.findall(r"\b(?:atom|red)\.global", ptx)),  # the single-kernel backward's dQ adds (flash.24)
         loops=ttgir.count("scf.for"))
     record["fits"] = (record["stack_bytes"] == 0 and record["local_bytes"] == 0
                       and record["shared_bytes"] <= record["shared_limit"])

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from minitx.kernels.flash_bwd_atomic import _bwd_atomic_kernel
-from minitx.kernels.flash_bwd_kernels import _bwd_dkdv_kernel, _bwd_dq_kernel, _bwd_preprocess_kernel
+from minitx.kernels.flash_bwd_kernels import (_bwd_atomic_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel,
+                                              _bwd_preprocess_kernel)
 from minitx.kernels.flash_tuning import launch_tuned
 from minitx.kernels.flash_kernels import _fwd_kernel
 
