@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # import name -> distribution, where they differ
 DISTRIBUTION = {"yaml": "pyyaml", "PIL": "pillow"}
 # optional packages the library may import only inside a function (lazily), and the modules allowed to
-OPTIONAL = {"transformers": {"minitx/interop/bert.py", "minitx/interop/gpt2.py", "minitx/interop/marian.py"},
+OPTIONAL = {"transformers": {"minitx/interop/bert.py", "minitx/interop/gpt2.py", "minitx/interop/marian.py",
+                             "minitx/interop/llama.py"},
             "triton": {"minitx/kernels/", "minitx/bench/report.py", "minitx/bench/compile_report.py",
                        "minitx/bench/compile_table.py"},
             "hypothesis": {"minitx/conformance/"},  # the `check` extra (minitx check draws its inputs with it)
