@@ -37,7 +37,7 @@ def run_main(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
 
 
-def one_error_line(result: subprocess.CompletedProcess, *words: str) -> str:
+def assert_one_error_line(result: subprocess.CompletedProcess, *words: str) -> str:
     """A user error: exit 2, no traceback, one `minitx: error:` line naming `words`."""
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -224,10 +224,10 @@ def test_row18_a_damaged_safetensors_file_is_named(hf_dir, damage):
 
 def test_row16_row18_cli_finetune_from_a_broken_directory_is_one_line(hf_dir, tmp_path):
     _edit_config(hf_dir, intermediate_size=32)
-    one_error_line(run_main("finetune", "--from", str(hf_dir), "--out-dir", str(tmp_path / "run"),
+    assert_one_error_line(run_main("finetune", "--from", str(hf_dir), "--out-dir", str(tmp_path / "run"),
                             "--max-steps", "1", "--warmup-steps", "0"), "intermediate_size")
     (hf_dir / "model.safetensors").write_bytes(b"")
-    one_error_line(run_main("finetune", "--from", str(hf_dir), "--out-dir", str(tmp_path / "run"),
+    assert_one_error_line(run_main("finetune", "--from", str(hf_dir), "--out-dir", str(tmp_path / "run"),
                             "--max-steps", "1", "--warmup-steps", "0"), "model.safetensors")
 
 
@@ -424,7 +424,7 @@ def test_row14_row15_train_lm_text_files_are_checked(tmp_path, case):
 
 def test_row14_cli_text_without_corpus_is_one_line(tmp_path):
     (tmp_path / "ok.txt").write_text("some text " * 50)
-    one_error_line(run_main("train-lm", "--text", str(tmp_path / "ok.txt"), "--out-dir", str(tmp_path / "run")),
+    assert_one_error_line(run_main("train-lm", "--text", str(tmp_path / "ok.txt"), "--out-dir", str(tmp_path / "run")),
                    "--corpus text")
     assert not (tmp_path / "run").exists()
 
@@ -478,7 +478,7 @@ def test_row24_a_second_writer_is_refused_while_the_first_runs(tmp_path):
             time.sleep(0.2)
         assert (out / LOCK_FILE).read_text().strip() == str(first.pid)
         for extra in (["--overwrite"], ["--resume"]):
-            line = one_error_line(run_main("pretrain", "--out-dir", str(out), "--max-steps", "2", *extra,
+            line = assert_one_error_line(run_main("pretrain", "--out-dir", str(out), "--max-steps", "2", *extra,
                                              *PRETRAIN_TINY), "being written by another minitx run", str(first.pid))
             assert "--out-dir" in line
     finally:
