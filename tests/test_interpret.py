@@ -18,6 +18,7 @@ from minitx.interpret.scores import induction_scores, previous_token_scores, rep
 from minitx.models.bert import BertConfig, BertForMaskedLM
 from minitx.models.gpt import GPT, GPTConfig
 from minitx.models.llama import Llama, LlamaConfig
+from minitx.models.transformer import Transformer, TransformerConfig
 
 V = 23
 
@@ -424,3 +425,23 @@ def test_direct_logit_attribution_through_rms_norm_sums_to_the_logit():
     write = cache["blocks.0.attention.z"][:, 1] @ model.blocks[0].attention.out_proj.weight[:, 4:8].T  # (B, N, C)
     expected = (write / rms * model.final_norm.weight * model.head.weight[target]).sum(-1)  # no centring
     torch.testing.assert_close(dla.heads[0, 1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_encoder_decoder_is_cached_stack_by_stack():
+    """minitx.Transformer's two stacks of Blocks: the last decoder block's residual gives the model's logits
+    through the tied output (tf.5), and cross-attention never looks at a padded source token (tf.4)."""
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=V, max_position=16, d_model=16, n_encoder_layers=2,
+                                          n_decoder_layers=2, n_heads=4)).eval()
+    source, target = ids(n=7), ids(n=5, seed=3)
+    source_mask = torch.ones_like(source)
+    source_mask[1, 4:] = 0  # the second source has 4 real tokens
+    with torch.no_grad():
+        out, cache = run_with_cache(model, source, target, attention_mask=source_mask)
+    assert set(block_stacks(model)) == {"encoder", "decoder"}
+    torch.testing.assert_close(model.output_logits(cache["decoder.1.resid_post"]), out.logits)
+    cross = cache["decoder.0.cross_attention.pattern"]  # (B, H, T, S)
+    assert cross.shape == (2, 4, 5, 7)
+    assert cross[1, ..., 4:].abs().max() == 0 and cross[0, ..., 4:].abs().max() > 0
+    torch.testing.assert_close(cross.sum(-1), torch.ones(2, 4, 5))
+    assert attention_patterns(cache, "encoder").shape == (2, 2, 4, 7, 7)
