@@ -224,11 +224,13 @@ def test_row18_a_damaged_safetensors_file_is_named(hf_dir, damage):
 
 def test_row16_row18_cli_finetune_from_a_broken_directory_is_one_line(hf_dir, tmp_path):
     _edit_config(hf_dir, intermediate_size=32)
-    assert_one_error_line(run_main("finetune", "--from", str(hf_dir), "--out-dir", str(tmp_path / "run"),
-                            "--max-steps", "1", "--warmup-steps", "0"), "intermediate_size")
+    line = assert_one_error_line(run_main("finetune", "--from", str(hf_dir), "--out-dir", str(tmp_path / "run"),
+                                          "--max-steps", "1", "--warmup-steps", "0"), "intermediate_size")
+    assert "intermediate_size 32" in line and "(16,)" in line  # what config.json claims, beside what the file holds
     (hf_dir / "model.safetensors").write_bytes(b"")
-    assert_one_error_line(run_main("finetune", "--from", str(hf_dir), "--out-dir", str(tmp_path / "run"),
-                            "--max-steps", "1", "--warmup-steps", "0"), "model.safetensors")
+    line = assert_one_error_line(run_main("finetune", "--from", str(hf_dir), "--out-dir", str(tmp_path / "run"),
+                                          "--max-steps", "1", "--warmup-steps", "0"), "model.safetensors")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists(), "a refused source must not leave a run behind"
 
 
 def test_row19_a_shard_index_with_int_file_names_names_the_index(hf_dir):
