@@ -33,12 +33,26 @@ def _check_same(ref, x, name, check_dtype=True):
         raise ValueError(f"{name}: expected device {ref.device} (as the input), got {x.device}")
 
 
+def _broadcast_shapes(*shapes) -> tuple | None:
+    """The shape `shapes` broadcast to (numpy's rules), or None if they do not broadcast.
+
+    Pure Python: `torch.broadcast_shapes` goes through symbolic-shape machinery that costs ~35 us a call, more
+    than the op it guards at the sizes lessons and decoding run at."""
+    ndim = max(len(s) for s in shapes)
+    out = [1] * ndim
+    for s in shapes:
+        for i, size in enumerate(s, start=ndim - len(s)):
+            if size != 1:
+                if out[i] != 1 and out[i] != size:
+                    return None
+                out[i] = size
+    return tuple(out)
+
+
 def _check_broadcasts_to(x, shape, name):
-    try:
-        ok = torch.broadcast_shapes(x.shape, shape) == shape
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if x.shape == shape[len(shape) - x.dim():] and x.dim() <= len(shape):  # trailing dims equal: the usual case
+        return
+    if _broadcast_shapes(x.shape, shape) != tuple(shape):
         raise ValueError(f"{name}: expected a shape broadcastable to {tuple(shape)}, got {tuple(x.shape)}")
 
 
@@ -56,11 +70,10 @@ def _check_qkv(q, k, v):
         raise ValueError(f"v: expected {k.shape[-2]} keys (as k, dim -2), got shape {tuple(v.shape)}")
     if k.shape[-2] == 0:
         raise ValueError(f"k: expected at least one key (M >= 1), got shape {tuple(k.shape)}")
-    try:
-        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    except RuntimeError:
+    batch = _broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    if batch is None:
         raise ValueError(f"q, k, v: batch dims must broadcast, got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}") from None
+                         f"{tuple(v.shape)}")
     return tuple(batch), q.shape[-2], k.shape[-2]
 
 
