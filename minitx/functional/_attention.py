@@ -6,15 +6,17 @@ key gives zeros and zero gradients, never NaN. The softmax inside is `_softmax`'
 
 from __future__ import annotations
 
+from functools import lru_cache
 from numbers import Real
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from minitx.functional._checks import (_check_broadcasts_to, _check_qkv, _check_same, _check_scale,
+from minitx.functional._checks import (_broadcast_shapes, _check_broadcasts_to, _check_qkv, _check_same, _check_scale,
                                        _sum_to_shape)
 from minitx.functional import _softmax  # noqa: F401 (registers the softmax bodies used below)
-from minitx.functional._bodies import run
+from minitx.functional._bodies import needs_grad, run
+from minitx.functional._scalars import scalar
 
 
 def causal_mask(n: int, m: int, device: torch.device | str | None = None, align: str = "top_left") -> torch.Tensor:
@@ -35,10 +37,11 @@ def causal_mask(n: int, m: int, device: torch.device | str | None = None, align:
 def _attention_scores(q, k, bias, scale):
     """(attn.1)-(attn.2): S = scale * Q K^T, plus the additive mask (0 where allowed, -inf where not); the
     scale and the mask are applied in place on the one (..., N, M) buffer the matmul returns."""
-    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)  # (..., N, D) @ (..., D, M) -> (..., N, M)
+    scores = torch.matmul(q, k.transpose(-2, -1))  # (..., N, D) @ (..., D, M) -> (..., N, M)
+    scores.mul_(scalar(scale, scores.dtype, scores.device))  # a kept one-number tensor: no conversion per call
     if bias is None:
         return scores
-    if torch.broadcast_shapes(scores.shape, bias.shape) == scores.shape:
+    if _broadcast_shapes(scores.shape, bias.shape) == tuple(scores.shape):
         return scores.add_(bias)
     return scores + bias  # only when v's batch dims enlarge the scores (broadcast against q and k alone)
 
@@ -49,16 +52,22 @@ def _dropout_mask(probs, dropout_p, generator):
     return noise.ge_(dropout_p).div_(1.0 - dropout_p)   # in place: Z = [U >= p], then Z / (1 - p)
 
 
+def _attention_forward(q, k, v, bias, dropout_p, scale, generator):
+    """(attn.1)-(attn.6): (out, weights P~, probs P, dropout mask or None)."""
+    probs = run("softmax.forward", _attention_scores(q, k, bias, scale), -1)   # (attn.4), (softmax.4)
+    mask = _dropout_mask(probs, dropout_p, generator) if dropout_p > 0.0 else None
+    weights = probs if mask is None else probs * mask   # (attn.5) P~ = P Z / (1 - p)
+    out = torch.matmul(weights, v)                      # (attn.6) (..., N, M) @ (..., M, Dv) -> (..., N, Dv)
+    return out, weights, probs, mask
+
+
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, dropout_p, scale, generator):
         # Head-split inputs are strided views; each matmul would copy them, in the forward and again in the
         # backward. One copy each, saved, serves every matmul (and frees the views' bases, so memory is equal).
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        probs = run("softmax.forward", _attention_scores(q, k, bias, scale), -1)   # (attn.4), (softmax.4)
-        mask = _dropout_mask(probs, dropout_p, generator) if dropout_p > 0.0 else None
-        weights = probs if mask is None else probs * mask   # (attn.5) P~ = P Z / (1 - p)
-        out = torch.matmul(weights, v)                      # (attn.6) (..., N, M) @ (..., M, Dv) -> (..., N, Dv)
+        out, weights, probs, mask = _attention_forward(q, k, v, bias, dropout_p, scale, generator)
         # P~ is not saved: the backward rebuilds it from P and the mask (one multiply), so a layer keeps two
         # (..., N, M) tensors for its backward, not three.
         ctx.save_for_backward(q, k, v, probs, mask)
@@ -118,7 +127,10 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, dropo
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     bias = _mask_to_bias(attn_mask, is_causal, batch_shape + (n, m), q)
-    out, weights = _Attention.apply(q, k, v, bias, float(dropout_p), scale, generator)
+    if needs_grad(q, k, v, bias):
+        out, weights = _Attention.apply(q, k, v, bias, float(dropout_p), scale, generator)
+    else:  # inference: the same forward (attn.1)-(attn.6), no Function, nothing saved, no copies for a backward
+        out, weights, _, _ = _attention_forward(q, k, v, bias, float(dropout_p), scale, generator)
     return (out, weights) if return_weights else out
 
 
@@ -138,9 +150,18 @@ def _mask_to_bias(attn_mask, is_causal, scores_shape, q):
         else:
             bias = attn_mask.to(q.dtype)  # autograd casts its gradient back, so a float mask stays learnable
     if is_causal:
-        causal = _bool_to_bias(causal_mask(scores_shape[-2], scores_shape[-1], device=q.device), q.dtype)
+        causal = _causal_bias(scores_shape[-2], scores_shape[-1], q.dtype, q.device)
         bias = causal if bias is None else bias + causal
     return bias
+
+
+@lru_cache(maxsize=32)
+def _causal_bias(n: int, m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(attn.3) as an additive bias (N, M), built once per (shape, dtype, device) and shared by every layer and
+    call that asks again; it is only ever read (added into fresh scores). Made outside inference mode, so a
+    bias first built under `torch.inference_mode()` still serves a later training step."""
+    with torch.inference_mode(False):
+        return _bool_to_bias(causal_mask(n, m, device=device), dtype)
 
 
 def _bool_to_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

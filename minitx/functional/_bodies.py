@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+
 EAGER: dict[str, Callable] = {}   # name -> the function as written
 ACTIVE: dict[str, Callable] = {}  # name -> what the Functions call now (EAGER's, or compiled copies)
 
@@ -20,3 +22,10 @@ def body(name: str) -> Callable[[Callable], Callable]:
 def run(name: str, *args):
     """Call the active body registered under `name`."""
     return ACTIVE[name](*args)
+
+
+def needs_grad(*tensors) -> bool:
+    """Will autograd need a backward through these inputs? False under `torch.no_grad()` / `inference_mode` or
+    when none requires grad: the ops then run their forward body directly, without a `torch.autograd.Function`
+    (whose `apply` costs ~10 us a call and makes the forward keep what only the backward reads)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

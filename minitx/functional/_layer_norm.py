@@ -1,7 +1,7 @@
 """Layer normalization with a hand-written backward (docs/math/layer_norm.md, labels (ln.*)).
 
 `_layer_norm_backward_textbook` is (ln.5)-(ln.8) as printed. The Function runs the fast form: the variance (ln.2) as
-a dot product of the centred row with itself (no squared temporary), and a backward (ln.9) whose two row means are matrix-vector products with w,
+the squared norm of the centred row (no squared temporary), and a backward (ln.9) whose two row means are matrix-vector products with w,
 reusing g * x_hat, which (ln.7) needs anyway; the rest is in place on one buffer. tests/test_functional.py
 proves the forms equal. Half precision is computed in float32 and cast back (as torch.nn.LayerNorm does).
 """
@@ -13,7 +13,8 @@ from numbers import Real
 import torch
 from torch.autograd.function import once_differentiable
 
-from minitx.functional._bodies import body, run
+from minitx.functional._bodies import body, needs_grad, run
+from minitx.functional._scalars import same_dtype, scalar
 from minitx.functional._checks import _check_broadcasts_to, _check_float_tensor, _check_same, _sum_to_shape
 from minitx.functional._softmax import _compute_dtype
 
@@ -38,24 +39,31 @@ def _row_means(g, g_x_hat, weight):
 
 
 @body("layer_norm.forward")
-def _layer_norm_forward(x, weight, bias, eps):
-    """(ln.1)-(ln.4) in the compute dtype: (y, x_hat, rstd, weight in the compute dtype or None)."""
+def _layer_norm_forward(x, weight, bias, eps, need_grad=True):
+    """(ln.1)-(ln.4) in the compute dtype: (y, x_hat, rstd, weight in the compute dtype or None).
+
+    Two passes for the statistics and no (..., C) temporary: the mean, then the norm of the centred buffer
+    (which x_hat needs anyway), sum (x - mu)^2 = ||x - mu||^2. (`torch.var_mean` would be one call, but on a
+    CPU it is a Welford reduction 5-40x slower than these two passes; tests/test_functional.py times it.)
+    Without `need_grad` nothing is kept for a backward, and y is written over x_hat."""
     dtype = _compute_dtype(x.dtype)
-    xc = x.to(dtype)
-    x_hat = torch.sub(xc, xc.mean(dim=-1, keepdim=True))                    # x - mu (ln.1), the one buffer
-    var = torch.linalg.vecdot(x_hat, x_hat).unsqueeze_(-1).div_(xc.shape[-1])   # (ln.2) biased: / C
-    rstd = var.add_(eps).rsqrt_()                                            # eps inside the root
+    xc = same_dtype(x, dtype)
+    inv_c = 1.0 / xc.shape[-1]
+    x_hat = torch.sub(xc, xc.sum(dim=-1, keepdim=True), alpha=inv_c)       # x - mu (ln.1), the one buffer
+    norm = torch.linalg.vector_norm(x_hat, dim=-1, keepdim=True)            # ||x - mu||, (..., 1)
+    rstd = torch.addcmul(scalar(eps, dtype, x.device), norm, norm, value=inv_c).rsqrt_()  # (ln.2), eps inside
     x_hat.mul_(rstd)                                                         # (ln.3) in place
-    w = None if weight is None else weight.to(dtype)
+    w = None if weight is None else same_dtype(weight, dtype)
+    out = None if need_grad else x_hat                                       # no backward: y over x_hat
     if w is not None and bias is not None:
-        y = torch.addcmul(bias.to(dtype), x_hat, w)                          # (ln.4) w x_hat + b, one pass
+        y = torch.addcmul(same_dtype(bias, dtype), x_hat, w, out=out)                 # (ln.4) w x_hat + b, one pass
     elif w is not None:
-        y = x_hat * w
+        y = torch.mul(x_hat, w, out=out)
     elif bias is not None:
-        y = x_hat + bias.to(dtype)
+        y = torch.add(x_hat, same_dtype(bias, dtype), out=out)
     else:
-        y = x_hat.clone()
-    return y.to(x.dtype), x_hat, rstd, w
+        y = x_hat.clone() if need_grad else x_hat
+    return same_dtype(y, x.dtype), x_hat, rstd, w
 
 
 @body("layer_norm.backward")
@@ -115,4 +123,6 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
         _check_broadcasts_to(p, x.shape, name)
     if not isinstance(eps, Real) or not eps >= 0:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+    if not needs_grad(x, weight, bias):  # inference: the same forward (ln.1)-(ln.4), no Function, nothing saved
+        return run("layer_norm.forward", x, weight, bias, float(eps), False)[0]
     return _LayerNorm.apply(x, weight, bias, float(eps))

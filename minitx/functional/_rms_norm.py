@@ -13,7 +13,7 @@ from numbers import Real
 import torch
 from torch.autograd.function import once_differentiable
 
-from minitx.functional._bodies import body, run
+from minitx.functional._bodies import body, needs_grad, run
 from minitx.functional._checks import _check_broadcasts_to, _check_float_tensor, _check_same, _sum_to_shape
 from minitx.functional._softmax import _compute_dtype
 
@@ -91,4 +91,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) ->
         _check_broadcasts_to(weight, x.shape, "weight")
     if isinstance(eps, bool) or not isinstance(eps, Real) or not eps >= 0:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+    if not needs_grad(x, weight):  # inference: the forward (rmsnorm.1) alone, no Function
+        return run("rms_norm.forward", x, weight, float(eps))[0]
     return _RMSNorm.apply(x, weight, float(eps))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from minitx.functional._bodies import body, run
+from minitx.functional._bodies import body, needs_grad, run
 from minitx.functional._checks import _check_float_tensor
+from minitx.functional._scalars import same_dtype
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -38,15 +39,18 @@ def _softmax_backward_textbook(y: torch.Tensor, grad_y: torch.Tensor, dim: int) 
 
 @body("softmax.forward")
 def _softmax_forward(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """(softmax.5) = (softmax.1): e = exp(x - max) in one buffer, then e /= sum(e) in place; (softmax.4)
-    (an all -inf row: shift by 0, divide by 1) touches only the (..., 1) row statistics; (softmax.7)."""
-    xc = x.to(_compute_dtype(x.dtype))
-    row_max = xc.amax(dim=dim, keepdim=True)
-    row_max.masked_fill_(~torch.isfinite(row_max), 0.0)        # (softmax.4): -inf rows shift by 0
+    """(softmax.5) = (softmax.1): e = exp(x - max) in one buffer, then e /= sum(e) in place; (softmax.7).
+
+    (softmax.4) costs one clamp per row statistic: an all -inf row's max is raised to the dtype's lowest
+    finite number (a finite max is unchanged), so it shifts to -inf and exponentiates to 0; and a sum is
+    clamped to >= 1, which leaves every other row alone (its max term is exp(0) = 1) and divides an empty row's
+    zeros by 1."""
+    dtype = _compute_dtype(x.dtype)
+    xc = same_dtype(x, dtype)
+    row_max = xc.amax(dim=dim, keepdim=True).clamp_(min=torch.finfo(dtype).min)   # (softmax.4)
     e = torch.sub(xc, row_max).exp_()                          # the one buffer this op allocates
-    total = e.sum(dim=dim, keepdim=True)
-    total.masked_fill_(total == 0, 1.0)                        # (softmax.4): 0 / 1 = 0, not NaN
-    return e.div_(total).to(x.dtype)
+    total = e.sum(dim=dim, keepdim=True).clamp_(min=1.0)       # (softmax.4): 0 / 1 = 0, not NaN
+    return same_dtype(e.div_(total), x.dtype)
 
 
 @body("softmax.backward")
@@ -89,4 +93,6 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     _check_float_tensor(x, "x")
     if not isinstance(dim, int) or not -x.dim() <= dim < max(x.dim(), 1):
         raise ValueError(f"dim: expected an int in [{-x.dim()}, {x.dim()}), got {dim!r}")
+    if not needs_grad(x):  # inference: the forward (softmax.5) alone, no Function, nothing saved
+        return run("softmax.forward", x, dim)
     return _Softmax.apply(x, dim)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from minitx.functional._bodies import body, run
+from minitx.functional._bodies import body, needs_grad, run
 from minitx.functional._checks import _check_float_tensor, _check_same
 from minitx.functional._softmax import _compute_dtype
 
@@ -83,7 +83,9 @@ class _SwiGLU(torch.autograd.Function):
 def silu(x: torch.Tensor) -> torch.Tensor:
     """SiLU (swish), x * sigmoid(x), (silu.1); hand-written derivative (silu.2). As `torch.nn.functional.silu`."""
     _check_float_tensor(x, "x")
-    return _SiLU.apply(x, torch.is_grad_enabled() and x.requires_grad)
+    if not needs_grad(x):  # inference: the forward (silu.1) alone, no Function
+        return run("silu.forward", x, False)[0]
+    return _SiLU.apply(x, True)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -94,4 +96,6 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     _check_same(gate, up, "up")
     if up.shape != gate.shape:
         raise ValueError(f"up: expected the shape of gate {tuple(gate.shape)}, got {tuple(up.shape)}")
+    if not needs_grad(gate, up):  # inference: the forward (swiglu.1) alone, no Function
+        return run("swiglu.forward", gate, up)
     return _SwiGLU.apply(gate, up)
