@@ -490,3 +490,51 @@ def test_varlen_dispatches_through_the_registry():
         assert looped.abs().sum() > 0
     finally:
         A._BACKENDS.pop("varlen_spy")
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_split_and_merge_heads_are_the_einops_patterns(heads):
+    """split_heads / merge_heads (mha.1), (mha.3) are "b l (h d) -> b h l d" and its inverse, as views."""
+    from minitx.attention.multi_head import merge_heads, split_heads
+    x = torch.randn(3, 5, 4 * heads)
+    split = split_heads(x, heads)
+    assert torch.equal(split, rearrange(x, "b l (h d) -> b h l d", h=heads))
+    assert split.data_ptr() == x.data_ptr()  # a view: no copy
+    assert torch.equal(merge_heads(split), rearrange(split, "b h l d -> b l (h d)"))
+    assert torch.equal(merge_heads(split), x)
+
+
+@pytest.mark.parametrize("n, m", [(1, 7), (5, 5), (3, 8)])
+def test_simplified_causal_options_give_the_same_attention(n, m):
+    """masks.simplify_causal: bottom-right causal (dec.9) is no mask at all for one query and top-left for
+    N = M, so backends get SDPA's own is_causal or nothing; the answer equals the explicit mask's."""
+    from minitx.attention.masks import simplify_causal
+    torch.manual_seed(n * 10 + m)
+    q, k, v = torch.randn(2, 3, n, 8), torch.randn(2, 3, m, 8), torch.randn(2, 3, m, 8)
+    is_causal, align, window = simplify_causal(n, m, True, "bottom_right", None)
+    if n == 1:
+        assert (is_causal, align) == (False, "top_left")
+    elif n == m:
+        assert (is_causal, align) == (True, "top_left")
+    else:
+        assert (is_causal, align) == (True, "bottom_right")
+    assert simplify_causal(n, m, True, "top_left", (-1, -1)) == (True, "top_left", None)
+    explicit = F.causal_mask(n, m, align="bottom_right")
+    for backend in ("math", "sdpa"):
+        out = attention(q, k, v, backend=backend, is_causal=True, causal_align="bottom_right")
+        ref = attention(q, k, v, backend="math", attn_mask=explicit)
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_causal_bias_built_in_inference_mode_serves_a_training_step():
+    """The causal bias (attn.3) and band masks are built once per shape and reused; one first built under
+    torch.inference_mode() is an ordinary tensor, so a later training step can use it."""
+    q = torch.randn(1, 2, 9, 4)
+    with torch.inference_mode():
+        attention(q, q, q, is_causal=True)
+        attention(q[:, :, :3], q, q, is_causal=True, causal_align="bottom_right")
+    p = q.clone().requires_grad_()
+    out = attention(p, p, p, is_causal=True) + attention(p[:, :, :3], p, p, is_causal=True,
+                                                            causal_align="bottom_right").sum()
+    out.sum().backward()
+    assert p.grad is not None and torch.isfinite(p.grad).all()

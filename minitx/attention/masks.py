@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-from einops import rearrange, repeat
+from einops import repeat
 
 from minitx import functional as F
 from minitx.positional.alibi import alibi_bias_from_slopes
@@ -46,6 +46,11 @@ def band_mask(n: int, m: int, is_causal: bool, causal_align: str, window, device
 
 @lru_cache(maxsize=32)
 def _band_mask(n, m, is_causal, causal_align, window, device):
+    with torch.inference_mode(False):  # a mask first built in inference mode still serves a training step
+        return _band_mask_uncached(n, m, is_causal, causal_align, window, device)
+
+
+def _band_mask_uncached(n, m, is_causal, causal_align, window, device):
     allowed = None
     if is_causal:
         allowed = F.causal_mask(n, m, device=device, align=causal_align)
@@ -69,7 +74,7 @@ def merge_masks(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor |
     """
     if key_padding_mask is None:
         return attn_mask
-    pad = rearrange(key_padding_mask, "b m -> b 1 1 m")  # (B, M) -> (B, 1, 1, M)
+    pad = key_padding_mask[:, None, None, :]  # (B, M) -> (B, 1, 1, M), "b m -> b 1 1 m"
     if attn_mask is None:
         return pad
     if attn_mask.dtype == torch.bool:
@@ -107,10 +112,23 @@ def repeat_kv(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     return repeat(t, "b hkv m d -> b (hkv g) m d", g=n_heads // t.shape[1])  # (B, H_kv, M, D) -> (B, H, M, D)
 
 
+def simplify_causal(n: int, m: int, is_causal: bool, causal_align: str, window):
+    """The same mask with the fewest options (flash.10): an unbounded window is none; without a window, the
+    bottom-right alignment (dec.9) is the top-left one when N = M (no cached keys) and no mask at all when
+    N = 1 (one new query sees every key: what each decoding step asks for), so backends take SDPA's own
+    `is_causal` or nothing instead of a mask tensor."""
+    if window is not None and tuple(window) == (-1, -1):
+        window = None
+    if window is None and causal_align == "bottom_right" and (not is_causal or n == m or n == 1):
+        is_causal, causal_align = is_causal and n != 1, "top_left"
+    return is_causal, causal_align, window
+
+
 def lower(q, k, v, attn_mask, is_causal, causal_align, window, alibi_slopes, native) -> tuple:
     """(k, v, attn_mask, is_causal, extra kwargs) for a backend whose native features are `native`."""
     n, m, h = q.shape[2], k.shape[2], q.shape[1]
     extra = {}
+    is_causal, causal_align, window = simplify_causal(n, m, is_causal, causal_align, window)
     if "gqa" not in native:
         k, v = repeat_kv(k, h), repeat_kv(v, h)
     structural = window is not None or causal_align != "top_left"
