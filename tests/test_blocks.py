@@ -9,6 +9,10 @@ from minitx.nn.block import Block, standard_block
 from minitx.nn.feed_forward import FeedForward
 from minitx.nn.norms import LayerNorm
 
+
+def check_close(a, b, atol=1e-6, rtol=1e-5):
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
 F64 = torch.float64
 
 
@@ -202,3 +206,48 @@ def test_cross_attention_sublayer_reads_the_context(norm_first):
         block(x)  # a cross-attention block without its context
     with pytest.raises(ValueError, match="context"):
         standard_block(8, 2, 16)(x, context=ctx)  # a context for a block without cross-attention
+
+
+def test_block_weights_are_stored_input_major_with_the_same_values_and_gradients():
+    """minitx.nn.linear: every Linear weight of a Block is the transpose of an (in, out) row-major tensor; the
+    parameter keeps nn.Linear's shape, state-dict name and values, and a forward/backward equals the one with
+    ordinary (out, in) storage."""
+    import copy
+
+    from torch import nn
+    torch.manual_seed(0)
+    block = standard_block(16, 4, 32, dropout=0.0)
+    linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 6
+    for layer in linears:
+        out_features, in_features = layer.weight.shape
+        assert layer.weight.stride() == (1, out_features) and layer.weight.t().is_contiguous()
+    plain = copy.deepcopy(block)
+    for layer in (m for m in plain.modules() if isinstance(m, nn.Linear)):
+        layer.weight = nn.Parameter(layer.weight.detach().contiguous())  # ordinary (out, in) storage
+        assert layer.weight.is_contiguous()
+    x = torch.randn(2, 5, 16)
+    y, y_plain = block(x), plain(x)
+    check_close(y, y_plain)
+    y.square().sum().backward()
+    y_plain.square().sum().backward()
+    for (name, p), (_, q) in zip(block.named_parameters(), plain.named_parameters()):
+        check_close(p.grad, q.grad)
+    state = block.state_dict()
+    assert state["attention.q_proj.weight"].shape == (16, 16)
+    fresh = standard_block(16, 4, 32, dropout=0.0)
+    fresh.load_state_dict(state)  # loads into the strided parameters by copy
+    assert torch.equal(fresh.attention.q_proj.weight, block.attention.q_proj.weight)
+    assert fresh.attention.q_proj.weight.stride() == (1, 16)
+
+
+def test_dropout_is_skipped_only_where_it_is_the_identity():
+    """minitx.nn.dropout.drop: eval mode or p = 0 returns the input itself; training with p > 0 drops."""
+    from torch import nn
+
+    from minitx.nn.dropout import drop
+    x = torch.ones(1000)
+    dropout = nn.Dropout(0.5)
+    assert drop(dropout.eval(), x) is x and drop(nn.Dropout(0.0).train(), x) is x
+    y = drop(dropout.train(), x)
+    assert 300 < int((y == 0).sum()) < 700 and torch.all((y == 0) | (y == 2.0))

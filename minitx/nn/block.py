@@ -24,7 +24,9 @@ from minitx.attention.cache import LayerKV
 from minitx.attention.multi_head import MultiHeadAttention
 from minitx.checks import check_probability
 from minitx.hooks import HookPoints
+from minitx.nn.dropout import drop
 from minitx.nn.feed_forward import FeedForward
+from minitx.nn.linear import store_input_major
 from minitx.nn.norms import LayerNorm
 
 
@@ -70,12 +72,13 @@ class Block(HookPoints, nn.Module):
         self.feed_forward = feed_forward
         self.ffn_norm = norm()
         self.dropout = nn.Dropout(dropout)
+        store_input_major(self)  # the same weights, laid out for fast decoding (minitx.nn.linear)
 
     def _attend(self, attention, x, context=None, **options):
         """One attention sublayer's branch: Drop(Attn(x, context)), and the weights when asked for."""
         result = attention(x, context, **options)
         out, weights = result if options.get("return_weights") else (result, None)
-        return self.dropout(out), weights
+        return drop(self.dropout, out), weights
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, is_causal: bool = False,
                 return_weights: bool = False, *, rows: torch.Tensor | None = None, context: torch.Tensor | None = None,
@@ -115,7 +118,7 @@ class Block(HookPoints, nn.Module):
                                    cache=cross_cache)
                 x = x + self.hook("cross_attn_out", c)  # (block.3), reading the context
             x = self.hook("resid_mid", x)
-            x = x + self.hook("ffn_out", self.dropout(self.feed_forward(self.ffn_norm(x))))  # (block.4)
+            x = x + self.hook("ffn_out", drop(self.dropout, self.feed_forward(self.ffn_norm(x))))  # (block.4)
         else:
             a, weights = self._attend(self.attention, x, **attend)
             x = self.attention_norm(x + self.hook("attn_out", a))  # (block.1)
@@ -123,7 +126,7 @@ class Block(HookPoints, nn.Module):
                 c, _ = self._attend(cross, x, context, key_padding_mask=context_padding_mask, cache=cross_cache)
                 x = self.cross_attention_norm(x + self.hook("cross_attn_out", c))  # (block.1), reading the context
             x = self.hook("resid_mid", x)
-            x = self.ffn_norm(x + self.hook("ffn_out", self.dropout(self.feed_forward(x))))  # (block.2)
+            x = self.ffn_norm(x + self.hook("ffn_out", drop(self.dropout, self.feed_forward(x))))  # (block.2)
         x = self.hook("resid_post", x)
         return (x, weights) if return_weights else x
     def _forward_rows(self, x, key_padding_mask, rows):
@@ -141,11 +144,11 @@ class Block(HookPoints, nn.Module):
             normed = self.attention_norm(x)
             a, _ = self._attend(self.attention, pick(normed), normed, key_padding_mask=key_padding_mask)
             h = pick(x) + a  # (block.3) at the rows
-            return h + self.dropout(self.feed_forward(self.ffn_norm(h)))  # (block.4)
+            return h + drop(self.dropout, self.feed_forward(self.ffn_norm(h)))  # (block.4)
         x_rows = pick(x)
         a, _ = self._attend(self.attention, x_rows, x, key_padding_mask=key_padding_mask)
         h = self.attention_norm(x_rows + a)  # (block.1) at the rows
-        return self.ffn_norm(h + self.dropout(self.feed_forward(h)))  # (block.2)
+        return self.ffn_norm(h + drop(self.dropout, self.feed_forward(h)))  # (block.2)
 
 
 def standard_block(d_model: int, n_heads: int, d_ff: int, *, dropout: float = 0.1,

@@ -12,6 +12,7 @@ from torch import nn
 from minitx import functional as F
 from minitx.checks import check_probability
 from minitx.hooks import HookPoints
+from minitx.nn.dropout import drop
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": F.gelu_tanh}  # (gelu.1) exact, (dec.5) GPT-2's approximation
 # every activation FeedForward takes: the GELUs and the original Transformer's max(0, x) (its gradient is a 0/1
@@ -44,7 +45,7 @@ class FeedForward(HookPoints, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.hook("hidden", self._act(self.fc_in(x)))  # (B, N, C) -> (B, N, d_ff)
-        return self.fc_out(self.dropout(hidden))  # (B, N, d_ff) -> (B, N, C)
+        return self.fc_out(drop(self.dropout, hidden))  # (B, N, d_ff) -> (B, N, C)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
@@ -71,4 +72,4 @@ class SwiGLU(HookPoints, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.hook("hidden", F.swiglu(self.gate_proj(x), self.up_proj(x)))  # (B, N, C) -> (B, N, d_ff)
-        return self.down_proj(self.dropout(hidden))  # (B, N, d_ff) -> (B, N, C)
+        return self.down_proj(drop(self.dropout, hidden))  # (B, N, d_ff) -> (B, N, C)
