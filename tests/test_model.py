@@ -179,3 +179,17 @@ def test_bad_inputs_name_the_argument():
         model(torch.zeros(2, 20, dtype=torch.long))
     with pytest.raises(ValueError, match="labels"):
         model(ids, mask, labels=ids[:, :3])
+
+
+def test_an_all_ones_attention_mask_is_dropped_at_the_door():
+    """models.inputs.key_padding_mask: no padding anywhere -> None (no layer builds a mask), and the model's
+    output equals the one without attention_mask; real padding is kept."""
+    from minitx.models.inputs import key_padding_mask
+    assert key_padding_mask(torch.ones(2, 5, dtype=torch.long), (2, 5)) is None
+    padded = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert torch.equal(key_padding_mask(padded, (2, 3)), padded.bool())
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=50, d_model=16, n_heads=2, d_ff=32, n_layers=1)).eval()
+    ids = torch.randint(1, 50, (2, 6))
+    torch.testing.assert_close(model(ids, attention_mask=torch.ones_like(ids)).logits, model(ids).logits,
+                               atol=0, rtol=0)

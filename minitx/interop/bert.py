@@ -225,7 +225,7 @@ def add_identity_pooler(model: BertForSequenceClassification,
     return model
 
 
-def from_hf_bert(hf_model: Any, attention_backend: str = "math") -> BertForMaskedLM:
+def from_hf_bert(hf_model: Any, attention_backend: str = "sdpa") -> BertForMaskedLM:
     """A minitx BertForMaskedLM holding the weights of a `transformers.BertForMaskedLM` (any size).
 
     Configs minitx would compute differently (an untied decoder, causal attention, ...) are refused by name."""

@@ -28,7 +28,7 @@ _CONV1D = ("attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers some transformers versions keep
 
 
-def config_from_hf_gpt2(hf_config: Any, attention_backend: str = "math") -> GPTConfig:
+def config_from_hf_gpt2(hf_config: Any, attention_backend: str = "sdpa") -> GPTConfig:
     """A GPTConfig with the sizes, eps and dropout of a `transformers.GPT2Config`; refuses what minitx lacks."""
     act = getattr(hf_config, "activation_function", "gelu_new")
     if act not in _ACTIVATIONS:
@@ -68,7 +68,7 @@ def _hf_to_minitx(hf_state: dict[str, torch.Tensor], n_layers: int, d_model: int
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
-def from_hf_gpt2(hf_model: Any, attention_backend: str = "math") -> GPT:
+def from_hf_gpt2(hf_model: Any, attention_backend: str = "sdpa") -> GPT:
     """A minitx GPT with the weights of a `transformers.GPT2LMHeadModel` (any size), in eval mode."""
     if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
         raise TypeError(f"hf_model: expected a transformers GPT2LMHeadModel, got {type(hf_model).__name__}")

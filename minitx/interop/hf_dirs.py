@@ -175,7 +175,7 @@ def load_hf_encoder(path: str | Path) -> tuple[BertConfig, dict[str, torch.Tenso
     return config, ours, pooler, tokenizer
 
 
-def load_hf_pretrained(path: str | Path, attention_backend: str = "math") -> tuple[BertForMaskedLM,
+def load_hf_pretrained(path: str | Path, attention_backend: str = "sdpa") -> tuple[BertForMaskedLM,
                                                                                    WordPieceTokenizer]:
     """A minitx BertForMaskedLM (eval mode) and tokenizer from a directory holding a BERT MLM head."""
     config = config_from_hf(read_hf_config(path))

@@ -50,7 +50,7 @@ def _rope_theta(values: dict[str, Any]) -> float:
     return float(values.get("rope_theta", 10000.0))
 
 
-def config_from_hf_llama(hf_config: Any, attention_backend: str = "math") -> LlamaConfig:
+def config_from_hf_llama(hf_config: Any, attention_backend: str = "sdpa") -> LlamaConfig:
     """A LlamaConfig from a `transformers.LlamaConfig` or its config.json dict; refuses what minitx lacks by name."""
     values = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
     model_type = values.get("model_type", "llama")
@@ -131,7 +131,7 @@ def hf_state_from_llama(model: Llama) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
 
-def from_hf_llama(hf_model: Any, attention_backend: str = "math") -> Llama:
+def from_hf_llama(hf_model: Any, attention_backend: str = "sdpa") -> Llama:
     """A minitx Llama with the weights of a `transformers.LlamaForCausalLM`, in eval mode."""
     if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
         raise TypeError(f"hf_model: expected a transformers LlamaForCausalLM, got {type(hf_model).__name__}")
@@ -164,7 +164,7 @@ def to_hf_llama(model: Llama) -> Any:
     return hf.eval()
 
 
-def load_hf_llama(path: str | Path, attention_backend: str = "math") -> Llama:
+def load_hf_llama(path: str | Path, attention_backend: str = "sdpa") -> Llama:
     """A minitx Llama (eval mode) from a Hugging Face directory (config.json + model.safetensors or shards);
     never executes code from it."""
     config = config_from_hf_llama(read_hf_config(path), attention_backend)

@@ -47,7 +47,7 @@ def _get(hf_config: Any, name: str, default: Any = None) -> Any:
     return hf_config.get(name, default) if isinstance(hf_config, dict) else getattr(hf_config, name, default)
 
 
-def config_from_hf_marian(hf_config: Any, attention_backend: str = "math") -> TransformerConfig:
+def config_from_hf_marian(hf_config: Any, attention_backend: str = "sdpa") -> TransformerConfig:
     """A TransformerConfig from a `transformers.MarianConfig` or its config.json dict; refuses, by name, what
     minitx does not represent."""
     for name, value in _FIXED.items():
@@ -165,7 +165,7 @@ def hf_marian_config_dict(model: Transformer) -> dict[str, Any]:
             "decoder_layerdrop": 0.0}
 
 
-def from_hf_marian(hf_model: Any, attention_backend: str = "math") -> Transformer:
+def from_hf_marian(hf_model: Any, attention_backend: str = "sdpa") -> Transformer:
     """A minitx Transformer with the weights of a `transformers.MarianMTModel`, in eval mode."""
     if not hasattr(hf_model, "config") or not hasattr(hf_model, "state_dict"):
         raise TypeError(f"hf_model: expected a transformers MarianMTModel, got {type(hf_model).__name__}")
@@ -194,7 +194,7 @@ def to_hf_marian(model: Transformer) -> Any:
     return hf.eval()
 
 
-def load_hf_marian(path: str | Path, attention_backend: str = "math") -> Transformer:
+def load_hf_marian(path: str | Path, attention_backend: str = "sdpa") -> Transformer:
     """A Transformer from a MarianMTModel `save_pretrained` directory (config.json + weights), eval mode."""
     config = config_from_hf_marian(read_hf_config(path), attention_backend)
     model = Transformer(config)

@@ -27,6 +27,8 @@ from minitx.config import FlatConfig, option
 from minitx.functional import IGNORE_INDEX
 from minitx.models.inputs import check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend, standard_block
+from minitx.nn.dropout import drop
+from minitx.nn.linear import input_major
 from minitx.nn.feed_forward import ACTIVATIONS
 from minitx.nn.norms import LayerNorm
 
@@ -46,7 +48,8 @@ class GPTConfig(FlatConfig):
     attention_dropout: float = option(0.0, "dropout on attention weights")
     layer_norm_eps: float = option(1e-5, "LayerNorm epsilon (GPT-2: 1e-5)")
     activation: str = option("gelu", "gelu (exact erf) or gelu_tanh (GPT-2's)", choices=tuple(ACTIVATIONS))
-    attention_backend: str = option("math", "attention backend: math, sdpa, flash or any registered one",
+    attention_backend: str = option("sdpa", "attention backend: sdpa (PyTorch's, the fastest here), math (the readable "
+                                    "one), flash or any registered one",
                                     choices=available_backends)
     initializer_range: float = option(0.02, "std of the normal initial weights")
     bias: bool = option(True, "biases in linear layers and LayerNorms (GPT-2: yes; nanoGPT's default: no)")
@@ -95,6 +98,9 @@ class GPT(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(decoder_block(config) for _ in range(config.n_layers))
         self.final_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
+        # The tied LM head (dec.3) is a matrix-vector product per decoded token over all of E: stored (C, V)
+        # row-major it runs 1.8x faster than (V, C) (minitx.nn.linear); the lookup reads C strided numbers.
+        self.token.weight = input_major(self.token.weight)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -129,7 +135,7 @@ class GPT(nn.Module):
         elif position_ids.shape[-1] != n or int(position_ids.max()) >= self.config.max_position:
             raise ValueError(f"position_ids: expected (B, {n}) positions < {self.config.max_position}, "
                              f"got shape {tuple(position_ids.shape)}, max {int(position_ids.max())}")
-        return self.dropout(self.token(input_ids) + self.position(position_ids))
+        return drop(self.dropout, self.token(input_ids) + self.position(position_ids))
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """(dec.3): logits = h E^T with E the token embedding itself (tied; no bias, as GPT-2)."""

@@ -52,7 +52,7 @@ def check_model_config(config, sizes: tuple[str, ...]) -> None:
 def key_padding_mask(attention_mask, shape: tuple) -> Optional[torch.Tensor]:
     """The model's `attention_mask` (Hugging Face's: 1/True = real token, 0 = padding), checked against `shape`
     (B, M) and turned into the bool `key_padding_mask` every block, attention module and backend takes: once
-    per forward, at the model's door."""
+    per forward, at the model's door. None when every token is real."""
     if attention_mask is None:
         return None
     if not isinstance(attention_mask, torch.Tensor):
@@ -60,4 +60,7 @@ def key_padding_mask(attention_mask, shape: tuple) -> Optional[torch.Tensor]:
     if tuple(attention_mask.shape) != tuple(shape):
         raise ValueError(f"attention_mask: expected shape {tuple(shape)} (1 = real token), "
                          f"got {tuple(attention_mask.shape)}")
-    return attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
+    mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
+    # No padding at all (a single sentence, an unpadded batch): no mask, so no layer builds or applies one and
+    # the backends take their mask-free path (as Hugging Face drops an all-ones mask).
+    return None if bool(mask.all()) else mask

@@ -31,6 +31,8 @@ from minitx.config import FlatConfig, option
 from minitx.models.gpt import CausalLMOutput, next_token_loss
 from minitx.models.inputs import check_ids, check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend
+from minitx.nn.dropout import drop
+from minitx.nn.linear import input_major, store_input_major
 from minitx.nn.feed_forward import FeedForward, SwiGLU
 from minitx.nn.norms import LayerNorm, RMSNorm
 from minitx.positional.rope import RotaryEmbedding
@@ -57,7 +59,8 @@ class LlamaConfig(FlatConfig):
     sliding_window: int = option(0, "Mistral's sliding window: each token sees the last this many (0: all)")
     dropout: float = option(0.0, "dropout on embeddings and residual branches")
     attention_dropout: float = option(0.0, "dropout on attention weights")
-    attention_backend: str = option("math", "attention backend: math, sdpa, flash or any registered one",
+    attention_backend: str = option("sdpa", "attention backend: sdpa (PyTorch's, the fastest here), math (the readable "
+                                    "one), flash or any registered one",
                                     choices=available_backends)
     initializer_range: float = option(0.02, "std of the normal initial weights")
     norm: str = option("rms", "rms (Llama) or layer (ablation: GPT-2's LayerNorm, without shift)", choices=NORMS)
@@ -142,6 +145,11 @@ class Llama(nn.Module):
         else:
             self.final_norm = LayerNorm(config.d_model, eps=config.rms_norm_eps, bias=False)
         self.head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # the LM head's weight, tied or not, stored (C, V) row-major for decoding (minitx.nn.linear), as GPT's
+        if self.head is None:
+            self.token.weight = input_major(self.token.weight)
+        else:
+            store_input_major(self.head)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -173,7 +181,7 @@ class Llama(nn.Module):
             if position_ids is None:
                 position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]  # (1, N)
             x = x + self.position(position_ids)
-        return self.dropout(x)
+        return drop(self.dropout, x)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """logits = h E^T with the token embedding E when tied (dec.3), else h W_out^T; no bias."""
