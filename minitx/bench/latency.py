@@ -93,7 +93,8 @@ def bert_forward_workload(name: str, sizes: dict, seq_len: int, atol: float, see
     contenders = {"minitx": minitx, "hf": hf}
     return Workload(name, f"BERT fill-mask forward, batch 1, N {seq_len}, no_grad, width {sizes['d_model']}",
                     contenders, outputs_gate(contenders, atol), units=1, unit="call",
-                    info=_info(model.config.attention_backend, reference, sizes, model))
+                    info=_info(model.config.attention_backend, reference, sizes, model),
+                    models={"minitx": model, "hf": reference})
 
 
 def gpt_decode_workload(name: str, sizes: dict, prompt_len: int, new_tokens: int, use_cache: bool,
@@ -117,7 +118,8 @@ def gpt_decode_workload(name: str, sizes: dict, prompt_len: int, new_tokens: int
     return Workload(name, f"GPT greedy decoding, {what}, prompt {prompt_len} + {new_tokens} new, "
                           f"{sizes['n_layers']}L C {sizes['d_model']} V {sizes['vocab_size']}",
                     contenders, outputs_gate(contenders, None), units=new_tokens, unit="token",
-                    info=_info(model.config.attention_backend, reference, sizes, model))
+                    info=_info(model.config.attention_backend, reference, sizes, model),
+                    models={"minitx": model, "hf": reference})
 
 
 def _info(backend: str, reference, sizes: dict, model) -> dict:

@@ -44,6 +44,7 @@ class Workload:
     flops: float | None = None
     floor: float = 1.0
     info: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)  # the modules behind the contenders, to inspect (not recorded)
 
 
 def outputs_gate(contenders: dict[str, Callable[[], object]], atol: float | None) -> Gate:
