@@ -184,8 +184,9 @@ def test_cli_json_table_and_plot_round_trip(cli_run):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4].startswith(f"{r['ratio']['ratio']:.2f}x ({r['ratio']['paired_median']:.2f} [")
     assert cells[5] == "<= 1.0x" and cells[6] == ("yes" if r["meets_floor"] else "**no**")
-    assert cells[7] == f"{r['ops']['minitx']['all']} ({r['ops']['minitx']['top']}) / " \
-                       f"{r['ops']['hf']['all']} ({r['ops']['hf']['top']})"
+    ops = r["ops"]
+    assert cells[7] == (f"{ops['minitx']['all']} ({ops['minitx']['top']}) / {ops['hf']['all']} ({ops['hf']['top']}); "
+                        f"per token {ops['minitx']['all'] / 2:.0f} / {ops['hf']['all'] / 2:.0f}")
     # the table follows the numbers it is given
     r["ratio"]["ratio"], r["meets_floor"] = 0.5, True
     changed = next(line for line in sidebyside_table(doc).splitlines() if line.startswith("| gpt-decode"))

@@ -115,10 +115,10 @@ def gpt_decode_workload(name: str, sizes: dict, prompt_len: int, new_tokens: int
         return reference.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, use_cache=use_cache, pad_token_id=0)
     contenders = {"minitx": minitx, "hf": hf}
     what = "cached" if use_cache else "uncached"
+    info = dict(_info(model.config.attention_backend, reference, sizes, model), ops_per_unit=True)
     return Workload(name, f"GPT greedy decoding, {what}, prompt {prompt_len} + {new_tokens} new, "
                           f"{sizes['n_layers']}L C {sizes['d_model']} V {sizes['vocab_size']}",
-                    contenders, outputs_gate(contenders, None), units=new_tokens, unit="token",
-                    info=_info(model.config.attention_backend, reference, sizes, model),
+                    contenders, outputs_gate(contenders, None), units=new_tokens, unit="token", info=info,
                     models={"minitx": model, "hf": reference})
 
 

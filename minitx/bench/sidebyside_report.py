@@ -47,9 +47,14 @@ def _ratio(r: dict) -> str:
 
 
 def _ops(r: dict) -> str:
+    """all (top-level) per call; per unit as well where a call makes several units one by one (decoding)."""
     if not r.get("ops"):
         return "–"
-    return " / ".join(f"{r['ops'][n]['all']} ({r['ops'][n]['top']})" for n in r["contenders"])
+    text = " / ".join(f"{r['ops'][n]['all']} ({r['ops'][n]['top']})" for n in r["contenders"])
+    if r.get("ops_per_unit"):
+        units = r["units_per_call"]
+        text += f"; per {r['unit']} " + " / ".join(f"{r['ops'][n]['all'] / units:.0f}" for n in r["contenders"])
+    return text
 
 
 def _mfu(r: dict) -> str:
@@ -98,7 +103,7 @@ def plot_ratios(document: dict | str | os.PathLike, path: str | os.PathLike | No
 
     doc = load(document)
     ok = [r for r in doc["results"] if r["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.55 * max(1, len(ok))))
+    fig, ax = plt.subplots(figsize=(8.0, 1.2 + 0.55 * max(1, len(ok))))
     y = list(range(len(ok)))
     mid = [r["ratio"]["paired_median"] for r in ok]
     err = [[m - r["ratio"]["paired_p25"] for m, r in zip(mid, ok)],
@@ -113,7 +118,7 @@ def plot_ratios(document: dict | str | os.PathLike, path: str | os.PathLike | No
     ax.set_yticks(y, [r["workload"] for r in ok])
     ax.invert_yaxis()
     ax.set_xlim(0, max([*(m + e for m, e in zip(mid, err[1])), 1.0]) * 1.2)
-    ax.set_xlabel("minitx time / reference time (median of per-round ratios, quartiles; dashed: floor)")
+    ax.set_xlabel("minitx time / reference time (per-round ratios: median, quartiles; dashed: floor)", fontsize=9)
     env = doc["environment"]
     ax.set_title(f"{doc['title']} on {env['device_name']}, {env['torch_threads']} thread", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
