@@ -11,15 +11,18 @@ round by round in one process after a gate (logits within 1e-4, generated ids eq
 
 minitx's models are built as a user gets them (`BertConfig(...)` / `GPTConfig(...)`, default backend, recorded
 per row), with op counts per call and this CPU's matmul peak. Writes results/cpu_latency.{json,md,png} unless
---out/--table/--plot say otherwise. Run it under `flock /tmp/minitx-timing.lock` on a shared machine.
+--out/--table/--plot say otherwise, and (without --out) regenerates the README's rows between
+`<!-- cpu_latency -->` and `<!-- /cpu_latency -->`. Run it under `flock /tmp/minitx-timing.lock` on a shared machine.
 """
 
 import sys
 from pathlib import Path
 
 from minitx.bench import bench_main
+from minitx.bench.sidebyside_report import update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def main(argv: list[str]) -> int:
@@ -27,7 +30,10 @@ def main(argv: list[str]) -> int:
     for flag, suffix in (("--out", "json"), ("--table", "md"), ("--plot", "png")):
         if flag not in argv:
             defaults += [flag, str(RESULTS / f"cpu_latency.{suffix}")]
-    return bench_main(["latency", *argv, *defaults], prog="benchmarks/latency.py")
+    code = bench_main(["latency", *argv, *defaults], prog="benchmarks/latency.py")
+    if code == 0 and "--out" not in argv and update_readme(README, "cpu_latency", RESULTS / "cpu_latency.json"):
+        print(f"README: {README} (the cpu_latency rows)")
+    return code
 
 
 if __name__ == "__main__":

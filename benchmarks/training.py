@@ -14,7 +14,8 @@ in one process (so both sides share the allocator and its settings):
   small's shape (batch 2 x 128), dropout 0 (`cpu_training_gpt`, `minitx bench gpt-training`).
 
 Every table carries op counts per step, MFU against the matmul peak measured in the same run, and the time
-ratio to HF with its floor. `--runs NAME...` runs only the named committed runs. Results:
+ratio to HF with its floor. `--runs NAME...` runs only the named committed runs; the GPT run regenerates the
+README's rows between `<!-- cpu_training_gpt -->` and `<!-- /cpu_training_gpt -->`. Results:
 results/<name>.{json,md,png}. Run it under `flock /tmp/minitx-timing.lock` on a shared machine. On a GPU without
 flags it times BERT-base (see `minitx bench training --help`) and writes results/gpu_training.*. Explicit
 --out/--table/--plot override the defaults.
@@ -26,8 +27,10 @@ from pathlib import Path
 import torch
 
 from minitx.bench import bench_main
+from minitx.bench.sidebyside_report import update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parent.parent / "README.md"
 BERT_COMMON = ["--threads", "1", "--cpu-clock", "thread", "--impls", "minitx:math", "minitx:math:full-head",
                "hf:sdpa"]
 BIG = ["--layers", "4", "--seq-len", "128", "--batch-size", "16", "--vocab-size", "4096"]
@@ -50,7 +53,11 @@ def _run(stem: str, argv: list[str]) -> int:
     for flag, suffix in (("--out", "json"), ("--table", "md"), ("--plot", "png")):
         if flag not in argv:
             defaults += [flag, str(RESULTS / f"{stem}.{suffix}")]
-    return bench_main([*argv, *defaults], prog="benchmarks/training.py")
+    code = bench_main([*argv, *defaults], prog="benchmarks/training.py")
+    if code == 0 and stem == "cpu_training_gpt" and "--out" not in argv and update_readme(
+            README, "cpu_training_gpt", RESULTS / "cpu_training_gpt.json"):
+        print(f"README: {README} (the cpu_training_gpt rows)")
+    return code
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,8 @@ from minitx.bench import bench_main
 from minitx.bench.flops import mfu_percent, transformer_flops
 from minitx.bench.latency import LatencyBenchConfig, bert_forward_workload, gpt_decode_workload, run_latency_bench
 from minitx.bench.sidebyside import Workload, alternate, count_ops, matmul_peak, outputs_gate, run_workload, time_ratio
-from minitx.bench.sidebyside_report import plot_ratios, sidebyside_document, sidebyside_table
+from minitx.bench.sidebyside_report import (plot_ratios, sidebyside_document, sidebyside_table, summary_rows,
+                                            update_readme)
 
 pytest.importorskip("transformers")
 
@@ -217,3 +218,17 @@ def test_cli_user_errors_are_one_line_exit_2(capsys, argv, words):
     captured = capsys.readouterr()
     assert captured.err.startswith("minitx: error: ") and words in captured.err
     assert len(captured.err.splitlines()) == 1 and captured.out == ""
+
+
+def test_update_readme_rewrites_only_the_marked_rows(cli_run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- cpu_latency -->\nold rows\n<!-- /cpu_latency -->\nafter\n")
+    assert update_readme(readme, "cpu_latency", cli_run["json"])
+    text = readme.read_text()
+    doc = _strict(cli_run["json"].read_text())
+    assert text == f"intro\n<!-- cpu_latency -->\n{summary_rows(doc)}\n<!-- /cpu_latency -->\nafter\n"
+    assert "old rows" not in text and "| GPT greedy decoding, uncached" in text and "| <= 1.0x |" in text
+    assert update_readme(readme, "cpu_latency", doc) and readme.read_text() == text, "idempotent"
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not update_readme(plain, "cpu_latency", doc) and plain.read_text() == "no markers\n"

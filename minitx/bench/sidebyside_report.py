@@ -127,3 +127,33 @@ def plot_ratios(document: dict | str | os.PathLike, path: str | os.PathLike | No
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     return fig
+
+
+def summary_rows(document: dict | str | os.PathLike) -> str:
+    """The short markdown table a README shows: per timed row the ratio with its paired quartiles, the floor
+    and the verdict, the backend, ops per call (per token when decoding) and the run's date and commit."""
+    doc = load(document)
+    env = doc["environment"]
+    lines = ["| workload | minitx / HF time (paired quartiles) | floor | meets | minitx backend | ops minitx / HF |",
+             "|---|---|---|---|---|---|"]
+    for r in (r for r in doc["results"] if r["status"] == "ok"):
+        lines.append(f"| {r['description']} | {_ratio(r)} | <= {r['floor']:.1f}x | "
+                     f"{'yes' if r['meets_floor'] else '**no**'} | {r.get('minitx_backend')} | {_ops(r)} |")
+    lines += ["", f"{doc['title']}; {env['cpu']}, {env['torch_threads']} thread, thread-CPU clock, "
+                  f"{doc['config'].get('rounds')} alternated rounds, commit {(env.get('git_commit') or 'unknown')[:10]}, "
+                  f"{doc['created'][:10]}, 1-min load {_load(env)}."]
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | os.PathLike, name: str, document: dict | str | os.PathLike) -> bool:
+    """Replace the lines between `<!-- name -->` and `<!-- /name -->` in `readme` with `summary_rows(document)`;
+    False (and the file untouched) when the markers are not there."""
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{summary_rows(document)}\n{end}{tail}", encoding="utf-8")
+    return True
