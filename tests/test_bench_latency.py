@@ -28,6 +28,7 @@ GPT_TINY = dict(vocab_size=40, max_position=24, d_model=16, n_layers=1, n_heads=
 # ---------------------------------------------------------------- arithmetic on given samples and a fake clock
 
 def test_time_ratio_from_given_samples():
+    """(bench.10) on samples whose ratios are known."""
     # per-round ratios 2/1, 4/2, 9/3 = 2, 2, 3: median 2, quartiles 2 and 2.5 (linear, as numpy)
     r = time_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
     assert r == dict(ratio=pytest.approx(4.0 / 2.0), paired_median=pytest.approx(2.0),
@@ -39,6 +40,7 @@ def test_time_ratio_from_given_samples():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.floats(1e-3, 1e3), st.floats(1e-3, 1e3)), min_size=1, max_size=12))
 def test_time_ratio_matches_numpy(pairs):
+    """(bench.10) against numpy's median and percentiles."""
     a, b = [p[0] for p in pairs], [p[1] for p in pairs]
     r = time_ratio(a, b)
     per_round = np.array(a) / np.array(b)
@@ -76,6 +78,7 @@ def test_count_ops_counts_aten_events_all_and_top_level():
 # ---------------------------------------------------------------- FLOPs and MFU (bench.11-12)
 
 def test_transformer_flops_and_mfu_on_a_known_count():
+    """(bench.11) and (bench.12) by hand."""
     # L 2, C 4, d_ff 8, V 10, B 3, N 5: P_mm = 2 (4*16 + 2*4*8) + 10*4 = 2*128 + 40 = 296
     # forward = 2*296*15 + 4*2*3*25*4 = 8880 + 2400 = 11280; fwd+bwd = 3x = 33840; causal halves attention
     kw = dict(n_layers=2, d_model=4, d_ff=8, vocab_size=10, batch=3, seq_len=5)
@@ -93,6 +96,7 @@ def test_transformer_flops_and_mfu_on_a_known_count():
 
 
 def test_matmul_peak_is_2n3_over_the_median_time():
+    """(bench.12): the peak is 2 n^3 FLOPs over the median product time."""
     ticks = iter([0.0, 0.010, 1.0, 1.020, 2.0, 2.030])  # 10, 20, 30 ms: median 20 ms
     peak = matmul_peak(size=64, repeats=3, clock=lambda: next(ticks))
     assert peak["median_ms"] == pytest.approx(20.0)

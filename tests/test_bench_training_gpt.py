@@ -77,6 +77,7 @@ def test_run_gpt_training_bench_reports_peak_and_rows():
 
 
 def test_bert_training_bench_records_ops_mfu_and_the_floor():
+    """(bench.11) the step's model FLOPs, (bench.12) MFU against the measured peak, (bench.10) the time ratio."""
     config = TrainingBenchConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, seq_len=16, batch_size=4,
                                  repeats=3, warmup=1, dropout=0.0, attention_dropout=0.0, threads=1,
                                  cpu_clock="thread", impls=["minitx:math:full-head", "hf:sdpa"])
