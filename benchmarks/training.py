@@ -11,7 +11,7 @@ in one process (so both sides share the allocator and its settings):
 - BERT MLM at the small sizes the lessons and `fill-mask` run at: widths 64 and 128 (2 layers, 2 / 4 heads,
   vocab 1000, d_ff 4 C), batch 16 x 64, dropout 0.1 and 0 (`cpu_training_d64*`, `cpu_training_d128*`);
 - a GPT training step against `transformers.GPT2LMHeadModel` at nanoGPT's size (batch 12 x 64) and GPT-2
-  small's shape (batch 1 x 64, about 1 s a step), dropout 0 (`cpu_training_gpt`, `minitx bench gpt-training`).
+  small's shape (batch 1 x 64, ~1.5 s a step), dropout 0 (`cpu_training_gpt`, `minitx bench gpt-training`).
 
 Every table carries op counts per step, MFU against the matmul peak measured in the same run, and the time
 ratio to HF with its floor. `--runs NAME...` runs only the named committed runs; the GPT run regenerates the
