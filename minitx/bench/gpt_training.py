@@ -29,8 +29,7 @@ from minitx.models.gpt import GPT, GPTConfig
 from minitx.training.optim import parameter_groups
 
 # name -> (model sizes, batch B, sequence N): nanoGPT's Shakespeare size (block 64, batch 12) and GPT-2 small's
-# shape at the smallest sensible batch, about 1.5 s a step on one thread (2 x 128 took 3.0 s; AdamW over 124M
-# parameters and the vocabulary projection are most of a step at this size)
+# shape at batch 1 x 64, about 1.5 s a step on one thread (2 x 128 took 3.0 s)
 GPT_PRESETS = {
     "gpt-train-nano": (NANO, 12, 64),
     "gpt-train-gpt2-small": (GPT2_SMALL, 1, 64),
