@@ -114,7 +114,8 @@ def test_a_wrong_contender_is_refused_and_never_timed():
             calls[name] += 1
             return fn() + shift
         return call
-    contenders = {"minitx": counted("minitx", good.contenders["minitx"], 1e-3), "hf": counted("hf", good.contenders["hf"])}
+    contenders = {"minitx": counted("minitx", good.contenders["minitx"], 1e-3),
+                  "hf": counted("hf", good.contenders["hf"])}
     bad = Workload("bert-off", "logits 1e-3 off", contenders, outputs_gate(contenders, 1e-4))
     record = run_workload(bad, rounds=3, inner=2)
     assert record["status"] == "failed" and "gate" in record["reason"] and "> 0.0001" in record["reason"]

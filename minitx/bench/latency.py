@@ -112,7 +112,8 @@ def gpt_decode_workload(name: str, sizes: dict, prompt_len: int, new_tokens: int
         return generate(model, ids, new_tokens, temperature=0, use_cache=use_cache)
 
     def hf() -> torch.Tensor:
-        return reference.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, use_cache=use_cache, pad_token_id=0)
+        return reference.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                  use_cache=use_cache, pad_token_id=0)
     contenders = {"minitx": minitx, "hf": hf}
     what = "cached" if use_cache else "uncached"
     info = dict(_info(model.config.attention_backend, reference, sizes, model), ops_per_unit=True)

@@ -140,7 +140,8 @@ def summary_rows(document: dict | str | os.PathLike) -> str:
         lines.append(f"| {r['description']} | {_ratio(r)} | <= {r['floor']:.1f}x | "
                      f"{'yes' if r['meets_floor'] else '**no**'} | {r.get('minitx_backend')} | {_ops(r)} |")
     lines += ["", f"{doc['title']}; {env['cpu']}, {env['torch_threads']} thread, thread-CPU clock, "
-                  f"{doc['config'].get('rounds')} alternated rounds, commit {(env.get('git_commit') or 'unknown')[:10]}, "
+                  f"{doc['config'].get('rounds')} alternated rounds, "
+                  f"commit {(env.get('git_commit') or 'unknown')[:10]}, "
                   f"{doc['created'][:10]}, 1-min load {_load(env)}."]
     return "\n".join(lines)
 
