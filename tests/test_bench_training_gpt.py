@@ -10,6 +10,7 @@ from minitx.bench.gpt_training import GPTTrainingBenchConfig, gpt_training_workl
 from minitx.bench.sidebyside import run_workload
 from minitx.bench.training import TrainingBenchConfig, run_training_bench, step_flops
 from minitx.bench.training_report import training_table
+from minitx.models.gpt import GPTConfig
 
 pytest.importorskip("transformers")
 
@@ -42,7 +43,8 @@ def test_gate_passes_for_the_same_weights_and_the_row_carries_mfu_and_ops():
         assert record["gflops"][name] == pytest.approx(flops / ms / 1e6)
         assert record["mfu_percent"][name] == pytest.approx(100 * record["gflops"][name] / 50.0)
         assert record["ops"][name]["all"] > record["ops"][name]["top"] > 0
-    assert record["minitx_backend"] == "math" and record["reference_attention"] == "sdpa"
+    assert record["minitx_backend"] == GPTConfig().attention_backend, "the default a user gets"
+    assert record["reference_attention"] == "sdpa"
 
 
 @pytest.mark.parametrize("perturb", [_scaled_block_output, _scaled_weight_grad])
