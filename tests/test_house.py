@@ -30,6 +30,8 @@ LAYERS = [
     ("minitx.recipes.finetune",),
     ("minitx.recipes.seq2seq",),
     ("minitx.recipes",),  # recipes/export.py sits on the three recipes above
+    ("minitx.bench.timing", "minitx.bench.flops"),  # clocks and FLOP arithmetic: every benchmark sits on them
+    ("minitx.bench.sidebyside",),  # gate, alternate, paired ratio: the latency and GPT training rows sit on it
     ("minitx.bench",),
     ("minitx.cli", "minitx.__main__"),
 ]

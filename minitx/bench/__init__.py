@@ -11,7 +11,11 @@ environment recorded next to every number.
   `BertForMaskedLM` with the same weights -- the loss/gradient gate, interleaved timing, tokens/s and ratios;
 - `compile_report`, `compile_table`: the flash kernels compiled for sm_80/90/100 without a GPU -- registers,
   spills, shared memory, MMA and TMA per config -- and the accepted-config table the autotuner prunes to;
-- `cli`: `minitx bench attention|training|compile` (`bench_main`).
+- `sidebyside`: minitx against a reference library on one workload: the gate before timing, rounds alternated
+  on one thread's CPU clock, the time ratio with its paired quartiles, op counts, this CPU's matmul peak;
+- `latency`, `gpt_training`: its rows -- batch-1 BERT forward and GPT greedy decoding (cached, uncached) against
+  transformers, and a GPT training step against `GPT2LMHeadModel` with MFU; `sidebyside_report`: JSON, table, plot;
+- `cli`: `minitx bench attention|training|latency|gpt-training|compile` (`bench_main`).
 """
 
 from minitx.bench.attention import AttentionBenchConfig, run_sweep

@@ -1,5 +1,6 @@
-"""`minitx bench attention|training|compile [flags]`: flags map one to one onto `AttentionBenchConfig`'s and
-`TrainingBenchConfig`'s fields; `compile` is the kernels' compile report (`minitx.bench.compile_table`)."""
+"""`minitx bench attention|training|latency|gpt-training|compile [flags]`: flags map one to one onto
+`AttentionBenchConfig`'s, `TrainingBenchConfig`'s, `LatencyBenchConfig`'s and `GPTTrainingBenchConfig`'s fields;
+`compile` is the kernels' compile report (`minitx.bench.compile_table`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ from pathlib import Path
 import torch
 
 from minitx.bench.attention import DTYPES, MASKS, AttentionBenchConfig, run_sweep
+from minitx.bench.gpt_training import GPT_PRESETS, GPTTrainingBenchConfig, run_gpt_training_bench
 from minitx.bench.impls import DEFAULT_IMPLS, check_name, load_custom, runnable_here
+from minitx.bench.latency import PRESETS as LATENCY_PRESETS
+from minitx.bench.latency import LatencyBenchConfig, run_latency_bench
 from minitx.bench.report import (environment, plot_memory, plot_tflops, results_document, results_table,
                                  write_json)
+from minitx.bench.sidebyside_report import plot_ratios, sidebyside_document, sidebyside_table
 from minitx.bench.timing import CPU_CLOCKS
 from minitx.bench.training import DEFAULT_IMPLS as TRAINING_IMPLS
 from minitx.bench.training import PRECISIONS as TRAINING_PRECISIONS
@@ -153,19 +158,26 @@ def _write_outputs(document: dict, table: str, plot, args: argparse.Namespace) -
 
 
 def bench_main(argv: list[str] | None = None, prog: str = "minitx bench") -> int:
-    """Entry point of `minitx bench`: sub-commands `attention`, `training` and `compile`."""
+    """Entry point of `minitx bench`: sub-commands `attention`, `training`, `latency`, `gpt-training` and
+    `compile`."""
     from minitx.bench.compile_table import compile_main, compile_parser
 
     parser = argparse.ArgumentParser(prog=prog, description="benchmarks")
-    sub = parser.add_subparsers(dest="which", metavar="{attention,training,compile}", required=True)
+    sub = parser.add_subparsers(dest="which", metavar="{attention,training,latency,gpt-training,compile}",
+                                required=True)
     _attention_parser(sub)
     _training_parser(sub)
+    _latency_parser(sub)
+    _gpt_training_parser(sub)
     compile_parser(sub)
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    mains = {"training": training_main, "attention": attention_main, "compile": compile_main}
+    mains = {"training": training_main, "attention": attention_main, "compile": compile_main,
+             "latency": latency_main, "gpt-training": gpt_training_main}
     try:
+        args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+        if rest and args.which in _ONE_LINE_ERRORS:
+            raise UsageError(f"unrecognized arguments: {' '.join(rest)}")
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return mains[args.which](args)
     except UsageError as exc:  # a user error: one line, exit 2 (DESIGN: the command line)
         print(f"minitx: error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -232,3 +244,107 @@ def _close(fig) -> None:
         from minitx.plots import plt
         plt.close(fig)
 
+
+
+# ---------------------------------------------------------------- side by side: latency and GPT training
+
+_ONE_LINE_ERRORS = ("latency", "gpt-training")  # every bad flag of these is one `minitx: error:` line, exit 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own complaints (a bad number, a missing value) as UsageError
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _one_line_subparser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """`sub.add_parser` with `_OneLineParser` (argparse takes a parser class only for all sub-commands at once)."""
+    default, sub._parser_class = sub._parser_class, _OneLineParser
+    try:
+        return sub.add_parser(name, **kwargs)
+    finally:
+        sub._parser_class = default
+
+
+def _side_by_side_flags(p: argparse.ArgumentParser, defaults, plot_help: str) -> None:
+    p.add_argument("--rounds", type=int, default=defaults.rounds,
+                   help="alternated rounds, one sample per contender each (median, IQR and paired ratios)")
+    p.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed calls per contender first")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the inputs")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the thread clock needs 1)")
+    p.add_argument("--cpu-clock", choices=sorted(CPU_CLOCKS), default="thread",
+                   help="this thread's CPU time (default), or the wall clock")
+    p.add_argument("--no-ops", dest="ops", action="store_false", help="skip the profiler's op counts")
+    p.add_argument("--no-peak", dest="peak", action="store_false", help="skip measuring the matmul peak")
+    p.add_argument("--out", type=Path, help="write the results JSON here")
+    p.add_argument("--table", type=Path, help="write the markdown table here")
+    p.add_argument("--plot", type=Path, help=plot_help)
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _latency_parser(sub) -> argparse.ArgumentParser:
+    d = LatencyBenchConfig()
+    p = _one_line_subparser(sub, "latency",
+                       help="batch-1 BERT forward and GPT greedy decoding: minitx vs transformers",
+                       description="Per-call latency of a batch-1 BERT fill-mask forward and GPT greedy decoding "
+                                   "(cached and uncached) against transformers with the same weights, gated "
+                                   "(logits within --atol, generated ids equal), alternated round by round on one "
+                                   "thread's CPU clock.")
+    p.add_argument("--workloads", nargs="+", default=list(d.workloads),
+                   help=f"rows to run (default: all of {' '.join(LATENCY_PRESETS)})")
+    p.add_argument("--bert-inner", type=int, default=d.bert_inner, help="BERT forwards per timed sample")
+    p.add_argument("--decode-inner", type=int, default=d.decode_inner, help="generate calls per timed sample")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help="BERT input length N")
+    p.add_argument("--prompt-len", type=int, default=d.prompt_len, help="GPT prompt tokens")
+    p.add_argument("--new-tokens", type=int, help="generated tokens (default: 48 at nanoGPT size, 16 at GPT-2 "
+                                                  "small)")
+    p.add_argument("--atol", type=float, default=d.atol, help="BERT logits: max |minitx - HF| allowed")
+    _side_by_side_flags(p, d, "write the ratio plot (PNG) here")
+    return p
+
+
+def _gpt_training_parser(sub) -> argparse.ArgumentParser:
+    d = GPTTrainingBenchConfig()
+    p = _one_line_subparser(sub, "gpt-training",
+                       help="GPT training step: minitx vs transformers.GPT2LMHeadModel",
+                       description="One GPT training step (forward, loss, backward, AdamW, zero_grad) of minitx's "
+                                   "GPT against transformers' GPT2LMHeadModel with the same weights, gated (loss "
+                                   "and embedding gradients), alternated round by round on one thread's CPU clock, "
+                                   "with op counts and MFU against the matmul peak measured in the same run.")
+    p.add_argument("--workloads", nargs="+", default=list(d.workloads),
+                   help=f"rows to run (default: all of {' '.join(GPT_PRESETS)})")
+    p.add_argument("--batch-size", type=int, help="sequences B (default: the preset's)")
+    p.add_argument("--seq-len", type=int, help="tokens N (default: the preset's)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout p, residual and attention, both sides")
+    _side_by_side_flags(p, d, "write the ratio plot (PNG) here")
+    return p
+
+
+def _side_by_side_main(args: argparse.Namespace, config, run, title: str) -> int:
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    start, env, load_start = time.perf_counter(), environment("cpu"), os.getloadavg()
+    records, peak = run(config, progress=None if args.quiet else lambda line: print(line, flush=True))
+    document = sidebyside_document(records, config.to_dict(), peak, title=title, env=env, load_start=load_start)
+    _write_outputs(document, sidebyside_table(document), plot_ratios, args)
+    print(f"{len(records)} workloads in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def latency_main(args: argparse.Namespace) -> int:
+    config = LatencyBenchConfig(workloads=list(args.workloads), rounds=args.rounds, bert_inner=args.bert_inner,
+                                decode_inner=args.decode_inner, warmup=args.warmup, seq_len=args.seq_len,
+                                prompt_len=args.prompt_len, new_tokens=args.new_tokens, atol=args.atol,
+                                ops=args.ops, peak=args.peak, seed=args.seed, threads=args.threads,
+                                cpu_clock=args.cpu_clock)
+    return _side_by_side_main(args, config, run_latency_bench, "CPU latency: minitx against Hugging Face")
+
+
+def gpt_training_main(args: argparse.Namespace) -> int:
+    config = GPTTrainingBenchConfig(workloads=list(args.workloads), batch_size=args.batch_size,
+                                    seq_len=args.seq_len, dropout=args.dropout, rounds=args.rounds,
+                                    warmup=args.warmup, ops=args.ops, peak=args.peak, seed=args.seed,
+                                    threads=args.threads, cpu_clock=args.cpu_clock)
+    return _side_by_side_main(args, config, run_gpt_training_bench,
+                              "CPU GPT training step: minitx against Hugging Face GPT2LMHeadModel")

@@ -137,3 +137,31 @@ def device_peak(device_name: str | None, dtype: str) -> tuple[float, float] | No
         if device_name and key in device_name:
             return (single if dtype == "fp32" else half), bandwidth
     return None
+
+
+def transformer_flops(*, n_layers: int, d_model: int, d_ff: int, vocab_size: int, batch: int, seq_len: int,
+                      causal: bool, extra_matrix_params: int = 0, pass_: str = "fwd_bwd") -> float:
+    """Model FLOPs of one step of a transformer on B x N tokens (bench.11), the count MFU divides by:
+
+    P_mm = L (4 C^2 + 2 C d_ff) + V C + extra: the weights that enter a matrix multiply once per token
+    (q, k, v, o; the feed-forward's two; the output projection over the vocabulary; `extra_matrix_params`
+    for e.g. BERT's MLM transform C^2). Embedding lookups, biases and norms are not counted.
+    forward = 2 P_mm B N + attention's 4 B N^2 C per layer (bench.1 with H D = C), halved when causal;
+    backward = 2x forward; `fwd_bwd` = 3x forward: 6 P_mm B N + 12 L B N^2 C (/2 causal), PaLM's count."""
+    _check_positive(n_layers=n_layers, d_model=d_model, d_ff=d_ff, vocab_size=vocab_size, batch=batch,
+                    seq_len=seq_len)
+    factor = {"fwd": 1.0, "bwd": 2.0, "fwd_bwd": 3.0}
+    if pass_ not in factor:
+        raise ValueError(f"pass_: expected one of {PASSES}, got {pass_!r}")
+    p_mm = n_layers * (4 * d_model**2 + 2 * d_model * d_ff) + vocab_size * d_model + extra_matrix_params
+    attention = 4.0 * n_layers * batch * seq_len**2 * d_model / (2.0 if causal else 1.0)
+    return factor[pass_] * (2.0 * p_mm * batch * seq_len + attention)
+
+
+def mfu_percent(flops: float, milliseconds: float, peak_gflops: float) -> float:
+    """Model FLOPs utilisation (bench.12): achieved model FLOP/s (`flops` in `milliseconds`) as a percentage of
+    the measured matmul peak `peak_gflops` (GFLOP/s)."""
+    if not milliseconds > 0.0 or not peak_gflops > 0.0:
+        raise ValueError(f"milliseconds, peak_gflops: expected positive numbers, got {milliseconds!r}, "
+                         f"{peak_gflops!r}")
+    return 100.0 * flops / (milliseconds * 1e-3) / (peak_gflops * 1e9)

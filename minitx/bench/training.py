@@ -32,6 +32,8 @@ from torch import nn
 
 from minitx.attention.backends import available_backends
 from minitx.bench.attention import is_unsupported
+from minitx.bench.flops import device_peak, mfu_percent, transformer_flops
+from minitx.bench.sidebyside import count_ops, matmul_peak
 from minitx.bench.timing import (CPU_CLOCKS, check_run_options, cuda_peak_memory, time_cuda, time_host,
                                  torch_threads)
 from minitx.bench.training_gate import gate, loss_and_grads
@@ -225,7 +227,8 @@ def _prepare(name: str, build: Callable, batch: dict, reference: tuple, config: 
     """(record, step or None): build the model, gate it, try one training step (the first warm-up step)."""
     record = dict(impl=name, attention=None, status="skipped", reason=None, gate=None, parameters=None,
                   timings_ms=None, tokens_per_s=None, tokens_per_s_p25=None, tokens_per_s_p75=None, ratio_to=None,
-                  peak_memory_bytes=None, memory_note=None)
+                  peak_memory_bytes=None, memory_note=None, ops_per_step=None, model_flops_per_step=None,
+                  gflops=None, mfu_percent=None, matmul_peak=None)
     try:
         model, record["reason"] = build()
         if model is None:
@@ -254,6 +257,34 @@ def run_training_bench(config: TrainingBenchConfig,
         return _run(config, extra_impls or {}, progress or (lambda line: None))
 
 
+def step_flops(config: TrainingBenchConfig) -> float:
+    """Model FLOPs of one step (bench.11): forward + backward of the full model on B x N tokens, the MLM head at
+    every position (its C x C transform counted as extra matrix weights); the same count for every row, so a
+    row that skips work (minitx's sparse head) shows it as a higher utilisation."""
+    c = config
+    return transformer_flops(n_layers=c.n_layers, d_model=c.d_model, d_ff=c.d_ff or 4 * c.d_model,
+                             vocab_size=c.vocab_size, batch=c.batch_size, seq_len=c.seq_len, causal=False,
+                             extra_matrix_params=c.d_model**2)
+
+
+def measure_peak(config: TrainingBenchConfig) -> dict | None:
+    """The matmul peak MFU divides by: measured on the CPU in this run (fp32, on the run's threads and clock,
+    bench.12); on a GPU the spec sheet's dense peak for the precision, if the GPU is listed."""
+    device = torch.device(config.device)
+    if device.type == "cpu":
+        return dict(matmul_peak(clock=CPU_CLOCKS[config.cpu_clock]), source="measured in this run")
+    known = device_peak(torch.cuda.get_device_name(device), config.precision)
+    return None if known is None else dict(gflops=known[0] * 1e3, source="spec sheet, dense")
+
+
+def efficiency(record: dict, step: Callable[[], None], flops: float, peak: dict | None, device) -> None:
+    """Add op counts per step (profiler, one more step: forward + backward + optimizer) and MFU to a timed record."""
+    record["ops_per_step"] = count_ops(step) if torch.device(device).type == "cpu" else None
+    record["model_flops_per_step"] = flops
+    record["gflops"] = flops / (record["timings_ms"]["median_ms"] * 1e-3) / 1e9
+    record["mfu_percent"] = mfu_percent(flops, record["timings_ms"]["median_ms"], peak["gflops"]) if peak else None
+
+
 def _run(config: TrainingBenchConfig, extra_impls: dict, progress: Callable[[str], object]) -> list[dict]:
     """Reference, then build + gate + trial per implementation, then the interleaved timing of those left."""
     device = torch.device(config.device)
@@ -278,11 +309,16 @@ def _run(config: TrainingBenchConfig, extra_impls: dict, progress: Callable[[str
             steps[name] = step
         progress(f"{name:<14} {records[name]['status']}" + (f": {records[name]['reason']}"
                                                            if records[name]["reason"] else ""))
+    peak = measure_peak(config)
+    if peak:
+        progress(f"matmul peak: {peak['gflops']:.1f} GFLOP/s ({peak['source']})")
     samples = time_interleaved(steps, warmup=config.warmup - 1, repeats=config.repeats, device=device,
                                clock=CPU_CLOCKS[config.cpu_clock])
     for name, times in samples.items():
         records[name].update(throughput(times, tokens["tokens_per_step"]))
         records[name]["peak_memory_bytes"], records[name]["memory_note"] = peak_memory(steps[name], device)
+        efficiency(records[name], steps[name], step_flops(config), peak, device)
+        records[name]["matmul_peak"] = peak
         progress(f"{name:<14} {records[name]['timings_ms']['median_ms']:.1f} ms/step, "
                  f"{records[name]['tokens_per_s']:.0f} tokens/s")
     ratios(list(records.values()), samples)

@@ -10,9 +10,11 @@ from pathlib import Path
 import torch
 
 from minitx.bench.report import _load, load, results_document
+from minitx.bench.sidebyside import time_ratio
 from minitx.bench.timing import percentile, summarize
 
 SCHEMA = "minitx.bench.training/1"
+FLOOR = 1.0  # minitx's step time over the reference's (the last HF implementation timed, HF's default sdpa)
 NOTE = ("Absolute tokens/s depend on what else the machine is doing (several processes may share its cores); "
         "the ratio to Hugging Face, measured side by side in interleaved rounds on the same batch, is the number "
         "to read. Ratios: tokens/s over HF's, as a ratio of medians, and (in parentheses) the median and "
@@ -36,7 +38,8 @@ def ratios(records: list[dict], samples: dict[str, list[float]]) -> None:
             paired = sorted(th / t for th, t in zip(samples[h["impl"]], samples[r["impl"]]))
             r["ratio_to"][h["impl"]] = dict(ratio=r["tokens_per_s"] / h["tokens_per_s"],
                                             paired_median=percentile(paired, 0.5),
-                                            paired_p25=percentile(paired, 0.25), paired_p75=percentile(paired, 0.75))
+                                            paired_p25=percentile(paired, 0.25), paired_p75=percentile(paired, 0.75),
+                                            time=time_ratio(samples[r["impl"]], samples[h["impl"]]))
 
 
 def _version(package: str) -> str | None:
@@ -91,19 +94,50 @@ def training_table(document: dict | str | os.PathLike) -> str:
     hfs = [r["impl"] for r in records if r["status"] == "ok" and r["impl"].startswith("hf:")]
     lines = _header(doc) + [
         "| impl | attention | step ms | tokens/s | " + " | ".join(f"vs {h}" for h in hfs)
-        + " | gate: loss diff | gate: grad rel err | peak MiB |",
-        "|---|---|---|---|" + "---|" * len(hfs) + "---|---|---|"]
+        + (f" | time / {hfs[-1]}'s (paired [quartiles]) | floor | meets floor" if hfs else "")
+        + " | gate: loss diff | gate: grad rel err | peak MiB | ATen ops per step | GFLOP/s | MFU |",
+        "|---|---|---|---|" + "---|" * len(hfs) + ("---|---|---|" if hfs else "") + "---|---|---|---|---|---|"]
     for r in (r for r in records if r["status"] == "ok"):
         t, g = r["timings_ms"], r["gate"]
         mem = "–" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f}"
         lines.append(f"| {r['impl']} | {r['attention']} | {t['median_ms']:.1f} ± {t['iqr_ms'] / 2:.1f} | "
                      f"{r['tokens_per_s']:.0f} | " + " | ".join(_ratio(r, h) for h in hfs)
-                     + f" | {g['loss_abs_diff']:.1e} | {g['grad_rel_error']:.1e} | {mem} |")
+                     + (_floor(r, hfs[-1]) if hfs else "")
+                     + f" | {g['loss_abs_diff']:.1e} | {g['grad_rel_error']:.1e} | {mem} | {_ops(r)} | "
+                     f"{_num(r.get('gflops'), '.1f')} | {_num(r.get('mfu_percent'), '.1f', '%')} |")
+    peak = next((r["matmul_peak"] for r in records if r.get("matmul_peak")), None)
+    if peak or any(r.get("model_flops_per_step") for r in records):
+        flops = next(r["model_flops_per_step"] for r in records if r.get("model_flops_per_step"))
+        lines += ["", f"Model FLOPs per step (bench.11, the full-head model, the same for every row): {flops:.3g} = "
+                      "6 P_mm B N + 12 L B N^2 C with P_mm = L (4 C^2 + 2 C d_ff) + C^2 + V C. MFU = model FLOP/s / "
+                      + (f"the matmul peak, {peak['gflops']:.1f} GFLOP/s ({peak['source']}; fp32 "
+                         f"{peak.get('size', '?')}^3 products, {peak.get('threads', '?')} thread(s))" if peak else
+                         "an unknown peak") + " (bench.12). ATen ops per step: every `aten::` event of one step "
+                      "(forward + backward + optimizer) in torch.profiler, top-level ones in parentheses."]
     others = [r for r in records if r["status"] != "ok"]
     if others:
         lines += ["", "Not timed:", ""]
     lines += [f"- **{r['impl']}** {r['status']}: {r['reason']}" for r in others]
     return "\n".join(lines) + "\n"
+
+
+def _floor(r: dict, hf: str) -> str:
+    """' | time ratio | floor | meets' against `hf` (minitx rows only: HF rows are the reference)."""
+    x = (r.get("ratio_to") or {}).get(hf, {}).get("time")
+    if x is None or not r["impl"].startswith("minitx:"):
+        return " | – | – | –"
+    verdict = "yes" if x["ratio"] <= FLOOR else "**no**"
+    return (f" | {x['ratio']:.2f}x ({x['paired_median']:.2f} [{x['paired_p25']:.2f}, {x['paired_p75']:.2f}]) "
+            f"| <= {FLOOR:.1f}x | {verdict}")
+
+
+def _ops(r: dict) -> str:
+    ops = r.get("ops_per_step")
+    return "–" if not ops else f"{ops['all']} ({ops['top']})"
+
+
+def _num(value: float | None, spec: str, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
 
 
 def plot_training(document: dict | str | os.PathLike, path: str | os.PathLike | None = None):
