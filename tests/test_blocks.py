@@ -209,14 +209,19 @@ def test_cross_attention_sublayer_reads_the_context(norm_first):
 
 
 def test_block_weights_are_stored_input_major_with_the_same_values_and_gradients():
-    """minitx.nn.linear: every Linear weight of a Block is the transpose of an (in, out) row-major tensor; the
-    parameter keeps nn.Linear's shape, state-dict name and values, and a forward/backward equals the one with
-    ordinary (out, in) storage."""
+    """minitx.nn.linear: store_input_major makes every Linear weight the transpose of an (in, out) row-major
+    tensor; the parameter keeps nn.Linear's shape, state-dict name and values, and a forward/backward equals
+    the one with ordinary (out, in) storage."""
     import copy
 
     from torch import nn
+
+    from minitx.nn.linear import store_input_major
     torch.manual_seed(0)
     block = standard_block(16, 4, 32, dropout=0.0)
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    store_input_major(block)
+    assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
     linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 6
     for layer in linears:
@@ -235,7 +240,7 @@ def test_block_weights_are_stored_input_major_with_the_same_values_and_gradients
         check_close(p.grad, q.grad)
     state = block.state_dict()
     assert state["attention.q_proj.weight"].shape == (16, 16)
-    fresh = standard_block(16, 4, 32, dropout=0.0)
+    fresh = store_input_major(standard_block(16, 4, 32, dropout=0.0))
     fresh.load_state_dict(state)  # loads into the strided parameters by copy
     assert torch.equal(fresh.attention.q_proj.weight, block.attention.q_proj.weight)
     assert fresh.attention.q_proj.weight.stride() == (1, 16)

@@ -180,3 +180,23 @@ def test_bias_free_as_nanogpt():
     from minitx.interop.gpt2 import to_hf_gpt2
     with pytest.raises(ValueError, match="bias"):
         to_hf_gpt2(model)
+
+
+def test_models_store_weights_input_major_after_initialising_them(monkeypatch):
+    """minitx.nn.linear: a model's Linear weights and its tied LM head are laid out (in, out) row-major, and only
+    once initialised, so a seed draws the same weights as with nn.Linear's own storage."""
+    from torch import nn
+
+    import minitx.models.gpt as gpt_module
+    config = GPTConfig(vocab_size=11, max_position=8, d_model=8, n_layers=1, n_heads=2)
+    torch.manual_seed(3)
+    model = GPT(config)
+    assert model.token.weight.stride() == (1, 11)
+    assert all(m.weight.stride() == (1, m.weight.shape[0]) for m in model.modules() if isinstance(m, nn.Linear))
+    monkeypatch.setattr(gpt_module, "store_input_major", lambda module: module)
+    monkeypatch.setattr(gpt_module, "input_major", lambda weight: weight)
+    torch.manual_seed(3)
+    plain = GPT(config)  # nn.Linear's own (out, in) storage
+    assert plain.token.weight.is_contiguous() and plain.blocks[0].attention.q_proj.weight.is_contiguous()
+    for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
+        assert torch.equal(p, q), name

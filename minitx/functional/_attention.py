@@ -34,11 +34,16 @@ def causal_mask(n: int, m: int, device: torch.device | str | None = None, align:
     return torch.ones(n, m, dtype=torch.bool, device=device).tril(m - n if align == "bottom_right" else 0)
 
 
+_FULL = (torch.float32, torch.float64)
+
+
 def _attention_scores(q, k, bias, scale):
     """(attn.1)-(attn.2): S = scale * Q K^T, plus the additive mask (0 where allowed, -inf where not); the
     scale and the mask are applied in place on the one (..., N, M) buffer the matmul returns."""
     scores = torch.matmul(q, k.transpose(-2, -1))  # (..., N, D) @ (..., D, M) -> (..., N, M)
-    scores.mul_(scalar(scale, scores.dtype, scores.device))  # a kept one-number tensor: no conversion per call
+    # a kept one-number tensor (no conversion per call); in half precision the Python number, which torch applies
+    # in float32 (a float16 copy of 1/sqrt(D) would be off by up to 5e-4 relative)
+    scores.mul_(scalar(scale, scores.dtype, scores.device) if scores.dtype in _FULL else scale)
     if bias is None:
         return scores
     if _broadcast_shapes(scores.shape, bias.shape) == tuple(scores.shape):

@@ -1,7 +1,7 @@
 """GELU, exact erf form, with a hand-written backward (docs/math/gelu.md, labels (gelu.*)).
 
 `_gelu_textbook` / `_gelu_grad_textbook` are (gelu.1) / (gelu.2) as printed. The Function runs the fast form
-(gelu.4)-(gelu.5): erfc (= 1 - erf) is evaluated once, in the forward, and the derivative (gelu.2) is formed there from that
+(gelu.4)-(gelu.5): erf is evaluated once, in the forward, and the derivative (gelu.2) is formed there from that
 Phi(x) and saved in place of x (one saved tensor, as for x itself), so the backward is one multiply; every
 step runs in place on a buffer the Function owns, and nothing is kept when no gradient is needed. tests/test_functional.py proves the two forms equal.
 """
@@ -18,7 +18,7 @@ from minitx.functional._checks import _check_float_tensor
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_ZERO = torch.tensor(0.0)  # 0-dim: broadcast as the scalar term of fused ops, made once (not per call)
+_HALF, _ZERO = torch.tensor(0.5), torch.tensor(0.0)  # 0-dim: the scalar terms of fused ops, made once
 
 
 def _gelu_textbook(x: torch.Tensor) -> torch.Tensor:
@@ -40,11 +40,9 @@ def _gelu_forward(x: torch.Tensor, need_grad: bool):
     Each line is one pass over memory, and only two fresh buffers (the output and the saved derivative):
     on a CPU a pass costs about as much as the arithmetic in it, and a fresh buffer costs page faults.
     Numbers enter as `alpha=`/`value=` (no one-number tensor converted per call, see `_scalars`)."""
-    two_cdf = torch.add(_ZERO, x, alpha=-_INV_SQRT2).erfc_()                 # 2 Phi(x) = erfc(-x / sqrt 2)
-    if not need_grad:
-        return torch.addcmul(_ZERO, two_cdf, x, value=0.5, out=two_cdf), None   # (gelu.1) x Phi(x), 3 passes
-    cdf = torch.add(_ZERO, two_cdf, alpha=0.5, out=two_cdf)                  # (gelu.4) Phi
-    grad = _gelu_grad_from_cdf(x, cdf)                                       # (gelu.5): saved in place of x
+    cdf = torch.add(_ZERO, x, alpha=_INV_SQRT2).erf_()                       # erf(x / sqrt 2), erf once
+    cdf = torch.add(_HALF, cdf, alpha=0.5, out=cdf)                          # (gelu.4) Phi = 1/2 + erf/2
+    grad = _gelu_grad_from_cdf(x, cdf) if need_grad else None                # (gelu.5): saved in place of x
     return cdf.mul_(x), grad                                                 # (gelu.1) x Phi(x), in place
 
 

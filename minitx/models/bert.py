@@ -22,6 +22,7 @@ from minitx.functional import IGNORE_INDEX, cross_entropy, gelu
 from minitx.models.inputs import check_ids, check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend, standard_block
 from minitx.nn.dropout import drop
+from minitx.nn.linear import store_input_major
 from minitx.nn.norms import LayerNorm
 from minitx.positional.absolute import LearnedPositionalEmbedding
 
@@ -234,6 +235,7 @@ class BertForMaskedLM(nn.Module):
         self.pooler = Pooler(config.d_model) if next_sentence else None
         self.next_sentence_head = nn.Linear(config.d_model, 2) if next_sentence else None
         self.apply(lambda m: _init_bert_weights(m, config.initializer_range))
+        store_input_major(self)  # once initialised: the same weights, laid out as minitx.nn.linear says
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
@@ -314,6 +316,7 @@ class BertForSequenceClassification(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.d_model, num_labels)
         self.apply(lambda m: _init_bert_weights(m, config.initializer_range))
+        store_input_major(self)  # once initialised: the same weights, laid out as minitx.nn.linear says
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None,

@@ -28,7 +28,7 @@ from minitx.functional import IGNORE_INDEX
 from minitx.models.inputs import check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend, standard_block
 from minitx.nn.dropout import drop
-from minitx.nn.linear import input_major
+from minitx.nn.linear import input_major, store_input_major
 from minitx.nn.feed_forward import ACTIVATIONS
 from minitx.nn.norms import LayerNorm
 
@@ -98,10 +98,12 @@ class GPT(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(decoder_block(config) for _ in range(config.n_layers))
         self.final_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
-        # The tied LM head (dec.3) is a matrix-vector product per decoded token over all of E: stored (C, V)
-        # row-major it runs 1.8x faster than (V, C) (minitx.nn.linear); the lookup reads C strided numbers.
-        self.token.weight = input_major(self.token.weight)
         self.reset_parameters()
+        # Laid out for decoding once initialised (init draws fill memory in storage order): every Linear, and
+        # the tied LM head (dec.3), a matrix-vector product per token over all of E, 1.8x faster stored (C, V)
+        # row-major (minitx.nn.linear); the embedding lookup then reads C strided numbers per token.
+        store_input_major(self)
+        self.token.weight = input_major(self.token.weight)
 
     def reset_parameters(self) -> None:
         """GPT-2's init: N(0, 0.02) weights, zero biases, and the two projections that write into the residual

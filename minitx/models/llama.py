@@ -145,12 +145,11 @@ class Llama(nn.Module):
         else:
             self.final_norm = LayerNorm(config.d_model, eps=config.rms_norm_eps, bias=False)
         self.head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
-        # the LM head's weight, tied or not, stored (C, V) row-major for decoding (minitx.nn.linear), as GPT's
+        self.reset_parameters()
+        # laid out for decoding once initialised, as GPT's: every Linear and the LM head's weight, tied or not
+        store_input_major(self)
         if self.head is None:
             self.token.weight = input_major(self.token.weight)
-        else:
-            store_input_major(self.head)
-        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """N(0, initializer_range) weights, unit norm gains, and, as minitx's GPT (GPT-2's rule), the projections

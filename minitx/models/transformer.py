@@ -37,6 +37,7 @@ from minitx.functional import IGNORE_INDEX, label_smoothed_cross_entropy
 from minitx.models.inputs import check_ids, check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend
 from minitx.nn.dropout import drop
+from minitx.nn.linear import store_input_major
 from minitx.nn.feed_forward import FEED_FORWARD_ACTIVATIONS, FeedForward
 from minitx.nn.norms import LayerNorm
 from minitx.positional.absolute import sinusoidal_table
@@ -180,6 +181,7 @@ class Transformer(nn.Module):
         self.encoder_norm = norm() if config.norm_first else None  # pre-LN leaves the stream unnormalised
         self.decoder_norm = norm() if config.norm_first else None
         self.reset_parameters()
+        store_input_major(self)  # laid out for decoding once initialised (minitx.nn.linear)
 
     @property
     def target_embedding(self) -> nn.Embedding:

@@ -26,7 +26,6 @@ from minitx.checks import check_probability
 from minitx.hooks import HookPoints
 from minitx.nn.dropout import drop
 from minitx.nn.feed_forward import FeedForward
-from minitx.nn.linear import store_input_major
 from minitx.nn.norms import LayerNorm
 
 
@@ -72,7 +71,6 @@ class Block(HookPoints, nn.Module):
         self.feed_forward = feed_forward
         self.ffn_norm = norm()
         self.dropout = nn.Dropout(dropout)
-        store_input_major(self)  # the same weights, laid out for fast decoding (minitx.nn.linear)
 
     def _attend(self, attention, x, context=None, **options):
         """One attention sublayer's branch: Drop(Attn(x, context)), and the weights when asked for."""
