@@ -27,15 +27,16 @@ def _layer_norm_backward_textbook(grad_y, x_hat, rstd, weight):
     return grad_x, grad_y * x_hat                                                        # (ln.7) summed later
 
 
-def _row_means(g, g_x_hat, weight):
-    """(ln.9): mean_c(g w) and mean_c(g w x_hat), each (..., 1). For a (C,) weight they are matrix-vector
-    products with w (no (..., C) temporary); otherwise the textbook elementwise form."""
+def _row_sums(g, g_x_hat, weight):
+    """(ln.9): sum_c(g w) and sum_c(g w x_hat), each (..., 1) (the caller divides by C). For a (C,) weight they
+    are matrix-vector products with w (no (..., C) temporary); otherwise the textbook elementwise form."""
     c = g.shape[-1]
     if weight is None:
-        return g.mean(dim=-1, keepdim=True), g_x_hat.mean(dim=-1, keepdim=True)
+        return g.sum(dim=-1, keepdim=True), g_x_hat.sum(dim=-1, keepdim=True)
     if weight.dim() == 1 and weight.shape[0] == c:
-        return (g @ weight).unsqueeze_(-1).div_(c), (g_x_hat @ weight).unsqueeze_(-1).div_(c)
-    return (g * weight).mean(dim=-1, keepdim=True), (g_x_hat * weight).mean(dim=-1, keepdim=True)
+        column = weight[:, None]  # (C, 1): the products come out (..., 1)
+        return g @ column, g_x_hat @ column
+    return (g * weight).sum(dim=-1, keepdim=True), (g_x_hat * weight).sum(dim=-1, keepdim=True)
 
 
 @body("layer_norm.forward")
@@ -70,15 +71,16 @@ def _layer_norm_forward(x, weight, bias, eps, need_grad=True):
 def _layer_norm_backward(grad_y, x_hat, rstd, weight, weight_shape, bias_shape):
     """(ln.9) = (ln.5)-(ln.6), then (ln.7)-(ln.8): (grad_x, grad_weight or None, grad_bias or None). One fresh
     (..., C) buffer: g * x_hat, which (ln.7) sums and (ln.9) reduces, and which then receives grad_x."""
-    g = grad_y.to(x_hat.dtype)
+    g = same_dtype(grad_y, x_hat.dtype)
+    inv_c = 1.0 / g.shape[-1]
     buf = g * x_hat                                                          # (ln.7) before summing rows
-    mean_gw, mean_gw_x_hat = _row_means(g, buf, weight)                     # (ln.9)
+    sum_gw, sum_gw_x_hat = _row_sums(g, buf, weight)                         # (ln.9), C times the means
     grad_weight = None if weight_shape is None else _sum_to_shape(buf, weight_shape)       # (ln.7)
     if grad_weight is buf:  # a weight as large as x: nothing to sum, so keep it out of the reused buffer
         grad_weight = buf.clone()
     grad_bias = None if bias_shape is None else _sum_to_shape(g, bias_shape)               # (ln.8)
     grad_x = buf.copy_(g) if weight is None else torch.mul(g, weight, out=buf)   # (ln.5) g w, into the buffer
-    grad_x.sub_(mean_gw).addcmul_(x_hat, mean_gw_x_hat, value=-1.0)          # - mean(g w) - x_hat mean(g w x_hat)
+    grad_x.sub_(sum_gw, alpha=inv_c).addcmul_(x_hat, sum_gw_x_hat, value=-inv_c)  # - mean(g w) - x_hat mean(g w x_hat)
     return grad_x.mul_(rstd), grad_weight, grad_bias                         # (ln.6) = r (...)
 
 
@@ -97,11 +99,12 @@ class _LayerNorm(torch.autograd.Function):
         x_hat, rstd, weight = ctx.saved_tensors
         grad_x, grad_weight, grad_bias = run("layer_norm.backward", grad_y, x_hat, rstd, weight,
                                              ctx.weight_shape, ctx.bias_shape)   # (ln.5)-(ln.9)
-        return (grad_x.to(grad_y.dtype), _cast(grad_weight, grad_y.dtype), _cast(grad_bias, grad_y.dtype), None)
+        return (same_dtype(grad_x, grad_y.dtype), _cast(grad_weight, grad_y.dtype), _cast(grad_bias, grad_y.dtype),
+                None)
 
 
 def _cast(t, dtype):
-    return None if t is None else t.to(dtype)
+    return None if t is None else same_dtype(t, dtype)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
