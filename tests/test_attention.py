@@ -538,3 +538,40 @@ def test_causal_bias_built_in_inference_mode_serves_a_training_step():
                                                             causal_align="bottom_right").sum()
     out.sum().backward()
     assert p.grad is not None and torch.isfinite(p.grad).all()
+
+
+def test_fused_qkv_projection_equals_the_three_and_never_reads_stale_weights():
+    """minitx.attention.fused_qkv: once laid side by side, q/k/v under no_grad are one product with the same
+    numbers; moving, replacing, hooking or LoRA-wrapping a projection falls back to the three products."""
+    from torch import nn
+
+    from minitx.attention.fused_qkv import fuse_qkv_storage, fused_qkv
+    from minitx.peft.lora import apply_lora
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, n_kv_heads=2).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        three = mha(x, is_causal=True)
+    fuse_qkv_storage(mha)
+    with torch.no_grad():
+        assert fused_qkv(mha) is not None
+        torch.testing.assert_close(mha(x, is_causal=True), three, atol=1e-6, rtol=1e-5)
+        mha.k_proj.weight.mul_(2.0)  # an in-place edit is the shared memory itself
+        fused_k = mha(x, is_causal=True)
+    assert fused_qkv(mha) is None  # grad mode with trainable weights: the three products
+    torch.testing.assert_close(mha(x, is_causal=True).detach(), fused_k, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        mha.double()  # new memory for every parameter: laid side by side again
+        assert fused_qkv(mha) is not None and mha.q_proj.weight.dtype == torch.float64
+        mha.v_proj.weight.data = mha.v_proj.weight.data.clone()  # no longer in the shared tensor
+        assert fused_qkv(mha) is None
+        fuse_qkv_storage(mha)
+        handle = mha.k_proj.register_forward_hook(lambda m, i, o: None)
+        assert fused_qkv(mha) is None  # the user's hook must run
+        handle.remove()
+        assert fused_qkv(mha) is not None
+    model = nn.Sequential()
+    model.add_module("attention", mha)
+    apply_lora(model, ["q_proj"], r=2, alpha=4.0)
+    with torch.no_grad():
+        assert fused_qkv(mha) is None  # q_proj is a LoRA layer now

@@ -224,9 +224,15 @@ def test_block_weights_are_stored_input_major_with_the_same_values_and_gradients
     assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
     linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 6
+    fused = {block.attention.q_proj, block.attention.k_proj, block.attention.v_proj}
     for layer in linears:
         out_features, in_features = layer.weight.shape
-        assert layer.weight.stride() == (1, out_features) and layer.weight.t().is_contiguous()
+        if layer in fused:  # columns of one (C, 3C) input-major tensor (minitx.attention.fused_qkv)
+            assert layer.weight.stride() == (1, 48)
+        else:
+            assert layer.weight.stride() == (1, out_features) and layer.weight.t().is_contiguous()
+    q, k, v = block.attention.q_proj.weight, block.attention.k_proj.weight, block.attention.v_proj.weight
+    assert k.data_ptr() - q.data_ptr() == v.data_ptr() - k.data_ptr() == 16 * q.element_size()
     plain = copy.deepcopy(block)
     for layer in (m for m in plain.modules() if isinstance(m, nn.Linear)):
         layer.weight = nn.Parameter(layer.weight.detach().contiguous())  # ordinary (out, in) storage
@@ -243,7 +249,7 @@ def test_block_weights_are_stored_input_major_with_the_same_values_and_gradients
     fresh = store_input_major(standard_block(16, 4, 32, dropout=0.0))
     fresh.load_state_dict(state)  # loads into the strided parameters by copy
     assert torch.equal(fresh.attention.q_proj.weight, block.attention.q_proj.weight)
-    assert fresh.attention.q_proj.weight.stride() == (1, 16)
+    assert fresh.attention.q_proj.weight.stride() == (1, 48)
 
 
 def test_dropout_is_skipped_only_where_it_is_the_identity():

@@ -192,7 +192,7 @@ def test_models_store_weights_input_major_after_initialising_them(monkeypatch):
     torch.manual_seed(3)
     model = GPT(config)
     assert model.token.weight.stride() == (1, 11)
-    assert all(m.weight.stride() == (1, m.weight.shape[0]) for m in model.modules() if isinstance(m, nn.Linear))
+    assert all(m.weight.stride(0) == 1 for m in model.modules() if isinstance(m, nn.Linear))
     monkeypatch.setattr(gpt_module, "store_input_major", lambda module: module)
     monkeypatch.setattr(gpt_module, "input_major", lambda weight: weight)
     torch.manual_seed(3)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
+import torch.nn.functional as torch_F
 from torch import nn
 
 from minitx.attention.backends import check_backend
 from minitx.attention.cache import LayerKV
 from minitx.attention.front_door import attention
+from minitx.attention.fused_qkv import fuse_qkv_storage, fused_qkv
 from minitx.attention.masks import repeat_kv
 from minitx.attention.varlen import varlen_attention
 from minitx.checks import check_probability
@@ -33,10 +35,10 @@ def _autocast_on(device_type: str) -> bool:
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(B, L, H D) -> (B, H, L, D), einops' "b l (h d) -> b h l d": a view, no copy.
 
-    Written with `unflatten` and `transpose` rather than `einops.rearrange`, which costs ~14 us a call in
+    Written with `reshape` and `transpose` rather than `einops.rearrange`, which costs ~14 us a call in
     parsing and dispatch, four calls a layer: 10% of a batch-1 BERT forward (tests/test_attention.py proves
     the two equal)."""
-    return x.unflatten(-1, (n_heads, -1)).transpose(1, 2)  # (B, L, H D) -> (B, L, H, D) -> (B, H, L, D)
+    return x.reshape(*x.shape[:-1], n_heads, -1).transpose(1, 2)  # (B, L, H D) -> (B, L, H, D) -> (B, H, L, D)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +86,14 @@ class MultiHeadAttention(HookPoints, nn.Module):
         self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self._qkv_storage = None  # set by fuse_qkv_storage (minitx.attention.fused_qkv): one tensor for q, k, v
+
+    def _apply(self, fn, recurse=True):
+        """.to() / .half() / .cuda() give each parameter new memory: lay q, k, v side by side again."""
+        module = super()._apply(fn, recurse)
+        if self._qkv_storage is not None:
+            fuse_qkv_storage(self)
+        return module
 
     @property
     def backend(self) -> str:
@@ -165,9 +175,15 @@ class MultiHeadAttention(HookPoints, nn.Module):
     def _project(self, x, context, positions, past: int):
         """(mha.1): one projection per role, split into heads; then RoPE on q and k (pos.4) at their absolute
         positions (default: after the `past` cached tokens)."""
-        q = split_heads(self.q_proj(x), self.n_heads)  # (B, N, C) -> (B, H, N, D)
-        k = split_heads(self.k_proj(context), self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
-        v = split_heads(self.v_proj(context), self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
+        fused = fused_qkv(self) if context is x else None
+        if fused is not None:  # one product x [W_q; W_k; W_v]^T (minitx.attention.fused_qkv)
+            kv_width = self.n_kv_heads * self.head_dim
+            q, k, v = torch_F.linear(x, *fused).split([self.d_model, kv_width, kv_width], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(context), self.v_proj(context)
+        q = split_heads(q, self.n_heads)  # (B, N, C) -> (B, H, N, D)
+        k = split_heads(k, self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
+        v = split_heads(v, self.n_kv_heads)  # (B, M, Hkv D) -> (B, Hkv, M, D)
         if self.rotary is not None:
             if context is not x:
                 raise ValueError("rotary: RoPE rotates self-attention only; got a context (cross-attention)")

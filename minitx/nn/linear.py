@@ -14,10 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from minitx.attention.fused_qkv import fuse_qkv_storage
+from minitx.attention.multi_head import MultiHeadAttention
+
 
 def input_major(weight: nn.Parameter) -> nn.Parameter:
     """The same (out, in) matrix as a new Parameter whose memory is the (in, out) row-major transpose."""
-    if weight.dim() != 2 or weight.stride() == (1, weight.shape[0]):
+    if weight.dim() != 2 or weight.stride(0) == 1:  # already input-major (alone, or in a fused q/k/v tensor)
         return weight
     stored = weight.detach().t().contiguous()  # (out, in) -> (in, out), row-major
     return nn.Parameter(stored.t(), requires_grad=weight.requires_grad)  # shape (out, in) again
@@ -25,8 +28,11 @@ def input_major(weight: nn.Parameter) -> nn.Parameter:
 
 def store_input_major(module: nn.Module) -> nn.Module:
     """Re-store the weight of every `nn.Linear` in `module` (itself included) as the transpose of an (in, out)
-    row-major tensor; values, shapes, names and `requires_grad` unchanged. Returns `module`."""
+    row-major tensor, each attention's q/k/v three side by side in one; values, shapes, names and
+    `requires_grad` unchanged. Returns `module`."""
     for layer in module.modules():
-        if isinstance(layer, nn.Linear):
+        if isinstance(layer, MultiHeadAttention):
+            fuse_qkv_storage(layer)  # q, k, v side by side in one input-major tensor (minitx.attention.fused_qkv)
+        elif isinstance(layer, nn.Linear):
             layer.weight = input_major(layer.weight)
     return module
