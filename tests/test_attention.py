@@ -541,18 +541,26 @@ def test_causal_bias_built_in_inference_mode_serves_a_training_step():
 
 
 def test_fused_qkv_projection_equals_the_three_and_never_reads_stale_weights():
-    """minitx.attention.fused_qkv: once laid side by side, q/k/v under no_grad are one product with the same
-    numbers; moving, replacing, hooking or LoRA-wrapping a projection falls back to the three products."""
+    """minitx.attention.fused_qkv: in eval mode q/k/v are laid side by side and, under no_grad, one product with
+    the same numbers; train() gives each its own dense weight again; moving, replacing, hooking or
+    LoRA-wrapping a projection falls back to the three products."""
     from torch import nn
 
     from minitx.attention.fused_qkv import fuse_qkv_storage, fused_qkv
     from minitx.peft.lora import apply_lora
     torch.manual_seed(0)
-    mha = MultiHeadAttention(16, 4, n_kv_heads=2).eval()
     x = torch.randn(2, 5, 16)
-    with torch.no_grad():
-        three = mha(x, is_causal=True)
-    fuse_qkv_storage(mha)
+    for kv_heads in (4, 2):  # grouped-query attention too: k, v narrower than q
+        mha = MultiHeadAttention(16, 4, n_kv_heads=kv_heads)
+        assert fused_qkv(mha) is None  # training mode: three products
+        with torch.no_grad():
+            three = mha(x, is_causal=True)
+            mha.eval()
+            assert fused_qkv(mha) is not None and mha.q_proj.weight.stride() == (1, 16 + 2 * 4 * kv_heads)
+            torch.testing.assert_close(mha(x, is_causal=True), three, atol=1e-6, rtol=1e-5)
+        mha.train()
+        assert fused_qkv(mha) is None and mha.k_proj.weight.stride() == (1, 4 * kv_heads)
+    mha.eval()
     with torch.no_grad():
         assert fused_qkv(mha) is not None
         torch.testing.assert_close(mha(x, is_causal=True), three, atol=1e-6, rtol=1e-5)

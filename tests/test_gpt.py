@@ -191,10 +191,15 @@ def test_models_store_weights_input_major_after_initialising_them(monkeypatch):
     config = GPTConfig(vocab_size=11, max_position=8, d_model=8, n_layers=1, n_heads=2)
     torch.manual_seed(3)
     model = GPT(config)
-    assert model.token.weight.stride() == (1, 11)
+    assert model.token.weight.is_contiguous()  # training mode: the tied head (V, C), as nn.Embedding's
     assert all(m.weight.stride(0) == 1 for m in model.modules() if isinstance(m, nn.Linear))
+    token = model.token.weight
+    values = token.detach().clone()
+    model.eval()  # decoding: (C, V) row-major, the same Parameter and values
+    assert model.token.weight is token and token.stride() == (1, 11) and torch.equal(token, values)
+    model.train()
+    assert token.is_contiguous() and torch.equal(token, values)
     monkeypatch.setattr(gpt_module, "store_input_major", lambda module: module)
-    monkeypatch.setattr(gpt_module, "input_major", lambda weight: weight)
     torch.manual_seed(3)
     plain = GPT(config)  # nn.Linear's own (out, in) storage
     assert plain.token.weight.is_contiguous() and plain.blocks[0].attention.q_proj.weight.is_contiguous()

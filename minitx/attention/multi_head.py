@@ -16,7 +16,7 @@ from torch import nn
 from minitx.attention.backends import check_backend
 from minitx.attention.cache import LayerKV
 from minitx.attention.front_door import attention
-from minitx.attention.fused_qkv import fuse_qkv_storage, fused_qkv
+from minitx.attention.fused_qkv import fuse_qkv_storage, fused_qkv, unfuse_qkv_storage
 from minitx.attention.masks import repeat_kv
 from minitx.attention.varlen import varlen_attention
 from minitx.checks import check_probability
@@ -87,6 +87,16 @@ class MultiHeadAttention(HookPoints, nn.Module):
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self._qkv_storage = None  # set by fuse_qkv_storage (minitx.attention.fused_qkv): one tensor for q, k, v
+
+    def train(self, mode: bool = True) -> "MultiHeadAttention":
+        """As nn.Module.train, and q/k/v's weights laid out for the mode (minitx.attention.fused_qkv): side by
+        side in one tensor in eval mode (one product per forward), each its own in training mode."""
+        super().train(mode)
+        if mode:
+            unfuse_qkv_storage(self)
+        else:
+            fuse_qkv_storage(self)
+        return self
 
     def _apply(self, fn, recurse=True):
         """.to() / .half() / .cuda() give each parameter new memory: lay q, k, v side by side again."""

@@ -28,7 +28,7 @@ from minitx.functional import IGNORE_INDEX
 from minitx.models.inputs import check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend, standard_block
 from minitx.nn.dropout import drop
-from minitx.nn.linear import input_major, store_input_major
+from minitx.nn.linear import lay_out_for, lookup, store_input_major
 from minitx.nn.feed_forward import ACTIVATIONS
 from minitx.nn.norms import LayerNorm
 
@@ -99,11 +99,19 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(decoder_block(config) for _ in range(config.n_layers))
         self.final_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
         self.reset_parameters()
-        # Laid out for decoding once initialised (init draws fill memory in storage order): every Linear, and
-        # the tied LM head (dec.3), a matrix-vector product per token over all of E, 1.8x faster stored (C, V)
-        # row-major (minitx.nn.linear); the embedding lookup then reads C strided numbers per token.
+        # Laid out input-major once initialised (init draws fill memory in storage order): every Linear
+        # (minitx.nn.linear); the tied LM head follows the mode (see `train`).
         store_input_major(self)
-        self.token.weight = input_major(self.token.weight)
+        lay_out_for(self.token.weight, inference=not self.training)
+
+    def train(self, mode: bool = True) -> "GPT":
+        """As nn.Module.train, and the tied LM head's matrix laid out for the mode (minitx.nn.linear.lay_out_for):
+        (C, V) row-major in eval mode, where each decoded token is a matrix-vector product over all of E, 1.8x
+        faster than over (V, C); (V, C) in training mode, where its gradients and AdamW's update are faster.
+        The values never change; switching costs one copy of E."""
+        super().train(mode)
+        lay_out_for(self.token.weight, inference=not mode)
+        return self
 
     def reset_parameters(self) -> None:
         """GPT-2's init: N(0, 0.02) weights, zero biases, and the two projections that write into the residual
@@ -137,7 +145,8 @@ class GPT(nn.Module):
         elif position_ids.shape[-1] != n or int(position_ids.max()) >= self.config.max_position:
             raise ValueError(f"position_ids: expected (B, {n}) positions < {self.config.max_position}, "
                              f"got shape {tuple(position_ids.shape)}, max {int(position_ids.max())}")
-        return drop(self.dropout, self.token(input_ids) + self.position(position_ids))
+        tokens = lookup(self.token.weight, input_ids)  # E[ids], E stored input-major (minitx.nn.linear)
+        return drop(self.dropout, tokens + self.position(position_ids))
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """(dec.3): logits = h E^T with E the token embedding itself (tied; no bias, as GPT-2)."""

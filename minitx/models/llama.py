@@ -32,7 +32,7 @@ from minitx.models.gpt import CausalLMOutput, next_token_loss
 from minitx.models.inputs import check_ids, check_model_config, key_padding_mask
 from minitx.nn.block import Block, set_blocks_backend
 from minitx.nn.dropout import drop
-from minitx.nn.linear import input_major, store_input_major
+from minitx.nn.linear import lay_out_for, lookup, store_input_major
 from minitx.nn.feed_forward import FeedForward, SwiGLU
 from minitx.nn.norms import LayerNorm, RMSNorm
 from minitx.positional.rope import RotaryEmbedding
@@ -146,10 +146,16 @@ class Llama(nn.Module):
             self.final_norm = LayerNorm(config.d_model, eps=config.rms_norm_eps, bias=False)
         self.head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
-        # laid out for decoding once initialised, as GPT's: every Linear and the LM head's weight, tied or not
+        # laid out input-major once initialised, as GPT's; the LM head's weight follows the mode (see `train`)
         store_input_major(self)
-        if self.head is None:
-            self.token.weight = input_major(self.token.weight)
+        lay_out_for(self.token.weight if self.head is None else self.head.weight, inference=not self.training)
+
+    def train(self, mode: bool = True) -> "Llama":
+        """As nn.Module.train, and the LM head's matrix (tied or not) laid out for the mode, as GPT's
+        (minitx.nn.linear.lay_out_for): (C, V) row-major to decode, (V, C) to train."""
+        super().train(mode)
+        lay_out_for(self.token.weight if self.head is None else self.head.weight, inference=not mode)
+        return self
 
     def reset_parameters(self) -> None:
         """N(0, initializer_range) weights, unit norm gains, and, as minitx's GPT (GPT-2's rule), the projections
@@ -175,7 +181,7 @@ class Llama(nn.Module):
         check_ids("input_ids", input_ids, None, 0, self.config.vocab_size)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected a (B, N) tensor of token ids, got {tuple(input_ids.shape)}")
-        x = self.token(input_ids)
+        x = lookup(self.token.weight, input_ids)  # E[ids], E maybe stored input-major (minitx.nn.linear)
         if self.position is not None:
             if position_ids is None:
                 position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]  # (1, N)

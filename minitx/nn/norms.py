@@ -34,9 +34,10 @@ class _Norm(nn.Module):
             raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
         if x.dim() == 0 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected last dim {self.d_model}, got shape {tuple(x.shape)}")
-        if torch.is_autocast_enabled(x.device.type) and x.dtype != self.weight.dtype:
-            return self.normalize(x.float(), self.weight.float()).to(x.dtype)
-        return self.normalize(x, self.weight)
+        weight = self.weight
+        if x.dtype != weight.dtype and torch.is_autocast_enabled(x.device.type):
+            return self.normalize(x.float(), weight.float()).to(x.dtype)
+        return self.normalize(x, weight)
 
     def extra_repr(self) -> str:
         return f"{self.d_model}, eps={self.eps}"
@@ -52,7 +53,9 @@ class LayerNorm(_Norm):
         self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
 
     def normalize(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(weight.dtype)
+        bias = self.bias
+        if bias is not None and bias.dtype != weight.dtype:
+            bias = bias.to(weight.dtype)
         return F.layer_norm(x, weight, bias, self.eps)
 
 
