@@ -22,7 +22,7 @@ from torch import nn
 from minitx.bench.flops import transformer_flops
 from minitx.bench.latency import GPT2_SMALL, NANO
 from minitx.bench.sidebyside import Workload, matmul_peak, run_workload
-from minitx.bench.timing import CPU_CLOCKS, torch_threads
+from minitx.bench.timing import CPU_CLOCKS, check_run_options, torch_threads
 from minitx.functional import IGNORE_INDEX
 from minitx.interop.gpt2 import to_hf_gpt2
 from minitx.models.gpt import GPT, GPTConfig
@@ -70,11 +70,7 @@ class GPTTrainingBenchConfig:
             raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
-        if self.cpu_clock not in CPU_CLOCKS:
-            raise ValueError(f"cpu_clock: expected one of {sorted(CPU_CLOCKS)}, got {self.cpu_clock!r}")
-        if self.cpu_clock == "thread" and self.threads != 1:
-            raise ValueError(f"threads: cpu_clock='thread' counts one thread's CPU time, so it needs threads=1, "
-                             f"got {self.threads!r}")
+        check_run_options("cpu", self.cpu_clock, self.threads)  # the clock / thread rule every bench shares
 
     def to_dict(self) -> dict:
         return asdict(self)

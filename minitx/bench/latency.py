@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from minitx.bench.sidebyside import Workload, matmul_peak, outputs_gate, run_workload
-from minitx.bench.timing import CPU_CLOCKS, torch_threads
+from minitx.bench.timing import CPU_CLOCKS, check_run_options, torch_threads
 from minitx.generation.generate import generate
 from minitx.interop.bert import to_hf_bert
 from minitx.interop.gpt2 import to_hf_gpt2
@@ -65,11 +65,7 @@ class LatencyBenchConfig:
             raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
         if self.new_tokens is not None and (not isinstance(self.new_tokens, int) or self.new_tokens < 1):
             raise ValueError(f"new_tokens: expected a positive integer, got {self.new_tokens!r}")
-        if self.cpu_clock not in CPU_CLOCKS:
-            raise ValueError(f"cpu_clock: expected one of {sorted(CPU_CLOCKS)}, got {self.cpu_clock!r}")
-        if self.cpu_clock == "thread" and self.threads != 1:
-            raise ValueError(f"threads: cpu_clock='thread' counts one thread's CPU time, so it needs threads=1, "
-                             f"got {self.threads!r}")
+        check_run_options("cpu", self.cpu_clock, self.threads)  # the clock / thread rule every bench shares
 
     def to_dict(self) -> dict:
         return asdict(self)
