@@ -11,7 +11,8 @@ One private module per derivation page, so each reads next to its page: `_softma
 `_cross_entropy.py` (cross_entropy.md, and `IGNORE_INDEX`, the label of positions without a loss);
 `_label_smoothing.py` (label_smoothing.md: the original Transformer's label-smoothed cross-entropy);
 `_checks.py` holds the
-argument checks and the un-broadcasting of gradients they share. Import from `minitx.functional`.
+argument checks and the un-broadcasting of gradients they share; `_scalars.py` the one-number tensors the fast
+forms pass instead of converting a Python number on every call. Import from `minitx.functional`.
 
 Conventions (see docs/architecture.md): q (..., N, D), k (..., M, D), v (..., M, Dv); boolean masks use
 True = may attend; a query row with no allowed key gives zeros and zero gradients, never NaN.

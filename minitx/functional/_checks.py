@@ -50,7 +50,7 @@ def _broadcast_shapes(*shapes) -> tuple | None:
 
 
 def _check_broadcasts_to(x, shape, name):
-    if x.shape == shape[len(shape) - x.dim():] and x.dim() <= len(shape):  # trailing dims equal: the usual case
+    if x.dim() <= len(shape) and x.shape == shape[len(shape) - x.dim():]:  # trailing dims equal: the usual case
         return
     if _broadcast_shapes(x.shape, shape) != tuple(shape):
         raise ValueError(f"{name}: expected a shape broadcastable to {tuple(shape)}, got {tuple(x.shape)}")

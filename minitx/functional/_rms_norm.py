@@ -15,6 +15,7 @@ from torch.autograd.function import once_differentiable
 
 from minitx.functional._bodies import body, needs_grad, run
 from minitx.functional._checks import _check_broadcasts_to, _check_float_tensor, _check_same, _sum_to_shape
+from minitx.functional._scalars import same_dtype, scalar
 from minitx.functional._softmax import _compute_dtype
 
 
@@ -29,33 +30,33 @@ def _rms_norm_backward_textbook(grad_y, x_hat, rstd, weight):
 def _rms_norm_forward(x, weight, eps):
     """(rmsnorm.1) in the compute dtype: (y, x_hat, rstd, weight in the compute dtype or None)."""
     dtype = _compute_dtype(x.dtype)
-    xc = x.to(dtype)
-    mean_square = torch.linalg.vecdot(xc, xc).unsqueeze_(-1).div_(xc.shape[-1])   # (1/C) sum x_c^2
-    rstd = mean_square.add_(eps).rsqrt_()                                          # eps inside the root
+    xc = same_dtype(x, dtype)
+    norm = torch.linalg.vector_norm(xc, dim=-1, keepdim=True)                     # ||x||, (..., 1)
+    rstd = torch.addcmul(scalar(eps, dtype, x.device), norm, norm, value=1.0 / xc.shape[-1]).rsqrt_()  # eps inside
     x_hat = xc * rstd                                                              # x / rms(x)
-    w = None if weight is None else weight.to(dtype)
+    w = None if weight is None else same_dtype(weight, dtype)
     y = x_hat.clone() if w is None else x_hat * w                                  # (rmsnorm.1) w x_hat
-    return y.to(x.dtype), x_hat, rstd, w
+    return same_dtype(y, x.dtype), x_hat, rstd, w
 
 
 @body("rms_norm.backward")
 def _rms_norm_backward(grad_y, x_hat, rstd, weight, weight_shape):
     """(rmsnorm.5) = (rmsnorm.2)-(rmsnorm.3), and (rmsnorm.4): (grad_x, grad_weight or None). One fresh
     (..., C) buffer: g * x_hat, summed for (rmsnorm.4), reduced with w for the row mean, then grad_x."""
-    g = grad_y.to(x_hat.dtype)
+    g = same_dtype(grad_y, x_hat.dtype)
     c = g.shape[-1]
     buf = g * x_hat                                                                # (rmsnorm.4) before the sum
     if weight is None:
-        mean_gw_x_hat = buf.mean(dim=-1, keepdim=True)
+        sum_gw_x_hat = buf.sum(dim=-1, keepdim=True)
     elif weight.dim() == 1 and weight.shape[0] == c:
-        mean_gw_x_hat = (buf @ weight).unsqueeze_(-1).div_(c)                      # (rmsnorm.5) (g x_hat) w / C
+        sum_gw_x_hat = buf @ weight[:, None]                                       # (rmsnorm.5) (g x_hat) w, (..., 1)
     else:
-        mean_gw_x_hat = (buf * weight).mean(dim=-1, keepdim=True)
+        sum_gw_x_hat = (buf * weight).sum(dim=-1, keepdim=True)
     grad_weight = None if weight_shape is None else _sum_to_shape(buf, weight_shape)   # (rmsnorm.4)
     if grad_weight is buf:  # a weight as large as x: nothing summed, so keep it out of the reused buffer
         grad_weight = buf.clone()
     grad_x = buf.copy_(g) if weight is None else torch.mul(g, weight, out=buf)     # (rmsnorm.2) g w
-    grad_x.addcmul_(x_hat, mean_gw_x_hat, value=-1.0)                              # - x_hat mean(g w x_hat)
+    grad_x.addcmul_(x_hat, sum_gw_x_hat, value=-1.0 / c)                           # - x_hat mean(g w x_hat)
     return grad_x.mul_(rstd), grad_weight                                          # (rmsnorm.3) r (...)
 
 
@@ -72,7 +73,8 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx, grad_y):
         x_hat, rstd, weight = ctx.saved_tensors
         grad_x, grad_weight = run("rms_norm.backward", grad_y, x_hat, rstd, weight, ctx.weight_shape)  # (rmsnorm.5)
-        return grad_x.to(grad_y.dtype), None if grad_weight is None else grad_weight.to(grad_y.dtype), None
+        return (same_dtype(grad_x, grad_y.dtype), None if grad_weight is None else same_dtype(grad_weight, grad_y.dtype),
+                None)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
