@@ -73,8 +73,8 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx, grad_y):
         x_hat, rstd, weight = ctx.saved_tensors
         grad_x, grad_weight = run("rms_norm.backward", grad_y, x_hat, rstd, weight, ctx.weight_shape)  # (rmsnorm.5)
-        return (same_dtype(grad_x, grad_y.dtype), None if grad_weight is None else same_dtype(grad_weight, grad_y.dtype),
-                None)
+        grad_weight = None if grad_weight is None else same_dtype(grad_weight, grad_y.dtype)
+        return same_dtype(grad_x, grad_y.dtype), grad_weight, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
