@@ -66,6 +66,52 @@ def test_fully_masked_rows_give_zeros_and_zero_gradients(backend):
     assert torch.equal(dk[1], torch.zeros_like(dk[1])) and torch.equal(dv[1], torch.zeros_like(dv[1]))
 
 
+def _recording_sdpa(monkeypatch):
+    """Replace PyTorch's SDPA inside the sdpa backend by a wrapper that records the masks it is given."""
+    seen, real = [], A.torch_F.scaled_dot_product_attention
+
+    def record(q, k, v, attn_mask=None, **kw):
+        seen.append(attn_mask)
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+    monkeypatch.setattr(A.torch_F, "scaled_dot_product_attention", record)
+    return seen
+
+
+def test_sdpa_fixes_up_rows_only_when_a_row_has_no_key(monkeypatch):
+    """On a CPU the fully-masked-row fix-up (a safe mask, then a multiply by the row indicator) runs only when
+    some query row has no allowed key; otherwise SDPA gets the mask as it is, and both agree with math."""
+    seen = _recording_sdpa(monkeypatch)
+    q, k, v = _qkv(2, 2, 4, 5, 3)
+    padding = torch.tensor([[True, True, False, True, False], [True] * 5])  # every row keeps a key
+    for p, s in zip(_out_and_grads("math", q, k, v, key_padding_mask=padding),
+                    _out_and_grads("sdpa", q, k, v, key_padding_mask=padding)):
+        torch.testing.assert_close(p, s, rtol=1e-9, atol=1e-9)
+    assert torch.equal(seen[-1], padding[:, None, None, :])
+    with torch.profiler.profile() as prof:
+        attention(q, k, v, backend="sdpa", key_padding_mask=padding)
+    ops = {e.name for e in prof.events()}
+    assert not ops & {"aten::mul", "aten::bitwise_or", "aten::bitwise_not"}, ops  # no safe mask, no multiply
+    _out_and_grads("sdpa", q, k, v, key_padding_mask=torch.tensor([[False] * 5, [True] * 5]))
+    assert seen[-1][0].all() and not torch.equal(seen[-1][0], torch.zeros_like(seen[-1][0]))  # made safe
+
+
+def test_sdpa_with_dropout_on_a_cpu_runs_the_math_backend(monkeypatch):
+    """With dropout on a CPU PyTorch's SDPA is an unfused composite; the sdpa backend runs math instead: the
+    same dropout draws from the same seed give the same output, and PyTorch's SDPA is not called."""
+    seen = _recording_sdpa(monkeypatch)
+    q, k, v = _qkv(2, 2, 4, 5, 3)
+    outs = []
+    for backend in ("math", "sdpa"):
+        torch.manual_seed(7)
+        outs.append(attention(q, k, v, backend=backend, dropout_p=0.5))
+    assert seen == []
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    torch.manual_seed(8)
+    assert not torch.equal(attention(q, k, v, backend="sdpa", dropout_p=0.5), outs[1])  # dropout did draw
+    attention(q, k, v, backend="sdpa", dropout_p=0.0)
+    assert len(seen) == 1  # without dropout PyTorch's SDPA runs
+
+
 def _copy_from_torch(mha: MultiHeadAttention, ref: torch.nn.MultiheadAttention) -> None:
     w_q, w_k, w_v = ref.in_proj_weight.detach().chunk(3)
     b_q, b_k, b_v = ref.in_proj_bias.detach().chunk(3)

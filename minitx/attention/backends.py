@@ -4,7 +4,8 @@ A backend is `fn(q, k, v, *, attn_mask, key_padding_mask, is_causal, dropout_p, 
 
 * ``"math"``: `minitx.functional.scaled_dot_product_attention`, the readable one (docs/math/multi_head_attention.md).
 * ``"sdpa"``: PyTorch's `torch.nn.functional.scaled_dot_product_attention`, with fully masked query rows
-  turned into zeros (and zero gradients) as in every minitx backend.
+  turned into zeros (and zero gradients) as in every minitx backend; with dropout on a CPU, where PyTorch has
+  no fused kernel, the math backend.
 * ``"flash"``: the Triton kernel, imported from `minitx.kernels.flash_attention` on first use only.
 
 A backend may declare what it does natively in `fn.native_features` (e.g. {"gqa", "window", "causal_align",
@@ -82,8 +83,17 @@ def _sdpa_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=F
                   scale=None):
     """PyTorch's SDPA. Rows with no allowed key are given a harmless all-allowed row, then zeroed.
 
-    Multiplying by the row indicator (not writing zeros in place) is what makes their gradients zero too.
+    Multiplying by the row indicator (not writing zeros in place) is what makes their gradients zero too. On a
+    CPU, where asking whether any row needs it costs no device sync, that fix-up runs only when one does.
+
+    With dropout on a CPU PyTorch has no fused kernel: its SDPA runs `_scaled_dot_product_attention_math`, an
+    unfused composite of the same equation (mha.2) whose autograd keeps every intermediate. The math backend is
+    that equation with its hand-written backward, and a BERT training step with attention dropout runs 4-12%
+    faster on it (benchmarks/README.md, "Training throughput"), so there it runs instead.
     """
+    if dropout_p > 0.0 and q.device.type == "cpu":
+        return _math_backend(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                             is_causal=is_causal, dropout_p=dropout_p, scale=scale)
     mask = merge_masks(attn_mask, key_padding_mask)
     if mask is None:
         return torch_F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal,
@@ -94,6 +104,9 @@ def _sdpa_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=F
         mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf"))
     allowed = mask if mask.dtype == torch.bool else mask > float("-inf")
     row_ok = allowed.any(dim=-1, keepdim=True)  # (..., N, 1): does the query have any key at all?
+    if q.device.type == "cpu" and bool(row_ok.all()):  # no row to fix
+        mask = mask if mask.dtype == torch.bool else mask.to(q.dtype)
+        return torch_F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     if mask.dtype == torch.bool:
         safe_mask = mask | ~row_ok
     else:  # SDPA wants a float mask in q's dtype (e.g. a float32 ALiBi bias with fp16 q)
