@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minitx.bench import bench_main
-from minitx.bench.training import (PAD_ID, TrainingBenchConfig, build_impl, gate, loss_and_grads, make_batch,
-                                   run_training_bench, time_interleaved)
+from minitx.bench.training import (PAD_ID, TrainingBenchConfig, attention_name, build_impl, gate, loss_and_grads,
+                                   make_batch, run_training_bench, time_interleaved)
 from minitx.bench.training_report import SCHEMA, ratios, throughput, training_table
 from minitx.models.bert import BertForMaskedLM
 
@@ -244,3 +244,13 @@ def test_impl_names_choose_the_head():
     assert base.config.sparse_prediction, "the base model's config is not changed by building a copy"
     with pytest.raises(ValueError, match="impls"):
         TrainingBenchConfig(impls=["hf:sdpa:full-head"]).validate()
+
+
+def test_attention_column_says_when_sdpa_runs_math():
+    """With attention dropout on a CPU minitx's sdpa backend runs math (minitx.attention.backends): the row says so."""
+    for dropout, expected in ((0.1, "minitx sdpa (math: dropout on a CPU), head at every position"),
+                              (0.0, "minitx sdpa, head at every position")):
+        config = TrainingBenchConfig(**{**TINY, "attention_dropout": dropout})
+        torch.manual_seed(0)
+        model, _ = build_impl("minitx:sdpa:full-head", BertForMaskedLM(config.model_config()), config)
+        assert attention_name(model) == expected

@@ -157,7 +157,10 @@ def attention_name(model: nn.Module) -> str:
     """The attention code a model runs: minitx's backend, or HF's recorded `attn_implementation`."""
     if isinstance(model, BertForMaskedLM):
         head = "labelled positions" if model.config.sparse_prediction else "every position"
-        return f"minitx {model.config.attention_backend}, head at {head}"
+        backend = model.config.attention_backend
+        if backend == "sdpa" and model.config.attention_dropout > 0 and next(model.parameters()).device.type == "cpu":
+            backend = "sdpa (math: dropout on a CPU)"  # minitx.attention.backends._sdpa_backend
+        return f"minitx {backend}, head at {head}"
     return f"transformers {getattr(model.config, '_attn_implementation', 'unknown')}"
 
 
