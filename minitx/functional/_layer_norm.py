@@ -70,8 +70,7 @@ def _layer_norm_forward(x, weight, bias, eps, need_grad=True):
 @body("layer_norm.backward")
 def _layer_norm_backward(grad_y, x_hat, rstd, weight, weight_shape, bias_shape):
     """(ln.9) = (ln.5)-(ln.6), then (ln.7)-(ln.8): (grad_x, grad_weight or None, grad_bias or None). One fresh
-    (..., C) buffer: g * x_hat, which (ln.7) sums and (ln.9) reduces, and which then receives grad_x in three
-    passes: the two row means (one fused multiply-add), plus g w, times r."""
+    (..., C) buffer: g * x_hat, which (ln.7) sums and (ln.9) reduces, and which then receives grad_x."""
     g = same_dtype(grad_y, x_hat.dtype)
     inv_c = 1.0 / g.shape[-1]
     buf = g * x_hat                                                          # (ln.7) before summing rows
@@ -80,8 +79,8 @@ def _layer_norm_backward(grad_y, x_hat, rstd, weight, weight_shape, bias_shape):
     if grad_weight is buf:  # a weight as large as x: nothing to sum, so keep it out of the reused buffer
         grad_weight = buf.clone()
     grad_bias = None if bias_shape is None else _sum_to_shape(g, bias_shape)               # (ln.8)
-    grad_x = torch.addcmul(sum_gw.mul_(-inv_c), x_hat, sum_gw_x_hat, value=-inv_c, out=buf)  # -mean(g w)
-    grad_x = grad_x.add_(g) if weight is None else grad_x.addcmul_(g, weight)  # - x_hat mean(g w x_hat) + g w (ln.5)
+    grad_x = buf.copy_(g) if weight is None else torch.mul(g, weight, out=buf)   # (ln.5) g w, into the buffer
+    grad_x.sub_(sum_gw, alpha=inv_c).addcmul_(x_hat, sum_gw_x_hat, value=-inv_c)  # - mean(g w) - x_hat mean(g w x_hat)
     return grad_x.mul_(rstd), grad_weight, grad_bias                         # (ln.6) = r (...)
 
 
