@@ -104,15 +104,13 @@ def _sdpa_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=F
         mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf"))
     allowed = mask if mask.dtype == torch.bool else mask > float("-inf")
     row_ok = allowed.any(dim=-1, keepdim=True)  # (..., N, 1): does the query have any key at all?
-    if q.device.type == "cpu" and bool(row_ok.all()):  # no row to fix
-        mask = mask if mask.dtype == torch.bool else mask.to(q.dtype)
-        return torch_F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-    if mask.dtype == torch.bool:
-        safe_mask = mask | ~row_ok
-    else:  # SDPA wants a float mask in q's dtype (e.g. a float32 ALiBi bias with fp16 q)
-        safe_mask = torch.where(row_ok, mask, torch.zeros((), dtype=mask.dtype, device=mask.device)).to(q.dtype)
-    out = torch_F.scaled_dot_product_attention(q, k, v, attn_mask=safe_mask, dropout_p=dropout_p, scale=scale)
-    return out * row_ok.to(out.dtype)
+    fix_rows = q.device.type != "cpu" or not bool(row_ok.all())
+    if fix_rows:
+        mask = mask | ~row_ok if mask.dtype == torch.bool else torch.where(row_ok, mask, 0.0)
+    if mask.dtype != torch.bool:  # SDPA wants a float mask in q's dtype (e.g. a float32 ALiBi bias with fp16 q)
+        mask = mask.to(q.dtype)
+    out = torch_F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return out * row_ok.to(out.dtype) if fix_rows else out
 
 
 register_backend("math", _math_backend)
