@@ -52,7 +52,9 @@ def output_dir(default: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def _finish(fig: plt.Figure, path: str | os.PathLike | None) -> plt.Figure:
+def save_figure(fig: plt.Figure, path: str | os.PathLike | None) -> plt.Figure:
+    """Lay `fig` out (tight, unless it was made with a layout engine) and, with a `path`, save it there as a
+    PNG at 110 dpi, making the folder; returns `fig`. Every figure minitx writes ends here."""
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     if path is not None:
@@ -82,7 +84,7 @@ def attention_map(weights: torch.Tensor, queries: Sequence[str] | None = None, k
         if queries is not None:
             ax.set_yticks(range(len(queries)), queries, fontsize=7)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmap(values: torch.Tensor, xlabel: str, ylabel: str, title: str,
@@ -95,7 +97,7 @@ def heatmap(values: torch.Tensor, xlabel: str, ylabel: str, title: str,
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -119,7 +121,7 @@ def loss_curve(records: Sequence[dict], keys: Sequence[str] = ("loss",), title: 
         ax.set_title(f"{title}: {key}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 # --- accuracy_vs_chance (pretraining recipe, lesson 06) ---
@@ -138,7 +140,7 @@ def accuracy_vs_chance(per_kind: dict[str, tuple[float, float]], title: str = "a
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never covers a bar
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 # --- flash attention tiling (owner: flash attention kernel, docs/math/flash_attention.md (flash.12)) ---
@@ -172,7 +174,7 @@ def flash_tiling(n: int, m: int, block_n: int, block_m: int, causal: bool = True
     ax.set_xlabel(f"key j (tiles of {block_m})")
     ax.set_ylabel(f"query i (tiles of {block_n}); one program per row of tiles")
     ax.set_title(title or f"FlashAttention tiles, N={n}, M={m}" + (", causal" if causal else ""), fontsize=10)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 # --- fine-tuning methods compared (owner: finetune recipe, benchmarks/peft_experiment.py, lesson 07) ---
@@ -199,4 +201,4 @@ def method_accuracy(accuracies: dict[str, dict[str, Sequence[float]]], chance: f
     ax.set_ylabel("test accuracy")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _finish(fig, path)
+    return save_figure(fig, path)

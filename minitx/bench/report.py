@@ -159,7 +159,7 @@ def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | No
                 pass_: str = "fwd_bwd"):
     """TFLOP/s against N (log x), one panel per (mask, head dim), one line per (implementation, dtype);
     error bars span the TFLOP/s at the p75 and p25 times."""
-    from minitx.plots import plt
+    from minitx.plots import plt, save_figure
 
     doc = load(document)
     ok = [r for r in doc["results"] if r["status"] == "ok"]
@@ -194,11 +194,7 @@ def plot_tflops(document: dict | str | os.PathLike, path: str | os.PathLike | No
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(f"attention {_PASS_LABEL[pass_]} on {doc['environment']['device_name']}", fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
+    return save_figure(fig, path)
 
 
 def _roofline_line(ax, doc: dict, records: list[dict], pass_: str) -> None:
@@ -220,7 +216,7 @@ def _roofline_line(ax, doc: dict, records: list[dict], pass_: str) -> None:
 def plot_memory(document: dict | str | os.PathLike, path: str | os.PathLike | None = None):
     """Peak memory of forward + backward (MiB, log) against N, one panel per (mask, head dim); None when no
     record measured it (a CPU)."""
-    from minitx.plots import plt
+    from minitx.plots import plt, save_figure
 
     doc = load(document)
     ok = [r for r in doc["results"] if r["status"] == "ok" and r.get("peak_memory_bytes")]
@@ -241,11 +237,7 @@ def plot_memory(document: dict | str | os.PathLike, path: str | os.PathLike | No
         ax.set_title(f"{mask}, head dim {d}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
+    return save_figure(fig, path)
 
 
 def plot_roofline(machines: dict[str, tuple[float, float]], seq_lens, head_dim: int = 64,
@@ -255,7 +247,7 @@ def plot_roofline(machines: dict[str, tuple[float, float]], seq_lens, head_dim: 
 
     `machines` maps a name to (peak TFLOP/s, memory bandwidth TB/s).
     """
-    from minitx.plots import plt
+    from minitx.plots import plt, save_figure
     from minitx.bench.flops import arithmetic_intensity, roofline
 
     ns = list(seq_lens)
@@ -282,8 +274,4 @@ def plot_roofline(machines: dict[str, tuple[float, float]], seq_lens, head_dim: 
         ax.legend(fontsize=6.5)
     left.set_title(f"attention forward intensity, D={head_dim}, {bytes_per_element}-byte elements", fontsize=9)
     right.set_title("min(peak, intensity x bandwidth)", fontsize=9)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
+    return save_figure(fig, path)

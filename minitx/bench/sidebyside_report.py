@@ -99,7 +99,7 @@ def sidebyside_table(document: dict | str | os.PathLike) -> str:
 def plot_ratios(document: dict | str | os.PathLike, path: str | os.PathLike | None = None):
     """Horizontal bars of minitx / reference time per workload (error bars: the per-round ratios' quartiles),
     with the floor drawn as a line."""
-    from minitx.plots import plt
+    from minitx.plots import plt, save_figure
 
     doc = load(document)
     ok = [r for r in doc["results"] if r["status"] == "ok"]
@@ -122,11 +122,7 @@ def plot_ratios(document: dict | str | os.PathLike, path: str | os.PathLike | No
     env = doc["environment"]
     ax.set_title(f"{doc['title']} on {env['device_name']}, {env['torch_threads']} thread", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
+    return save_figure(fig, path)
 
 
 def summary_rows(document: dict | str | os.PathLike) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from pathlib import Path
 
 import torch
 
@@ -143,7 +142,7 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
 def plot_training(document: dict | str | os.PathLike, path: str | os.PathLike | None = None):
     """Bars of tokens/s per timed implementation (error bars: the p25..p75 step times), each annotated with
     its paired ratio to every HF implementation."""
-    from minitx.plots import plt
+    from minitx.plots import plt, save_figure
 
     doc = load(document)
     ok = [r for r in doc["results"] if r["status"] == "ok"]
@@ -166,8 +165,4 @@ def plot_training(document: dict | str | os.PathLike, path: str | os.PathLike | 
     ax.set_title(f"MLM training step, d_model {c['d_model']} x {c['n_layers']} layers, batch {c['batch_size']} x "
                  f"{c['seq_len']}, {c['precision']}, on {env['device_name']}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
+    return save_figure(fig, path)

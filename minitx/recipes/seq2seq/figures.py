@@ -10,7 +10,7 @@ import torch
 from minitx.generation.generate import generate
 from minitx.hooks import using_hooks
 from minitx.models.transformer import Transformer
-from minitx.plots import output_dir  # noqa: F401  (importing minitx.plots selects a headless backend)
+from minitx.plots import save_figure  # importing minitx.plots also selects a headless backend
 
 
 @torch.no_grad()
@@ -47,8 +47,6 @@ def cross_attention_figure(model: Transformer, vocab, sources: Sequence[str], pa
         ax.set_ylabel("output")
         ax.set_title(f"{source!r}", fontsize=8)
     fig.suptitle("cross-attention of the last decoder layer (mean over heads)", fontsize=9)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return fig
