@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from minitx.bench import bench_main
 from minitx.bench.flops import mfu_percent, transformer_flops
+from minitx.bench.gpt_training import GPTTrainingBenchConfig
 from minitx.bench.latency import LatencyBenchConfig, bert_forward_workload, gpt_decode_workload, run_latency_bench
 from minitx.bench.sidebyside import Workload, alternate, count_ops, matmul_peak, outputs_gate, run_workload, time_ratio
 from minitx.bench.sidebyside_report import (plot_ratios, sidebyside_document, sidebyside_table, summary_rows,
@@ -240,3 +241,23 @@ def test_update_readme_rewrites_only_the_marked_rows(cli_run, tmp_path):
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
     assert not update_readme(plain, "cpu_latency", doc) and plain.read_text() == "no markers\n"
+
+
+@pytest.mark.parametrize("config_class", ["latency", "gpt-training"])
+@pytest.mark.parametrize("field, value", [("workloads", ["nope"]), ("workloads", []), ("rounds", 0),
+                                          ("rounds", True), ("warmup", -1), ("threads", 0), ("cpu_clock", "sundial")])
+def test_side_by_side_configs_name_the_bad_field(config_class, field, value):
+    """Both side-by-side configs run the shared checks (sidebyside.check_side_by_side); each error names its field."""
+    cls = LatencyBenchConfig if config_class == "latency" else GPTTrainingBenchConfig
+    cls().validate()  # the defaults pass
+    with pytest.raises(ValueError, match=field.replace("_", ".") if field != "threads" else "thread"):
+        cls(**{field: value}).validate()
+
+
+def test_side_by_side_optional_sizes_may_be_none_but_not_zero():
+    LatencyBenchConfig(new_tokens=None).validate()
+    GPTTrainingBenchConfig(batch_size=None, seq_len=None).validate()
+    for config in (LatencyBenchConfig(new_tokens=0), GPTTrainingBenchConfig(batch_size=0),
+                   GPTTrainingBenchConfig(seq_len=10**6)):
+        with pytest.raises(ValueError, match="new_tokens|batch_size|seq_len"):
+            config.validate()

@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -81,6 +82,11 @@ def _add_run_flags(p: argparse.ArgumentParser, seed_help: str, plot_help: str) -
                    help="CPU timer: wall clock, or this thread's CPU time (excludes time descheduled on a shared "
                         "machine; needs --threads 1). Attention on a CPU defaults to one thread and the thread "
                         "clock; training to the wall clock")
+    _add_output_flags(p, plot_help)
+
+
+def _add_output_flags(p: argparse.ArgumentParser, plot_help: str) -> None:
+    """Where every benchmark writes its results, and whether it reports progress."""
     p.add_argument("--out", type=Path, help="write the results JSON here")
     p.add_argument("--table", type=Path, help="write the markdown table here")
     p.add_argument("--plot", type=Path, help=plot_help)
@@ -265,7 +271,10 @@ def _one_line_subparser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
         sub._parser_class = default
 
 
-def _side_by_side_flags(p: argparse.ArgumentParser, defaults, plot_help: str) -> None:
+def _side_by_side_flags(p: argparse.ArgumentParser, defaults, presets) -> None:
+    """The flags `latency` and `gpt-training` share: which rows, how they are timed, where results go."""
+    p.add_argument("--workloads", nargs="+", default=list(defaults.workloads),
+                   help=f"rows to run (default: all of {' '.join(presets)})")
     p.add_argument("--rounds", type=int, default=defaults.rounds,
                    help="alternated rounds, one sample per contender each (median, IQR and paired ratios)")
     p.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed calls per contender first")
@@ -275,10 +284,7 @@ def _side_by_side_flags(p: argparse.ArgumentParser, defaults, plot_help: str) ->
                    help="this thread's CPU time (default), or the wall clock")
     p.add_argument("--no-ops", dest="ops", action="store_false", help="skip the profiler's op counts")
     p.add_argument("--no-peak", dest="peak", action="store_false", help="skip measuring the matmul peak")
-    p.add_argument("--out", type=Path, help="write the results JSON here")
-    p.add_argument("--table", type=Path, help="write the markdown table here")
-    p.add_argument("--plot", type=Path, help=plot_help)
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_output_flags(p, "write the ratio plot (PNG) here")
 
 
 def _latency_parser(sub) -> argparse.ArgumentParser:
@@ -289,8 +295,6 @@ def _latency_parser(sub) -> argparse.ArgumentParser:
                                    "(cached and uncached) against transformers with the same weights, gated "
                                    "(logits within --atol, generated ids equal), alternated round by round on one "
                                    "thread's CPU clock.")
-    p.add_argument("--workloads", nargs="+", default=list(d.workloads),
-                   help=f"rows to run (default: all of {' '.join(LATENCY_PRESETS)})")
     p.add_argument("--bert-inner", type=int, default=d.bert_inner, help="BERT forwards per timed sample")
     p.add_argument("--decode-inner", type=int, default=d.decode_inner, help="generate calls per timed sample")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="BERT input length N")
@@ -298,7 +302,7 @@ def _latency_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, help="generated tokens (default: 48 at nanoGPT size, 16 at GPT-2 "
                                                   "small)")
     p.add_argument("--atol", type=float, default=d.atol, help="BERT logits: max |minitx - HF| allowed")
-    _side_by_side_flags(p, d, "write the ratio plot (PNG) here")
+    _side_by_side_flags(p, d, LATENCY_PRESETS)
     return p
 
 
@@ -310,16 +314,18 @@ def _gpt_training_parser(sub) -> argparse.ArgumentParser:
                                    "GPT against transformers' GPT2LMHeadModel with the same weights, gated (loss "
                                    "and embedding gradients), alternated round by round on one thread's CPU clock, "
                                    "with op counts and MFU against the matmul peak measured in the same run.")
-    p.add_argument("--workloads", nargs="+", default=list(d.workloads),
-                   help=f"rows to run (default: all of {' '.join(GPT_PRESETS)})")
     p.add_argument("--batch-size", type=int, help="sequences B (default: the preset's)")
     p.add_argument("--seq-len", type=int, help="tokens N (default: the preset's)")
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout p, residual and attention, both sides")
-    _side_by_side_flags(p, d, "write the ratio plot (PNG) here")
+    _side_by_side_flags(p, d, GPT_PRESETS)
     return p
 
 
-def _side_by_side_main(args: argparse.Namespace, config, run, title: str) -> int:
+def _side_by_side_main(args: argparse.Namespace, config_class, run, title: str) -> int:
+    """Build the config from the flags (each flag is the field of the same name; the rest keep their
+    defaults), validate it, run it and write JSON, table and plot."""
+    flags = vars(args)
+    config = config_class(**{f.name: flags[f.name] for f in fields(config_class) if f.name in flags})
     try:
         config.validate()
     except ValueError as exc:
@@ -333,18 +339,9 @@ def _side_by_side_main(args: argparse.Namespace, config, run, title: str) -> int
 
 
 def latency_main(args: argparse.Namespace) -> int:
-    config = LatencyBenchConfig(workloads=list(args.workloads), rounds=args.rounds, bert_inner=args.bert_inner,
-                                decode_inner=args.decode_inner, warmup=args.warmup, seq_len=args.seq_len,
-                                prompt_len=args.prompt_len, new_tokens=args.new_tokens, atol=args.atol,
-                                ops=args.ops, peak=args.peak, seed=args.seed, threads=args.threads,
-                                cpu_clock=args.cpu_clock)
-    return _side_by_side_main(args, config, run_latency_bench, "CPU latency: minitx against Hugging Face")
+    return _side_by_side_main(args, LatencyBenchConfig, run_latency_bench, "CPU latency: minitx against Hugging Face")
 
 
 def gpt_training_main(args: argparse.Namespace) -> int:
-    config = GPTTrainingBenchConfig(workloads=list(args.workloads), batch_size=args.batch_size,
-                                    seq_len=args.seq_len, dropout=args.dropout, rounds=args.rounds,
-                                    warmup=args.warmup, ops=args.ops, peak=args.peak, seed=args.seed,
-                                    threads=args.threads, cpu_clock=args.cpu_clock)
-    return _side_by_side_main(args, config, run_gpt_training_bench,
+    return _side_by_side_main(args, GPTTrainingBenchConfig, run_gpt_training_bench,
                               "CPU GPT training step: minitx against Hugging Face GPT2LMHeadModel")

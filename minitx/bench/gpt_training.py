@@ -21,8 +21,8 @@ from torch import nn
 
 from minitx.bench.flops import transformer_flops
 from minitx.bench.latency import GPT2_SMALL, NANO
-from minitx.bench.sidebyside import Workload, matmul_peak, run_workload
-from minitx.bench.timing import CPU_CLOCKS, check_run_options, torch_threads
+from minitx.bench.sidebyside import Workload, check_side_by_side, matmul_peak, run_workload
+from minitx.bench.timing import CPU_CLOCKS, torch_threads
 from minitx.functional import IGNORE_INDEX
 from minitx.interop.gpt2 import to_hf_gpt2
 from minitx.models.gpt import GPT, GPTConfig
@@ -55,22 +55,12 @@ class GPTTrainingBenchConfig:
     cpu_clock: str = "thread"
 
     def validate(self) -> None:
-        unknown = [w for w in self.workloads if w not in GPT_PRESETS]
-        if not self.workloads or unknown:
-            raise ValueError(f"workloads: expected names from {sorted(GPT_PRESETS)}, got {self.workloads!r}")
-        for name in ("batch_size", "seq_len", "rounds", "threads"):
-            value = getattr(self, name)
-            if value is None and name in ("batch_size", "seq_len"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        check_side_by_side(self, GPT_PRESETS, ("batch_size", "seq_len", "rounds", "threads"),
+                           optional=("batch_size", "seq_len"))
         if self.seq_len is not None and any(self.seq_len > GPT_PRESETS[w][0]["max_position"] for w in self.workloads):
             raise ValueError(f"seq_len: expected at most the model's max_position, got {self.seq_len}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
-        check_run_options("cpu", self.cpu_clock, self.threads)  # the clock / thread rule every bench shares
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from minitx.bench.sidebyside import Workload, matmul_peak, outputs_gate, run_workload
-from minitx.bench.timing import CPU_CLOCKS, check_run_options, torch_threads
+from minitx.bench.sidebyside import Workload, check_side_by_side, matmul_peak, outputs_gate, run_workload
+from minitx.bench.timing import CPU_CLOCKS, torch_threads
 from minitx.generation.generate import generate
 from minitx.interop.bert import to_hf_bert
 from minitx.interop.gpt2 import to_hf_gpt2
@@ -54,18 +54,8 @@ class LatencyBenchConfig:
     cpu_clock: str = "thread"
 
     def validate(self) -> None:
-        unknown = [w for w in self.workloads if w not in PRESETS]
-        if not self.workloads or unknown:
-            raise ValueError(f"workloads: expected names from {sorted(PRESETS)}, got {self.workloads!r}")
-        for name in ("rounds", "bert_inner", "decode_inner", "seq_len", "prompt_len", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
-        if self.new_tokens is not None and (not isinstance(self.new_tokens, int) or self.new_tokens < 1):
-            raise ValueError(f"new_tokens: expected a positive integer, got {self.new_tokens!r}")
-        check_run_options("cpu", self.cpu_clock, self.threads)  # the clock / thread rule every bench shares
+        check_side_by_side(self, PRESETS, ("rounds", "bert_inner", "decode_inner", "seq_len", "prompt_len",
+                                           "threads", "new_tokens"), optional=("new_tokens",))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from minitx.bench.flops import mfu_percent
-from minitx.bench.timing import CPU_CLOCKS, percentile, summarize
+from minitx.bench.timing import CPU_CLOCKS, check_run_options, percentile, summarize
 
 Gate = Callable[[], tuple[bool, str | None, dict]]
 
@@ -45,6 +45,24 @@ class Workload:
     floor: float = 1.0
     info: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)  # the modules behind the contenders, to inspect (not recorded)
+
+
+def check_side_by_side(config, presets: dict, positive: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """The checks every side-by-side bench config shares, each error naming its field: workloads known to
+    `presets`; the `positive` fields positive integers (None allowed for those also in `optional`); warmup an
+    integer >= 0; the clock / thread rule every bench shares (`timing.check_run_options`)."""
+    unknown = [w for w in config.workloads if w not in presets]
+    if not config.workloads or unknown:
+        raise ValueError(f"workloads: expected names from {sorted(presets)}, got {config.workloads!r}")
+    for name in positive:
+        value = getattr(config, name)
+        if value is None and name in optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if isinstance(config.warmup, bool) or not isinstance(config.warmup, int) or config.warmup < 0:
+        raise ValueError(f"warmup: expected an integer >= 0, got {config.warmup!r}")
+    check_run_options("cpu", config.cpu_clock, config.threads)
 
 
 def outputs_gate(contenders: dict[str, Callable[[], object]], atol: float | None) -> Gate:
