@@ -78,8 +78,9 @@ def _recording_sdpa(monkeypatch):
 
 
 def test_sdpa_fixes_up_rows_only_when_a_row_has_no_key(monkeypatch):
-    """On a CPU the fully-masked-row fix-up (a safe mask, then a multiply by the row indicator) runs only when
-    some query row has no allowed key; otherwise SDPA gets the mask as it is, and both agree with math."""
+    """(mha.2)'s rule that a row with no allowed key gives 0: on a CPU the sdpa backend's fix-up (a safe mask,
+    then a multiply by the row indicator) runs only when some query row has no allowed key; otherwise SDPA gets
+    the mask as it is, and both agree with math."""
     seen = _recording_sdpa(monkeypatch)
     q, k, v = _qkv(2, 2, 4, 5, 3)
     padding = torch.tensor([[True, True, False, True, False], [True] * 5])  # every row keeps a key
@@ -96,8 +97,8 @@ def test_sdpa_fixes_up_rows_only_when_a_row_has_no_key(monkeypatch):
 
 
 def test_sdpa_with_dropout_on_a_cpu_runs_the_math_backend(monkeypatch):
-    """With dropout on a CPU PyTorch's SDPA is an unfused composite; the sdpa backend runs math instead: the
-    same dropout draws from the same seed give the same output, and PyTorch's SDPA is not called."""
+    """With dropout on a CPU PyTorch's SDPA is an unfused composite of (mha.2); the sdpa backend runs math
+    instead: the same dropout draws from the same seed give the same output, and PyTorch's SDPA is not called."""
     seen = _recording_sdpa(monkeypatch)
     q, k, v = _qkv(2, 2, 4, 5, 3)
     outs = []
