@@ -79,6 +79,12 @@ def _math_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=F
                                           scale=scale, return_weights=return_weights)
 
 
+def sdpa_runs_math(dropout_p: float, device_type: str) -> bool:
+    """Does the sdpa backend run the math backend for this call? With dropout on a CPU, where PyTorch has no
+    fused SDPA kernel (see `_sdpa_backend`)."""
+    return dropout_p > 0.0 and device_type == "cpu"
+
+
 def _sdpa_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=False, dropout_p=0.0,
                   scale=None):
     """PyTorch's SDPA. Rows with no allowed key are given a harmless all-allowed row, then zeroed.
@@ -91,7 +97,7 @@ def _sdpa_backend(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal=F
     that equation with its hand-written backward, and a BERT training step with attention dropout runs 4-12%
     faster on it (benchmarks/README.md, "Training throughput"), so there it runs instead.
     """
-    if dropout_p > 0.0 and q.device.type == "cpu":
+    if sdpa_runs_math(dropout_p, q.device.type):
         return _math_backend(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
                              is_causal=is_causal, dropout_p=dropout_p, scale=scale)
     mask = merge_masks(attn_mask, key_padding_mask)

@@ -9,8 +9,8 @@ live here too: RoPE rotates q and k (`rotary=`), ALiBi biases the scores (`alibi
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 import torch.nn.functional as torch_F
+from einops import rearrange
 from torch import nn
 
 from minitx.attention.backends import check_backend

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from minitx.attention.backends import available_backends
+from minitx.attention.backends import available_backends, sdpa_runs_math
 from minitx.bench.attention import is_unsupported
 from minitx.bench.flops import device_peak, mfu_percent, transformer_flops
 from minitx.bench.sidebyside import count_ops, matmul_peak
@@ -157,9 +157,9 @@ def attention_name(model: nn.Module) -> str:
     """The attention code a model runs: minitx's backend, or HF's recorded `attn_implementation`."""
     if isinstance(model, BertForMaskedLM):
         head = "labelled positions" if model.config.sparse_prediction else "every position"
-        backend = model.config.attention_backend
-        if backend == "sdpa" and model.config.attention_dropout > 0 and next(model.parameters()).device.type == "cpu":
-            backend = "sdpa (math: dropout on a CPU)"  # minitx.attention.backends._sdpa_backend
+        backend, device = model.config.attention_backend, next(model.parameters()).device
+        if backend == "sdpa" and sdpa_runs_math(model.config.attention_dropout, device.type):
+            backend = "sdpa (math: dropout on a CPU)"
         return f"minitx {backend}, head at {head}"
     return f"transformers {getattr(model.config, '_attn_implementation', 'unknown')}"
 
