@@ -222,7 +222,7 @@ def test_gpu_bf16_run_times_flash_and_measures_peak_memory():
 
 
 def test_cpu_peak_memory_counts_what_a_call_allocates_beyond_what_was_live():
-    from minitx.bench.training import cpu_peak_memory
+    from minitx.bench.timing import cpu_peak_memory
     x = torch.ones(1000, 1000)  # live before: not counted
 
     def two_live_buffers():

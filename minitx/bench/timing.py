@@ -178,3 +178,19 @@ def cuda_peak_memory(fn: Callable[[], object], device: torch.device) -> tuple[in
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - before, "torch.cuda.max_memory_allocated() - memory_allocated()"
+
+
+def cpu_peak_memory(fn: Callable[[], object]) -> int:
+    """Peak bytes PyTorch's CPU allocator holds while `fn()` runs beyond what was live before it: the running
+    sum of the allocation (+) and free (-) records of `torch.profiler` with profile_memory, at its maximum."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in records:
+        live += nbytes
+        peak = max(peak, live)
+    return peak

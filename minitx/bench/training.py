@@ -34,8 +34,8 @@ from minitx.attention.backends import available_backends, sdpa_runs_math
 from minitx.bench.attention import is_unsupported
 from minitx.bench.flops import device_peak, mfu_percent, transformer_flops
 from minitx.bench.sidebyside import count_ops, matmul_peak
-from minitx.bench.timing import (CPU_CLOCKS, check_run_options, cuda_peak_memory, time_cuda, time_host,
-                                 torch_threads)
+from minitx.bench.timing import (CPU_CLOCKS, check_run_options, cpu_peak_memory, cuda_peak_memory, time_cuda,
+                                 time_host, torch_threads)
 from minitx.bench.training_gate import gate, loss_and_grads
 from minitx.bench.training_report import ratios, throughput
 from minitx.data.mlm import mask_tokens
@@ -197,22 +197,6 @@ def time_interleaved(steps: dict[str, Callable[[], object]], *, warmup: int, rep
             else:
                 samples[name] += time_host(steps[name], warmup=0, repeats=1, clock=clock or CPU_CLOCKS["wall"])
     return samples
-
-
-def cpu_peak_memory(fn: Callable[[], object]) -> int:
-    """Peak bytes PyTorch's CPU allocator holds while `fn()` runs beyond what was live before it: the running
-    sum of the allocation (+) and free (-) records of `torch.profiler` with profile_memory, at its maximum."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                     if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in records:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
 
 
 def peak_memory(step: Callable[[], None], device: torch.device) -> tuple[int | None, str]:
