@@ -249,7 +249,8 @@ def test_block_weights_are_stored_input_major_with_the_same_values_and_gradients
 
 
 def test_dropout_is_skipped_only_where_it_is_the_identity():
-    """minitx.nn.dropout.drop: eval mode or p = 0 returns the input itself; training with p > 0 drops."""
+    """minitx.nn.dropout.drop: eval mode or p = 0 returns the input itself; training with p > 0 drops; a forward
+    hook on the module runs either way."""
     from torch import nn
 
     from minitx.nn.dropout import drop
@@ -258,3 +259,6 @@ def test_dropout_is_skipped_only_where_it_is_the_identity():
     assert drop(dropout.eval(), x) is x and drop(nn.Dropout(0.0).train(), x) is x
     y = drop(dropout.train(), x)
     assert 300 < int((y == 0).sum()) < 700 and torch.all((y == 0) | (y == 2.0))
+    seen = []
+    dropout.eval().register_forward_hook(lambda module, args, out: seen.append(out))
+    assert drop(dropout, x) is x and len(seen) == 1  # a user's hook on the module still runs
