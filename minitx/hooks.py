@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 Hook = Callable[[torch.Tensor, str], "torch.Tensor | None"]
 
@@ -75,6 +76,14 @@ class HookPoints:
                                      f"got {getattr(out, 'shape', type(out).__name__)}")
                 value = out
         return value
+
+
+def torch_hooks_on(module: nn.Module) -> bool:
+    """Would calling `module` run a PyTorch forward hook (its own, or a global one)? The fast paths that skip a
+    module's call (`minitx.nn.dropout.drop`, `minitx.nn.linear.lookup`, `minitx.attention.fused_qkv`) ask first,
+    so a user's hook never goes unrun."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks)
 
 
 def hook_names(model: nn.Module) -> list[str]:

@@ -182,6 +182,22 @@ def test_bias_free_as_nanogpt():
         to_hf_gpt2(model)
 
 
+def test_a_torch_hook_on_the_token_embedding_runs_in_either_layout():
+    """minitx.nn.linear.lookup reads an input-major E without calling the module, unless a PyTorch forward hook
+    would see the call: then the module runs (same values), in eval (input-major) and training layouts."""
+    model = tiny(dropout=0.0)  # so the training-mode forwards differ only by the hook
+    ids = torch.randint(0, 31, (2, 5))
+    for mode in (False, True):
+        model.train(mode)
+        plain = model.embed(ids)
+        seen = []
+        handle = model.token.register_forward_hook(lambda module, args, out: seen.append(out) or out * 2)
+        hooked = model.embed(ids)
+        handle.remove()
+        assert len(seen) == 1 and torch.equal(seen[0], model.token.weight.detach()[ids])
+        assert not torch.equal(hooked, plain)  # the hook's replacement reached the model
+
+
 def test_models_store_weights_input_major_after_initialising_them(monkeypatch):
     """minitx.nn.linear: a model's Linear weights and its tied LM head are laid out (in, out) row-major, and only
     once initialised, so a seed draws the same weights as with nn.Linear's own storage."""

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.modules import module as torch_module
+
+from minitx.hooks import torch_hooks_on
 
 
 def _projections(attention: nn.Module):
@@ -75,8 +76,6 @@ def fused_qkv(attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] 
 
     Called once per self-attention forward, so it reads the module's dicts directly (nn.Module.__getattr__
     would cost a microsecond an attribute)."""
-    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
-        return None
     if not _in_storage(attention, torch.is_grad_enabled()):
         return None
     weight, bias, weight_t, _ = attention._qkv_storage
@@ -93,8 +92,8 @@ def _in_storage(attention: nn.Module, grad: bool) -> bool:
     w_start, b_start = weight.data_ptr(), None if bias is None else bias.data_ptr()
     for name, offset in zip(("q_proj", "k_proj", "v_proj"), offsets):
         p = modules[name]
-        if type(p) is not nn.Linear or p._forward_hooks or p._forward_pre_hooks:
-            return False  # LoRA-wrapped, or a user's hook that must run
+        if type(p) is not nn.Linear or torch_hooks_on(p):
+            return False  # LoRA-wrapped, or a user's hook (its own or a global one) that must run
         w, b = p._parameters["weight"], p._parameters["bias"]
         if w.data_ptr() != w_start + offset * size or w.dtype != weight.dtype or (grad and w.requires_grad):
             return False

@@ -145,7 +145,7 @@ class GPT(nn.Module):
         elif position_ids.shape[-1] != n or int(position_ids.max()) >= self.config.max_position:
             raise ValueError(f"position_ids: expected (B, {n}) positions < {self.config.max_position}, "
                              f"got shape {tuple(position_ids.shape)}, max {int(position_ids.max())}")
-        tokens = lookup(self.token.weight, input_ids)  # E[ids], E stored input-major (minitx.nn.linear)
+        tokens = lookup(self.token, input_ids)  # E[ids], E stored input-major (minitx.nn.linear)
         return drop(self.dropout, tokens + self.position(position_ids))
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -181,7 +181,7 @@ class Llama(nn.Module):
         check_ids("input_ids", input_ids, None, 0, self.config.vocab_size)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected a (B, N) tensor of token ids, got {tuple(input_ids.shape)}")
-        x = lookup(self.token.weight, input_ids)  # E[ids], E maybe stored input-major (minitx.nn.linear)
+        x = lookup(self.token, input_ids)  # E[ids], E maybe stored input-major (minitx.nn.linear)
         if self.position is not None:
             if position_ids is None:
                 position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]  # (1, N)

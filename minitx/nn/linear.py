@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from minitx.hooks import torch_hooks_on
 
 
 def input_major(weight: nn.Parameter) -> nn.Parameter:
@@ -51,12 +52,14 @@ def lay_out_for(weight: nn.Parameter, inference: bool) -> None:
             weight.grad = relaid(weight.grad)
 
 
-def lookup(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """E[ids], (..., C), for an embedding E (V, C) stored input-major, as the tied LM heads keep it: the ids'
-    columns of E^T (C, V). Indexing E's rows directly would give the same numbers, but its backward builds a
-    (V, C) row-major gradient that must be added into E's transposed layout element by element (at V = 50257,
-    C = 768 that costs 15% of a GPT-2-small training step); this one's gradient comes out in E's own layout."""
-    if weight.stride(0) != 1:  # ordinary (V, C) storage
-        return nn.functional.embedding(ids, weight)
+def lookup(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """embedding(ids), (..., C), for an embedding whose E (V, C) may be stored input-major, as the tied LM heads
+    keep it: then the ids' columns of E^T (C, V). Indexing E's rows directly would give the same numbers, but its
+    backward builds a (V, C) row-major gradient that must be added into E's transposed layout element by element
+    (at V = 50257, C = 768 that costs 15% of a GPT-2-small training step); this one's gradient comes out in E's
+    own layout. The module itself runs when E is ordinary storage or a PyTorch hook would see the call."""
+    weight = embedding.weight
+    if weight.stride(0) != 1 or torch_hooks_on(embedding):
+        return embedding(ids)
     columns = weight.t().index_select(1, ids.reshape(-1))  # (C, V) -> (C, *ids)
     return columns.t().reshape(*ids.shape, weight.shape[1])  # (C, B N) -> (B N, C) -> (..., C)
