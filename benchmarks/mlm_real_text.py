@@ -25,7 +25,7 @@ import torch
 from minitx.functional import IGNORE_INDEX
 from minitx.interop.bert import to_hf_bert
 from minitx.models.bert import BertForMaskedLM
-from minitx.plots import _finish, plt
+from minitx.plots import plt, save_figure
 from minitx.recipes.pretrain.config import PretrainConfig, model_config
 from minitx.recipes.pretrain.data import build_corpus
 from minitx.recipes.pretrain.evaluate import _eval_batches
@@ -175,7 +175,7 @@ def plot(doc: dict, path: Path) -> None:
     ax.axhline(doc["unigram"]["loss"], color="grey", ls=":", label="unigram baseline")
     ax.set(xlabel="step", ylabel="held-out MLM loss", title="tiny Shakespeare: minitx vs transformers")
     ax.legend()
-    _finish(fig, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str]) -> int:
